@@ -1,0 +1,45 @@
+"""Helpers shared by the CLI modules: logging set-up, error reporting, repeated ``--set`` options."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import typer
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+CONFIG_OPTION = typer.Option(None, "--config", "-c", help="YAML config file (see configs/).")
+SET_OPTION = typer.Option(
+    None, "--set", "-s", help="Dotted override, repeatable: --set train.max_steps=10 --set model.d_model=64"
+)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True
+    )
+    for noisy in ("urllib3", "matplotlib", "filelock", "httpx", "fsspec"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def user_errors(fn: F) -> F:
+    """Turn expected user errors (bad input, bad config) into a one-line message and exit code 2."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
+            if os.environ.get("DCASE_TRACEBACK"):
+                raise
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+            typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+            sys.exit(2)
+
+    return wrapper  # type: ignore[return-value]

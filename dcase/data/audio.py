@@ -1,0 +1,111 @@
+"""Audio I/O: load with soundfile, mix to mono, resample with soxr, crop/pad, energy-matched mixing.
+
+Every error is an ``AudioError`` naming the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+
+class AudioError(ValueError):
+    """Audio that cannot be used: missing, unreadable, empty, or non-finite. The message names the file."""
+
+
+def audio_info(path: str | Path) -> tuple[float, int]:
+    """(duration in seconds, native sample rate) from the header, without decoding the samples."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: audio file not found")
+    try:
+        info = sf.info(str(path))
+    except Exception as e:  # noqa: BLE001 - soundfile raises several types for corrupt files
+        raise AudioError(f"{path}: unreadable audio ({e})") from e
+    if info.frames <= 0 or info.samplerate <= 0:
+        raise AudioError(f"{path}: empty audio ({info.frames} frames)")
+    return info.frames / info.samplerate, int(info.samplerate)
+
+
+def to_mono(x: np.ndarray) -> np.ndarray:
+    """[T] or [T, C] -> [T] by averaging channels."""
+    return x if x.ndim == 1 else x.mean(axis=1)
+
+
+def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    """Resample a mono float32 signal [T] with soxr (high quality)."""
+    if sr_in == sr_out:
+        return x
+    return soxr.resample(x, sr_in, sr_out, quality="HQ").astype(np.float32, copy=False)
+
+
+def crop_or_pad(x: np.ndarray, n: int, offset: int = 0) -> np.ndarray:
+    """Take ``n`` samples from ``offset``; zero-pad at the end when too short."""
+    x = x[offset : offset + n]
+    if len(x) < n:
+        x = np.pad(x, (0, n - len(x)))
+    return x
+
+
+def load_audio(
+    path: str | Path,
+    sample_rate: int | None = None,
+    max_seconds: float | None = None,
+    check_finite: bool = True,
+) -> tuple[np.ndarray, int]:
+    """Load ``path`` as mono float32 [T], resampled to ``sample_rate`` (native rate if None).
+
+    Raises AudioError (naming the file) for missing, unreadable, empty or NaN/inf audio.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: audio file not found")
+    try:
+        frames = -1
+        if max_seconds is not None:
+            frames = int(max_seconds * sf.info(str(path)).samplerate)
+        x, sr = sf.read(str(path), dtype="float32", always_2d=False, frames=frames)
+    except Exception as e:  # noqa: BLE001
+        raise AudioError(f"{path}: unreadable audio ({e})") from e
+    x = to_mono(np.asarray(x, dtype=np.float32))
+    if x.size == 0:
+        raise AudioError(f"{path}: empty audio (0 samples)")
+    if check_finite and not np.isfinite(x).all():
+        raise AudioError(f"{path}: audio contains NaN or inf samples")
+    if sample_rate is not None and sample_rate != sr:
+        x = resample(x, sr, sample_rate)
+        sr = sample_rate
+    return np.ascontiguousarray(x, dtype=np.float32), int(sr)
+
+
+def mix_energy_matched(a: np.ndarray, b: np.ndarray, ratio_db: float) -> np.ndarray:
+    """Mix two mono signals as in Clotho-ChatGPT-Mixup (Wu et al., ICASSP 2024).
+
+    ``b`` is scaled so that its energy is ``ratio_db`` dB below ``a``'s (energy matched at 0 dB), the
+    shorter signal is zero-padded, and the sum is rescaled to avoid clipping. Output length = max(len).
+    """
+    n = max(len(a), len(b))
+    a = np.pad(a, (0, n - len(a)))
+    b = np.pad(b, (0, n - len(b)))
+    ea = float(np.sqrt(np.mean(a.astype(np.float64) ** 2)) + 1e-12)
+    eb = float(np.sqrt(np.mean(b.astype(np.float64) ** 2)) + 1e-12)
+    gain = (ea / eb) * 10.0 ** (-ratio_db / 20.0)
+    y = a + gain * b
+    peak = float(np.max(np.abs(y)))
+    if peak > 1.0:
+        y = y / peak
+    return y.astype(np.float32)
+
+
+def load_clip(row: object, sample_rate: int, max_seconds: float | None = None) -> np.ndarray:
+    """Load a manifest row's audio at ``sample_rate``; mixup rows are mixed at their recorded ratio."""
+    paths = getattr(row, "mix_audio_paths", None)
+    if getattr(row, "source", None) == "clotho_mixup" and paths is not None:
+        a, _ = load_audio(paths[0], sample_rate, max_seconds)
+        b, _ = load_audio(paths[1], sample_rate, max_seconds)
+        return mix_energy_matched(a, b, float(row.mix_ratio_db))  # type: ignore[attr-defined]
+    x, _ = load_audio(row.audio_path, sample_rate, max_seconds)  # type: ignore[attr-defined]
+    return x

@@ -1,0 +1,44 @@
+"""Shared fixtures. Every test runs offline (HF_HUB_OFFLINE=1) with few threads and tiny models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("DCASE_SHARED", REPO.parent / "shared"))
+
+
+def _shared(sub: str) -> Path:
+    path = SHARED / sub
+    if not path.exists():
+        pytest.skip(f"{path} is absent: these checks need the project's shared/ folder beside the checkout")
+    return path
+
+
+@pytest.fixture
+def clotho_mini() -> Path:
+    """../shared/clotho-mini: 12 real Clotho evaluation clips (skips with a reason when absent)."""
+    return _shared("clotho-mini")
+
+
+@pytest.fixture
+def clotho_oracle() -> Path:
+    """../shared/oracles/clotho_eval: official references, a published system's predictions and scores."""
+    return _shared("oracles/clotho_eval")
+
+
+@pytest.fixture(autouse=True)
+def _few_threads() -> None:
+    try:
+        import torch
+
+        torch.set_num_threads(min(2, torch.get_num_threads()))
+    except ImportError:
+        pass
