@@ -1,0 +1,228 @@
+"""Clotho v2.1 (and the DCASE Task 8 evaluation files) to manifest rows.
+
+Official layout under ``root`` (Drossos et al., ICASSP 2020; v2.1 on Zenodo)::
+
+    clotho_audio_files/{development,validation,evaluation,test}/*.wav    (``<root>/<split>/`` is accepted too)
+    clotho_captions_{development,validation,evaluation}.csv              file_name,caption_1,...,caption_5
+    clotho_metadata_{split}.csv                                          file_name,keywords,sound_id,...
+    test_retrieval_audio/*.wav + retrieval_captions.csv                  Task 8 evaluation (audio; queries)
+
+Naming clash: Clotho's ``evaluation`` split (1045 clips) is what DCASE calls *development-testing*: the
+split you score yourself on. DCASE's *evaluation* data are the caption-less Clotho ``test`` split (1043 clips,
+Task 6) and the Task 8 ``test_retrieval_audio`` clips (split name ``retrieval_audio`` here, 1000 clips). This
+module keeps Clotho's names: ``development``, ``validation``, ``evaluation``, ``test``, ``retrieval_audio``.
+
+Caption CSVs are read with real CSV quoting (commas, quotes, newlines and non-ASCII in captions survive exactly);
+"NA"/"null" stay text, while an empty cell is an error naming the file, row and column. Metadata files are
+sniffed for their delimiter (',' or ';') and encoding (UTF-8, else cp1252/latin-1).
+"""
+
+from __future__ import annotations
+
+import logging
+import unicodedata
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from dcase.data.build import BadClips, DataError, dir_index, probe_many, read_table
+from dcase.data.manifest import ManifestRow
+
+log = logging.getLogger(__name__)
+
+CAPTIONED_SPLITS = ("development", "validation", "evaluation")
+CAPTIONLESS_SPLITS = ("test", "retrieval_audio")
+SPLITS = CAPTIONED_SPLITS + CAPTIONLESS_SPLITS
+CAPTION_COLUMNS = ("file_name", "caption_1", "caption_2", "caption_3", "caption_4", "caption_5")
+METADATA_COLUMNS = (
+    "file_name", "keywords", "sound_id", "sound_link", "start_end_samples", "manufacturer", "license",
+)
+RETRIEVAL_AUDIO_DIR = "test_retrieval_audio"
+RETRIEVAL_CAPTIONS_CSV = "retrieval_captions.csv"
+AUDIO_EXTENSIONS = (".wav", ".flac")
+
+
+def _csv_candidates(root: Path, name: str) -> list[Path]:
+    return [root / name, root / "clotho_csv_files" / name]
+
+
+def clotho_audio_dir(root: str | Path, split: str) -> Path | None:
+    """The audio folder of ``split``, or None: ``clotho_audio_files/<split>/`` or ``<split>/`` under ``root``."""
+    root = Path(root)
+    if split == "retrieval_audio":
+        cands = [root / RETRIEVAL_AUDIO_DIR, root / "clotho_audio_files" / RETRIEVAL_AUDIO_DIR]
+    else:
+        cands = [root / "clotho_audio_files" / split, root / split]
+    return next((c for c in cands if c.is_dir()), None)
+
+
+def clotho_captions_csv(root: str | Path, split: str) -> Path | None:
+    """``clotho_captions_<split>.csv`` (or ``retrieval_captions.csv``) under ``root``, or None."""
+    name = RETRIEVAL_CAPTIONS_CSV if split == "retrieval_audio" else f"clotho_captions_{split}.csv"
+    return next((c for c in _csv_candidates(Path(root), name) if c.is_file()), None)
+
+
+def available_splits(root: str | Path) -> list[str]:
+    """Splits with an audio folder under ``root``, in the order of ``SPLITS``."""
+    return [s for s in SPLITS if clotho_audio_dir(root, s) is not None]
+
+
+def read_clotho_metadata(root: str | Path, split: str) -> pd.DataFrame | None:
+    """``clotho_metadata_<split>.csv`` as a str DataFrame (',' or ';', UTF-8 or cp1252), or None if absent."""
+    name = "retrieval_audio_metadata.csv" if split == "retrieval_audio" else f"clotho_metadata_{split}.csv"
+    path = next((c for c in _csv_candidates(Path(root), name) if c.is_file()), None)
+    if path is None:
+        return None
+    df = read_table(path, required=("file_name",), optional=METADATA_COLUMNS[1:], allow_extra=True)
+    unexpected = [c for c in df.columns if c not in METADATA_COLUMNS]
+    if unexpected:
+        log.info("%s: extra metadata columns %s (kept, not used)", path, unexpected)
+    dup = df["file_name"][df["file_name"].duplicated()].tolist()
+    if dup:
+        raise DataError(f"{path}: duplicate file_name {dup[:5]} in column 'file_name'")
+    df.attrs["path"] = str(path)
+    return df
+
+
+def read_clotho_captions(path: str | Path, bad: BadClips | None = None) -> list[tuple[int, str, list[str]]]:
+    """Rows of a ``clotho_captions_<split>.csv``: [(row number (1 = first data row), file_name, 5 captions)].
+
+    Exact text (no stripping). Empty cells and duplicate file names go to ``bad`` (strict: raise).
+    """
+    path = Path(path)
+    bad = bad or BadClips()
+    df = read_table(path, required=CAPTION_COLUMNS)
+    out: list[tuple[int, str, list[str]]] = []
+    seen: dict[str, int] = {}
+    for i, rec in enumerate(df[list(CAPTION_COLUMNS)].itertuples(index=False, name=None)):
+        row_no = i + 1
+        fname, caps = rec[0], list(rec[1:])
+        if not fname.strip():
+            bad(f"<row {row_no}>", path, f"row {row_no}: column 'file_name' is empty")
+            continue
+        empty = [CAPTION_COLUMNS[k + 1] for k, c in enumerate(caps) if not c.strip()]
+        if empty:
+            bad(fname, path, f"row {row_no}: empty caption in column(s) {empty}")
+            continue
+        if fname in seen:
+            bad(fname, path, f"row {row_no}: duplicate file_name (first listed at row {seen[fname]})")
+            continue
+        seen[fname] = row_no
+        out.append((row_no, fname, caps))
+    return out
+
+
+def read_retrieval_captions(path: str | Path) -> list[str]:
+    """The Task 8 queries of ``retrieval_captions.csv`` (one ``caption`` column), in file order.
+
+    ``path`` may be the CSV or a Clotho root containing it. Empty captions raise DataError naming the row.
+    """
+    path = Path(path)
+    if path.is_dir():
+        found = clotho_captions_csv(path, "retrieval_audio")
+        if found is None:
+            raise DataError(f"{path}: no {RETRIEVAL_CAPTIONS_CSV} found (looked in {path} and clotho_csv_files/)")
+        path = found
+    df = read_table(path, required=("caption",))
+    queries = df["caption"].tolist()
+    for i, q in enumerate(queries):
+        if not q.strip():
+            raise DataError(f"{path}: row {i + 1}: column 'caption' is empty")
+    n_dup = len(queries) - len(set(queries))
+    if n_dup:
+        log.warning("%s: %d duplicated queries (kept; each gets its own ranking)", path, n_dup)
+    return queries
+
+
+def _name_lookup(names: set[str]) -> dict[str, str]:
+    """NFC-normalised name -> name on disk (CSV and file system may differ in Unicode normalisation)."""
+    return {unicodedata.normalize("NFC", n): n for n in names}
+
+
+def read_clotho(
+    root: str | Path,
+    splits: Sequence[str] | None = None,
+    *,
+    decode_check: bool = True,
+    skip_bad: bool = False,
+    bad: BadClips | None = None,
+    progress: bool = False,
+) -> list[ManifestRow]:
+    """Manifest rows (source ``clotho``) for ``splits`` of the Clotho v2.1 folder ``root``.
+
+    ``splits``: any of ``SPLITS``; default: every split whose audio folder exists. Captioned splits list
+    their clips in the captions CSV (audio files not listed there are logged and left out); ``test`` and
+    ``retrieval_audio`` list the audio folder (captions = []). ``clip_id`` is the file name.
+    Bad clips raise DataError, or with ``skip_bad`` (or a ``bad`` collector) are skipped and recorded.
+    Durations come from the file header; ``decode_check`` also decodes every file (rejects NaN/inf/empty).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"Clotho root not found: {root}")
+    bad = bad if bad is not None else BadClips(skip_bad)
+    if splits is None:
+        splits = available_splits(root)
+        if not splits:
+            raise DataError(
+                f"{root}: no Clotho audio folders found; expected clotho_audio_files/<split>/ or <split>/ for "
+                f"a split in {list(SPLITS)} (or {RETRIEVAL_AUDIO_DIR}/)"
+            )
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown:
+        raise DataError(f"unknown Clotho split(s) {unknown}; expected some of {list(SPLITS)}")
+
+    planned: list[tuple[str, str, Path, list[str]]] = []  # split, clip, path, captions
+    for split in splits:
+        audio_dir = clotho_audio_dir(root, split)
+        if audio_dir is None:
+            where = RETRIEVAL_AUDIO_DIR if split == "retrieval_audio" else f"clotho_audio_files/{split}"
+            raise DataError(f"{root}: audio folder for split {split!r} not found (expected {root / where}/)")
+        on_disk = dir_index(audio_dir)
+        lookup = _name_lookup(on_disk)
+        meta = read_clotho_metadata(root, split)
+        if split in CAPTIONED_SPLITS:
+            csv_path = clotho_captions_csv(root, split)
+            if csv_path is None:
+                raise DataError(f"{root}: clotho_captions_{split}.csv not found (needed for split {split!r})")
+            listed: set[str] = set()
+            for row_no, fname, caps in read_clotho_captions(csv_path, bad):
+                disk = lookup.get(unicodedata.normalize("NFC", fname))
+                if disk is None:
+                    bad(fname, audio_dir / fname, f"audio file not found (listed in {csv_path.name} row {row_no})")
+                    continue
+                listed.add(disk)
+                planned.append((split, fname, audio_dir / disk, caps))
+            unlisted = sorted(n for n in on_disk if n.lower().endswith(AUDIO_EXTENSIONS) and n not in listed)
+            if unlisted:
+                log.warning("%s: %d audio file(s) not listed in %s are left out, e.g. %s",
+                            audio_dir, len(unlisted), csv_path.name, unlisted[:3])
+            if meta is not None:
+                missing_meta = sorted({c for s, c, _p, _c in planned if s == split} - set(meta["file_name"]))
+                if missing_meta:
+                    log.warning("%s: %d clip(s) have no metadata row, e.g. %s",
+                                meta.attrs["path"], len(missing_meta), missing_meta[:3])
+        else:
+            names = sorted(n for n in on_disk if n.lower().endswith(AUDIO_EXTENSIONS) and not n.startswith("."))
+            if meta is not None:
+                for i, fname in enumerate(meta["file_name"]):
+                    if unicodedata.normalize("NFC", fname) not in lookup:
+                        bad(fname, audio_dir / fname,
+                            f"audio file not found (listed in {Path(meta.attrs['path']).name} row {i + 1})")
+                extra = sorted(set(names) - {lookup.get(unicodedata.normalize("NFC", f)) for f in meta["file_name"]})
+                if extra:
+                    log.warning("%s: %d audio file(s) have no metadata row (kept), e.g. %s",
+                                audio_dir, len(extra), extra[:3])
+            if not names:
+                raise DataError(f"{audio_dir}: no audio files (.wav/.flac) for split {split!r}")
+            planned.extend((split, n, audio_dir / n, []) for n in names)
+
+    info = probe_many([(c, p) for _, c, p, _ in planned], bad, decode_check, progress, desc="Clotho audio")
+    rows = [
+        ManifestRow(clip_id=clip, audio_path=str(path.absolute()), split=split, source="clotho",
+                    duration_s=info[path][0], sample_rate=info[path][1], captions=caps)
+        for split, clip, path, caps in planned
+        if path in info
+    ]
+    log.info("Clotho %s: %d clips (%d skipped)", list(splits), len(rows), len(bad))
+    return rows
