@@ -1,0 +1,508 @@
+"""The one training loop (Hugging Face Accelerate), shared by the captioner and the retriever.
+
+A stage describes *what* to train with a ``TrainTask`` (model, dataset, collate, loss, evaluation, saving);
+``fit(task, cfg)`` does the rest the same way for every stage:
+
+- AdamW (betas, weight decay; no decay on biases and LayerNorm/1-D parameters), gradient accumulation,
+  gradient clipping, bf16/fp16 autocast when a GPU is present (``mixed_precision`` is ignored on CPU);
+- the inverse-square-root schedule with linear warm-up of the EnCLAP paper (ICASSP 2024, §3.1), see
+  ``inverse_sqrt_lambda`` for the exact formula;
+- length-bucketed batches (``BucketBatchSampler``), deterministic for (seed, epoch), sharded over processes;
+- a progress bar and JSONL logs (``train_log.jsonl``: loss, lr, samples/s; evaluation metrics);
+- evaluation every ``eval_every`` updates, the best ``keep_best`` model checkpoints by ``metric_for_best``
+  plus ``last``;
+- exact resume: ``state/`` holds the model and optimiser (safetensors), scheduler, RNG states of every process
+  and the data position (epoch, batch in epoch) as JSON. Rerunning ``fit`` with the same ``output_dir``
+  continues from it and sees the same batches as an uninterrupted run (bit-exact on CPU).
+
+Run it on one CPU, or on many GPUs/nodes with ``accelerate launch`` (or ``torchrun``): the global batch is
+``batch_size * num_processes * grad_accum``.
+
+Layout of ``output_dir``::
+
+    config.yaml, run.json      resolved config and run info (``write_run_info``)
+    train_log.jsonl            one JSON record per log / evaluation
+    state/                     resume state (model.safetensors, optimizer.safetensors, trainer.json, rng_*.json)
+    checkpoints/step-000123/   best checkpoints (``task.save_model``), at most ``keep_best``
+    last/                      the final model
+    best.json                  the ranking of kept checkpoints
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+from dcase.config import write_run_info
+from dcase.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = "state"
+LOG_FILE = "train_log.jsonl"
+DEFAULT_TIMESCALE = 10_000
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by every stage (one section ``train:`` of a stage config)."""
+
+    output_dir: str = "runs/train"
+    seed: int = 0
+    max_steps: int = 1000  # optimiser updates
+    max_epochs: float | None = None  # stop at whichever of max_steps / max_epochs comes first
+    batch_size: int = 8  # per process, per micro-batch
+    grad_accum: int = 1
+    lr: float = 1e-4  # peak learning rate
+    warmup_steps: int = 0
+    lr_timescale: int | None = None  # inverse-sqrt timescale; None = warmup_steps, or 10000 without warm-up
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0  # <= 0 disables clipping
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (only used on GPU)
+    eval_every: int = 500  # 0 = only at the end
+    save_every: int = 500  # resume-state interval
+    keep_best: int = 3
+    metric_for_best: str = "loss"
+    greater_is_better: bool = False
+    log_every: int = 10
+    num_workers: int = 0
+    bucket_size: int = 50  # batches per length-sorted bucket; 0 = no bucketing
+    find_unused_parameters: bool = False  # DDP option for models with parameters unused by the loss
+
+
+class TrainTask(Protocol):
+    """What a stage provides to ``fit``. ``loss`` must call ``model(...)`` (the DDP-wrapped forward)."""
+
+    def build_model(self) -> torch.nn.Module: ...
+    def train_dataset(self) -> torch.utils.data.Dataset: ...
+    def collate(self, items: list) -> dict[str, torch.Tensor]: ...
+    def item_lengths(self) -> list[int] | None: ...
+    def loss(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def evaluate(self, model: torch.nn.Module, accelerator: Any) -> dict[str, float]: ...
+    def save_model(self, model: torch.nn.Module, path: Path) -> None: ...
+
+
+# ----------------------------------------------------------------------------------------------- schedule
+def inverse_sqrt_lambda(warmup_steps: int, timescale: int | None = None):
+    """Learning-rate multiplier for optimiser update ``s = 0, 1, 2, ...`` (the lr used by the s-th update).
+
+    - warm-up ``W > 0``: ``(s + 1) / W`` for ``s < W``, so update ``W - 1`` uses the peak;
+    - then ``sqrt(tau / (tau + k))`` where ``k`` counts the updates since the peak update (``k = s - W + 1``;
+      without warm-up ``k = s``, so update 0 uses the peak);
+    - ``tau = timescale``, or ``W`` with warm-up (the classic ``sqrt(W / (s + 1))``), or 10000 without
+      warm-up (the Hugging Face ``inverse_sqrt`` convention; the papers do not give it).
+    """
+    tau = float(timescale or (warmup_steps if warmup_steps > 0 else DEFAULT_TIMESCALE))
+    peak_update = max(warmup_steps - 1, 0)
+
+    def fn(s: int) -> float:
+        if s < warmup_steps:
+            return (s + 1) / warmup_steps
+        return math.sqrt(tau / (tau + s - peak_update))
+
+    return fn
+
+
+# ------------------------------------------------------------------------------------------------ batches
+class BucketBatchSampler:
+    """Batches of dataset indices for one process, grouped by similar length.
+
+    For epoch ``e`` a generator seeded with ``(seed, e)`` shuffles all indices; consecutive chunks of
+    ``bucket_size`` global batches are sorted by length and cut into global batches of
+    ``batch_size * num_replicas`` (so padding is small); the global batches are shuffled and process ``rank``
+    takes its slice of each. Indices wrap around so that every process gets the same number of full batches.
+    Deterministic for (seed, epoch); ``start_batch`` skips batches already consumed (exact resume).
+    """
+
+    def __init__(self, n_items: int, batch_size: int, lengths: Sequence[int] | None = None, seed: int = 0,
+                 num_replicas: int = 1, rank: int = 0, bucket_size: int = 50) -> None:
+        if n_items <= 0:
+            raise ValueError("the training dataset is empty")
+        if lengths is not None and len(lengths) != n_items:
+            raise ValueError(f"item_lengths() gave {len(lengths)} lengths for {n_items} items")
+        self.n_items, self.batch_size, self.seed = n_items, batch_size, seed
+        self.lengths = None if lengths is None else np.asarray(lengths, dtype=np.int64)
+        self.num_replicas, self.rank, self.bucket_size = num_replicas, rank, bucket_size
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __len__(self) -> int:
+        g = self.batch_size * self.num_replicas
+        return math.ceil(self.n_items / g)
+
+    def global_batches(self, epoch: int) -> list[np.ndarray]:
+        """All global batches of ``epoch`` (each ``batch_size * num_replicas`` indices)."""
+        g = self.batch_size * self.num_replicas
+        rng = np.random.default_rng([self.seed, epoch])
+        perm = rng.permutation(self.n_items)
+        total = len(self) * g
+        perm = np.concatenate([perm, perm[: total - len(perm)]]) if total > len(perm) else perm
+        if self.lengths is not None and self.bucket_size > 0:
+            chunk = g * self.bucket_size
+            parts = []
+            for i in range(0, total, chunk):
+                part = perm[i:i + chunk]
+                parts.append(part[np.argsort(-self.lengths[part], kind="stable")])
+            perm = np.concatenate(parts)
+        batches = [perm[i:i + g] for i in range(0, total, g)]
+        order = rng.permutation(len(batches))
+        return [batches[i] for i in order]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for gb in self.global_batches(self.epoch)[self.start_batch:]:
+            yield gb[self.rank * self.batch_size:(self.rank + 1) * self.batch_size].tolist()
+
+
+# -------------------------------------------------------------------------------------------- state files
+def _optimizer_to_files(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _optimizer_from_files(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    for key, v in meta["scalars"].items():
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    groups = meta["param_groups"]
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda{i}"] = s
+    py = random.getstate()
+    np_state = np.random.get_state()
+    meta = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    }
+    return tensors, meta
+
+
+def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda"))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    py = meta["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = meta["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+
+
+@dataclass
+class _Progress:
+    step: int = 0  # optimiser updates done
+    epoch: int = 0
+    batch_in_epoch: int = 0  # micro-batches of `epoch` already consumed
+    samples: int = 0
+    best: list | None = None  # [[metric, step, path], ...] best first
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                "samples": self.samples, "best": self.best or []}
+
+
+# ---------------------------------------------------------------------------------------------------- fit
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if torch.is_tensor(batch):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def _batch_size(batch: dict) -> int:
+    for v in batch.values():
+        if torch.is_tensor(v) and v.ndim > 0:
+            return int(v.shape[0])
+    return 0
+
+
+class _Trainer:
+    def __init__(self, task: TrainTask, cfg: TrainConfig) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs, set_seed
+
+        if cfg.grad_accum < 1 or cfg.batch_size < 1:
+            raise ValueError(f"batch_size ({cfg.batch_size}) and grad_accum ({cfg.grad_accum}) must be >= 1")
+        self.task, self.cfg = task, cfg
+        self.out = Path(cfg.output_dir)
+        mp = cfg.mixed_precision if torch.cuda.is_available() else "no"
+        self.acc = Accelerator(
+            cpu=not torch.cuda.is_available(),  # without it, torchrun on CPU gives one process (no gloo)
+            mixed_precision=mp,
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.find_unused_parameters)],
+        )
+        set_seed(cfg.seed)
+        model = task.build_model()
+        self.dataset = task.train_dataset()
+        lengths = task.item_lengths()
+        self.sampler = BucketBatchSampler(
+            len(self.dataset), cfg.batch_size, lengths, seed=cfg.seed, num_replicas=self.acc.num_processes,
+            rank=self.acc.process_index, bucket_size=cfg.bucket_size,
+        )
+        opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
+                                eps=cfg.eps)
+        self.model, self.opt = self.acc.prepare(model, opt)
+        # not prepared: Accelerate would step it once per process
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, inverse_sqrt_lambda(cfg.warmup_steps,
+                                                                                     cfg.lr_timescale))
+        self.prog = _Progress(best=[])
+
+    # ------------------------------------------------------------------ state
+    @property
+    def state_dir(self) -> Path:
+        return self.out / STATE_DIR
+
+    def save_state(self) -> None:
+        """Write ``state/`` atomically: into ``state.tmp``, then swap (``state.old`` kept until done)."""
+        tmp, old = self.out / f"{STATE_DIR}.tmp", self.out / f"{STATE_DIR}.old"
+        if self.acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self.acc.wait_for_everyone()
+        rng_t, rng_m = _rng_state()
+        save_file(rng_t, str(tmp / f"rng_{self.acc.process_index}.safetensors"))
+        atomic_write_text(tmp / f"rng_{self.acc.process_index}.json", json.dumps(rng_m))
+        if self.acc.is_main_process:
+            save_model(self.acc.unwrap_model(self.model), str(tmp / "model.safetensors"))
+            opt_t, opt_m = _optimizer_to_files(self.opt.optimizer if hasattr(self.opt, "optimizer") else self.opt)
+            save_file(opt_t, str(tmp / "optimizer.safetensors"))
+            trainer = {"progress": self.prog.to_dict(), "scheduler": self.sched.state_dict(), "optimizer": opt_m,
+                       "num_processes": self.acc.num_processes}
+            if self.acc.scaler is not None:
+                trainer["scaler"] = self.acc.scaler.state_dict()
+            atomic_write_text(tmp / "trainer.json", json.dumps(trainer))
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            shutil.rmtree(old, ignore_errors=True)
+            if self.state_dir.exists():
+                os.replace(self.state_dir, old)
+            os.replace(tmp, self.state_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        self.acc.wait_for_everyone()
+
+    def load_state(self) -> bool:
+        d = self.state_dir
+        if not (d / "trainer.json").exists() and (self.out / f"{STATE_DIR}.old" / "trainer.json").exists():
+            d = self.out / f"{STATE_DIR}.old"  # killed between the two renames
+        if not (d / "trainer.json").exists():
+            return False
+        trainer = json.loads((d / "trainer.json").read_text())
+        if trainer["num_processes"] != self.acc.num_processes:
+            raise ValueError(f"{d}: saved with {trainer['num_processes']} processes, resuming with "
+                             f"{self.acc.num_processes}; the data order would differ")
+        load_model(self.acc.unwrap_model(self.model), str(d / "model.safetensors"), device=str(self.acc.device))
+        inner = self.opt.optimizer if hasattr(self.opt, "optimizer") else self.opt
+        _optimizer_from_files(inner, load_file(str(d / "optimizer.safetensors"), device=str(self.acc.device)),
+                              trainer["optimizer"])
+        self.sched.load_state_dict(trainer["scheduler"])
+        if self.acc.scaler is not None and "scaler" in trainer:
+            self.acc.scaler.load_state_dict(trainer["scaler"])
+        p = trainer["progress"]
+        self.prog = _Progress(p["step"], p["epoch"], p["batch_in_epoch"], p["samples"], p["best"])
+        rank = self.acc.process_index
+        _set_rng_state(load_file(str(d / f"rng_{rank}.safetensors")),
+                       json.loads((d / f"rng_{rank}.json").read_text()))
+        log.info("resumed from %s at update %d (epoch %d, batch %d)", d, self.prog.step, self.prog.epoch,
+                 self.prog.batch_in_epoch)
+        return True
+
+    # ------------------------------------------------------------ checkpoints
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.acc.is_main_process:
+            with open(self.out / LOG_FILE, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def evaluate_and_keep(self) -> None:
+        cfg = self.cfg
+        model = self.acc.unwrap_model(self.model)
+        model.eval()
+        with torch.no_grad():
+            metrics = dict(self.task.evaluate(model, self.acc))
+        model.train()
+        self._log({"step": self.prog.step, **{f"eval/{k}": v for k, v in metrics.items()}})
+        log.info("update %d eval: %s", self.prog.step, metrics)
+        if cfg.metric_for_best not in metrics or metrics[cfg.metric_for_best] is None:
+            if metrics:
+                log.warning("metric_for_best %r not among evaluation metrics %s", cfg.metric_for_best,
+                            sorted(metrics))
+            return
+        value = float(metrics[cfg.metric_for_best])
+        best = list(self.prog.best or [])
+        sign = -1.0 if cfg.greater_is_better else 1.0
+        if len(best) >= cfg.keep_best and sign * value >= sign * best[-1][0]:
+            return
+        path = self.out / "checkpoints" / f"step-{self.prog.step:06d}"
+        if self.acc.is_main_process:
+            tmp = path.with_name(path.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.task.save_model(model, tmp)
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(tmp, path)
+        best.append([value, self.prog.step, str(path)])
+        best.sort(key=lambda r: (sign * r[0], r[1]))
+        for _, _, p in best[cfg.keep_best:]:
+            if self.acc.is_main_process:
+                shutil.rmtree(p, ignore_errors=True)
+        self.prog.best = best[: cfg.keep_best]
+        if self.acc.is_main_process:
+            atomic_write_text(self.out / "best.json", json.dumps(
+                {"metric": cfg.metric_for_best, "greater_is_better": cfg.greater_is_better,
+                 "checkpoints": [{"value": v, "step": s, "path": p} for v, s, p in self.prog.best]}, indent=2))
+        self.acc.wait_for_everyone()
+
+    def save_last(self) -> Path:
+        path = self.out / "last"
+        if self.acc.is_main_process:
+            tmp = self.out / "last.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.task.save_model(self.acc.unwrap_model(self.model), tmp)
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(tmp, path)
+        self.acc.wait_for_everyone()
+        return path
+
+    # -------------------------------------------------------------------- run
+    def micro_batches(self) -> Iterator[dict]:
+        """Endless micro-batches from the saved data position, advancing ``prog.epoch/batch_in_epoch``."""
+        while True:
+            self.sampler.set_epoch(self.prog.epoch, self.prog.batch_in_epoch)
+            if hasattr(self.dataset, "set_epoch"):
+                self.dataset.set_epoch(self.prog.epoch)
+            loader = torch.utils.data.DataLoader(
+                self.dataset, batch_sampler=self.sampler, collate_fn=self.task.collate,
+                num_workers=self.cfg.num_workers,
+                generator=torch.Generator().manual_seed(self.cfg.seed + self.prog.epoch),  # keeps global RNG
+            )
+            for batch in loader:
+                self.prog.batch_in_epoch += 1
+                yield batch
+            self.prog.epoch += 1
+            self.prog.batch_in_epoch = 0
+
+    def run(self) -> Path:
+        cfg, acc = self.cfg, self.acc
+        if acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_run_info(self.out, cfg, seed=cfg.seed, extra={
+                "num_processes": acc.num_processes, "device": str(acc.device),
+                "mixed_precision": acc.mixed_precision, "task": type(self.task).__name__})
+        acc.wait_for_everyone()
+        self.load_state()
+        max_steps = cfg.max_steps
+        if cfg.max_epochs is not None:
+            per_epoch = len(self.sampler) / cfg.grad_accum
+            max_steps = min(max_steps, max(1, math.ceil(cfg.max_epochs * per_epoch)))
+        model = self.model
+        model.train()
+        batches = self.micro_batches()
+        bar = None
+        if acc.is_local_main_process:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=max_steps, initial=self.prog.step, desc="train", dynamic_ncols=True)
+        window: dict[str, list[float]] = {}
+        t0, n0 = time.perf_counter(), self.prog.samples
+        while self.prog.step < max_steps:
+            for i in range(cfg.grad_accum):
+                batch = _to_device(next(batches), acc.device)
+                sync = contextlib.nullcontext() if i == cfg.grad_accum - 1 else acc.no_sync(model)
+                with sync:
+                    with acc.autocast():
+                        loss, parts = self.task.loss(model, batch)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(
+                            f"non-finite loss {loss.item()} at update {self.prog.step} (epoch {self.prog.epoch}, "
+                            f"batch {self.prog.batch_in_epoch}); lower the lr or check the inputs")
+                    acc.backward(loss / cfg.grad_accum)
+                window.setdefault("loss", []).append(float(loss.detach()))
+                for k, v in parts.items():
+                    window.setdefault(k, []).append(float(v))
+                self.prog.samples += _batch_size(batch) * acc.num_processes
+            if cfg.max_grad_norm > 0:
+                acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            lr = self.opt.param_groups[0]["lr"]
+            self.opt.step()
+            self.sched.step()
+            self.opt.zero_grad(set_to_none=True)
+            self.prog.step += 1
+            if bar is not None:
+                bar.update(1)
+            step = self.prog.step
+            if step % cfg.log_every == 0 or step == max_steps:
+                means = {k: float(np.mean(v)) for k, v in window.items()}
+                if acc.num_processes > 1:
+                    t = torch.tensor(list(means.values()), device=acc.device, dtype=torch.float64)
+                    means = dict(zip(means, acc.reduce(t, "mean").tolist(), strict=True))
+                dt = time.perf_counter() - t0
+                rec = {"step": step, "epoch": self.prog.epoch, "lr": lr,
+                       "samples_per_s": (self.prog.samples - n0) / max(dt, 1e-9), **means}
+                self._log(rec)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{lr:.2e}")
+                window, t0, n0 = {}, time.perf_counter(), self.prog.samples
+            if (cfg.eval_every > 0 and step % cfg.eval_every == 0) or step == max_steps:
+                self.evaluate_and_keep()
+            if (cfg.save_every > 0 and step % cfg.save_every == 0) or step == max_steps:
+                self.save_state()
+        if bar is not None:
+            bar.close()
+        last = self.save_last()
+        best = self.prog.best or []
+        return Path(best[0][2]) if best else last
+
+
+def fit(task: TrainTask, cfg: TrainConfig) -> Path:
+    """Train ``task`` with ``cfg``; resume from ``cfg.output_dir/state`` if present.
+
+    Returns the best checkpoint directory (by ``metric_for_best``), or ``last`` when nothing was evaluated.
+    """
+    return _Trainer(task, cfg).run()
