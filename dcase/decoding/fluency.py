@@ -1,0 +1,210 @@
+"""Fluency-error filter: the FENSE error detector (Zhou et al., ICASSP 2022), as used for candidate filtering in the
+EnCLAP DCASE2024 technical report §2.3 (captions with fluency errors are discarded before reranking).
+
+Checkpoint format (the one aac-metrics 0.5.4 and the original FENSE release use): a ``torch.save``'d dict
+
+    {"model_type": <Hugging Face BERT name or local dir>, "num_classes": 6,
+     "state_dict": {"encoder.<BertModel params>": ..., "clf.weight": [C, H], "clf.bias": [C]}}
+
+The classifier is ``BertModel -> [CLS] state -> dropout -> Linear(H, C)``; the six sigmoid outputs are
+``add_tail, repeat_event, repeat_adv, remove_conj, remove_verb, error``. Texts are lower-cased, stripped of every
+non-word non-space character and padded/truncated to 64 tokens before scoring (aac-metrics ``fer``). A caption is
+erroneous when P(error) > threshold (0.9 by default, the FENSE penalty threshold).
+
+The checkpoint is read with ``torch.load(weights_only=True)``; the backbone is built from the ``model_type``
+config (its weights come from the checkpoint), and its tokenizer is loaded from ``model_type`` (or from the
+``backbone`` override, a local directory with config + tokenizer files). A checker that is configured but cannot
+be loaded raises :class:`FluencyCheckerError`; when no checker is configured the filter is off
+(:func:`fluency_stage` reports this) and no probability is ever invented.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+ERROR_NAMES: tuple[str, ...] = ("add_tail", "repeat_event", "repeat_adv", "remove_conj", "remove_verb", "error")
+DEFAULT_THRESHOLD = 0.9
+MAX_LEN = 64
+
+
+class FluencyCheckerError(RuntimeError):
+    """A configured fluency checker could not be loaded."""
+
+
+def _module_cls() -> type:
+    import torch
+    from torch import nn
+
+    class CheckerModule(nn.Module):
+        """BERT encoder + linear head on the [CLS] state; parameter names match the FENSE checkpoints."""
+
+        def __init__(self, encoder: nn.Module, num_classes: int, model_type: str) -> None:
+            super().__init__()
+            self.model_type = model_type
+            self.num_classes = num_classes
+            self.encoder = encoder
+            self.dropout = nn.Dropout(encoder.config.hidden_dropout_prob)
+            self.clf = nn.Linear(encoder.config.hidden_size, num_classes)
+
+        def forward(
+            self,
+            input_ids: torch.Tensor,
+            attention_mask: torch.Tensor | None = None,
+            token_type_ids: torch.Tensor | None = None,
+            **_: Any,
+        ) -> torch.Tensor:
+            """[B, L] token ids -> [B, C] logits."""
+            out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            return self.clf(self.dropout(out.last_hidden_state[:, 0, :]))
+
+    return CheckerModule
+
+
+def build_checker_module(encoder: Any, num_classes: int = len(ERROR_NAMES), model_type: str = "") -> Any:
+    """Wrap a Hugging Face BERT ``encoder`` in the FENSE checker head (random head weights)."""
+    return _module_cls()(encoder, num_classes, model_type)
+
+
+def preprocess_texts(texts: Sequence[str]) -> list[str]:
+    """FENSE text normalisation: drop every character that is neither a word character nor whitespace; lower-case."""
+    return [re.sub(r"[^\w\s]", "", t).lower() for t in texts]
+
+
+@dataclass
+class FluencyChecker:
+    """A loaded checker: ``model`` (torch module, eval mode), ``tokenizer``, ``threshold``, source ``path``."""
+
+    model: Any
+    tokenizer: Any
+    threshold: float = DEFAULT_THRESHOLD
+    path: str = ""
+    device: str = "cpu"
+    batch_size: int = 32
+
+    def probabilities(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """Per-class sigmoid probabilities ``{name: float32 [N]}`` for ``texts`` [N]."""
+        import torch
+
+        names = ERROR_NAMES if self.model.num_classes == len(ERROR_NAMES) else tuple(
+            f"class_{i}" for i in range(self.model.num_classes)
+        )
+        chunks = []
+        with torch.inference_mode():
+            for i in range(0, len(texts), self.batch_size):
+                batch = self.tokenizer(
+                    preprocess_texts(texts[i : i + self.batch_size]),
+                    truncation=True,
+                    padding="max_length",
+                    max_length=MAX_LEN,
+                    return_tensors="pt",
+                )
+                batch = {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask",
+                                                                                  "token_type_ids")}
+                chunks.append(self.model(**batch).float().sigmoid().cpu().numpy())
+        probs = np.concatenate(chunks, 0) if chunks else np.zeros((0, len(names)), np.float32)
+        return {n: probs[:, j] for j, n in enumerate(names)}
+
+    def error_probabilities(self, texts: Sequence[str]) -> np.ndarray:
+        """P(caption has a fluency error), float32 [N] (the last, ``error`` output)."""
+        probs = self.probabilities(texts)
+        return probs["error"] if "error" in probs else list(probs.values())[-1]
+
+    def is_erroneous(self, texts: Sequence[str]) -> np.ndarray:
+        """bool [N]: P(error) > threshold."""
+        return self.error_probabilities(texts) > self.threshold
+
+
+def save_checker(model: Any, path: str | Path, model_type: str | None = None) -> None:
+    """Save a checker module in the FENSE / aac-metrics checkpoint format (atomically)."""
+    import torch
+
+    from dcase.io import atomic_path
+
+    payload = {
+        "model_type": model_type or model.model_type,
+        "num_classes": int(model.num_classes),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_fluency_checker(
+    path: str | Path,
+    backbone: str | Path | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+    device: str = "cpu",
+    batch_size: int = 32,
+) -> FluencyChecker:
+    """Load a FENSE checker checkpoint (aac-metrics format). Any failure raises :class:`FluencyCheckerError`.
+
+    ``backbone`` overrides the checkpoint's ``model_type`` (a local BERT directory holding config + tokenizer).
+    """
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    path = Path(path)
+    if not path.is_file():
+        raise FluencyCheckerError(f"fluency checker {path} does not exist")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"fluency threshold must be in [0, 1], got {threshold}")
+    try:
+        states = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        raise FluencyCheckerError(f"cannot read fluency checker {path}: {e}") from e
+    if not isinstance(states, dict) or not {"model_type", "num_classes", "state_dict"} <= set(states):
+        keys = sorted(states) if isinstance(states, dict) else type(states).__name__
+        raise FluencyCheckerError(
+            f"{path} is not a FENSE checker checkpoint (expected keys model_type, num_classes, state_dict; got {keys})"
+        )
+    model_type = str(backbone) if backbone else str(states["model_type"])
+    try:
+        config = AutoConfig.from_pretrained(model_type)
+        tokenizer = AutoTokenizer.from_pretrained(model_type)
+    except Exception as e:  # noqa: BLE001
+        raise FluencyCheckerError(
+            f"fluency checker {path}: cannot load its backbone {model_type!r} config/tokenizer offline ({e}); "
+            "pass a local copy as backbone"
+        ) from e
+    encoder = AutoModel.from_config(config)
+    model = build_checker_module(encoder, int(states["num_classes"]), model_type)
+    state = dict(states["state_dict"])
+    expected = set(model.state_dict())
+    # Older transformers kept `position_ids` as a persistent buffer; newer ones rebuild it (as aac-metrics does).
+    for k in [k for k in state if k not in expected and k.endswith("embeddings.position_ids")]:
+        state.pop(k)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise FluencyCheckerError(f"fluency checker {path} does not match backbone {model_type!r}: {e}") from e
+    model.eval().to(device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    log.info("fluency checker %s loaded (backbone %s, threshold %.2f)", path, model_type, threshold)
+    return FluencyChecker(model, tokenizer, threshold, str(path), device, batch_size)
+
+
+def fluency_stage(
+    checker_path: str | Path | None,
+    backbone: str | Path | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+    device: str = "cpu",
+) -> tuple[FluencyChecker | None, dict[str, Any]]:
+    """Set up the filter stage: (checker or None, status dict for scores.json / run info).
+
+    ``checker_path=None`` -> the filter is off (logged, ``{"fluency_filter": "off", ...}``); a given path must load.
+    """
+    if not checker_path:
+        log.warning("no fluency checker configured: the FENSE fluency filter is OFF (candidates are not filtered)")
+        return None, {"fluency_filter": "off", "reason": "no checker configured"}
+    checker = load_fluency_checker(checker_path, backbone=backbone, threshold=threshold, device=device)
+    return checker, {"fluency_filter": "on", "checker": str(checker_path), "threshold": threshold}
