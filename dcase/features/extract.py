@@ -1,0 +1,263 @@
+"""The extraction driver: manifest -> feature store, resumable, distributed with Accelerate.
+
+Each process takes the manifest rows ``i`` with ``i % num_processes == process_index`` (deterministic), skips the
+clips already in the store's shards, sorts the rest by duration (length bucketing), loads batches in a
+background thread while the previous batch is encoded, and writes its own shards. After a barrier the main
+process rebuilds the index, merges the skip reports and records the provenance and run info.
+
+Bad input: a clip that cannot be loaded, is empty, non-finite, or shorter than one codec frame raises an
+``ExtractError`` naming the clip (the clips finished before it are kept), or, with ``skip_bad``, is listed
+in ``skipped.json``. Silent (all-zero) audio is valid audio: it is encoded and a warning is logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dcase.features.store import (
+    SKIPPED,
+    ShardWriter,
+    check_provenance,
+    finalize_store,
+    scan_shards,
+    write_provenance,
+)
+from dcase.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+class ExtractError(ValueError):
+    """A clip that cannot be turned into features; the message names the clip and its file."""
+
+
+@dataclass
+class ExtractConfig:
+    """The resolved settings of one extraction run (saved as run/config.yaml)."""
+
+    kind: str = "codec"  # codec | embed
+    manifest: str = ""
+    out: str = ""
+    model: str = "tiny"  # codec spec or embedder path
+    batch_size: int = 8
+    chunk_seconds: float = 10.0
+    skip_bad: bool = False
+    splits: list[str] | None = None
+    shard_size: int = 256
+    prefetch: int = 2
+
+
+@dataclass
+class ExtractReport:
+    """What one process did (the main process's report also has the totals of the finished store)."""
+
+    encoded: int = 0
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    already_done: int = 0
+    audio_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    store_clips: int = 0
+
+
+def _state() -> Any:
+    from accelerate import PartialState
+
+    return PartialState()
+
+
+def _dcase_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("dcase")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def load_row_audio(row: Any, sample_rate: int, min_samples: int = 1) -> np.ndarray:
+    """A manifest row's audio at ``sample_rate`` (mixup rows mixed); ExtractError naming the clip if unusable."""
+    from dcase.data.audio import AudioError, load_clip
+
+    try:
+        x = load_clip(row, sample_rate)
+    except AudioError as e:
+        raise ExtractError(f"clip {row.clip_id!r}: {e}") from e
+    if x.size < min_samples:
+        raise ExtractError(
+            f"clip {row.clip_id!r} ({row.audio_path}): {x.size} samples at {sample_rate} Hz is shorter than "
+            f"one frame ({min_samples} samples)"
+        )
+    if not np.isfinite(x).all():  # mixing can not create NaN, but keep the guarantee explicit
+        raise ExtractError(f"clip {row.clip_id!r} ({row.audio_path}): audio contains NaN or inf samples")
+    if not np.any(x):
+        log.warning("clip %r (%s): silent audio (all zeros); encoding it anyway", row.clip_id, row.audio_path)
+    return x
+
+
+def run_extraction(
+    rows: Any,
+    out: str | Path,
+    provenance: dict[str, Any],
+    encode_batch: Callable[[list[np.ndarray]], list[np.ndarray]],
+    sample_rate: int,
+    min_samples: int,
+    cfg: ExtractConfig,
+    progress: bool = True,
+) -> ExtractReport:
+    """The shared driver (see module docstring). ``rows``: manifest DataFrame; ``encode_batch``: waves -> arrays."""
+    from dcase.data.manifest import manifest_hash
+
+    out = Path(out)
+    state = _state()
+    rank, world = state.process_index, state.num_processes
+    provenance = {**provenance, "dcase_version": _dcase_version(), "manifest_hash": manifest_hash(rows)}
+    exists = check_provenance(out, provenance)  # every process checks: all raise alike on a mismatch
+    if state.is_main_process and not exists:
+        write_provenance(out, provenance)
+    state.wait_for_everyone()
+
+    done = set(scan_shards(out))
+    mine = [r for i, r in enumerate(rows.itertuples(index=False)) if i % world == rank]
+    todo = [r for r in mine if r.clip_id not in done]
+    todo.sort(key=lambda r: (-float(r.duration_s), r.clip_id))
+    report = ExtractReport(already_done=len(mine) - len(todo))
+    if report.already_done:
+        log.info("process %d: %d clips already in %s, %d to do", rank, report.already_done, out, len(todo))
+    batches = [todo[i : i + cfg.batch_size] for i in range(0, len(todo), cfg.batch_size)]
+
+    def load(batch: Sequence[Any]) -> list[tuple[Any, np.ndarray | Exception]]:
+        res: list[tuple[Any, np.ndarray | Exception]] = []
+        for r in batch:
+            try:
+                res.append((r, load_row_audio(r, sample_rate, min_samples)))
+            except ExtractError as e:
+                res.append((r, e))
+        return res
+
+    bar = None
+    if progress and state.is_main_process:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo) * world, unit="clip", desc=f"extract {provenance.get('kind')}", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    error: Exception | None = None
+    with ShardWriter(out, rank, cfg.shard_size) as writer, ThreadPoolExecutor(1) as pool:
+        futures = [pool.submit(load, b) for b in batches[: cfg.prefetch]]
+        for bi in range(len(batches)):
+            loaded = futures[bi].result()
+            if bi + cfg.prefetch < len(batches):
+                futures.append(pool.submit(load, batches[bi + cfg.prefetch]))
+            good = []
+            for r, x in loaded:
+                if isinstance(x, Exception):
+                    if not cfg.skip_bad:
+                        error = x
+                        break
+                    log.warning("skipping %s", x)
+                    report.skipped.append({"clip_id": r.clip_id, "reason": str(x)})
+                else:
+                    good.append((r, x))
+            if error is not None:
+                break
+            if good:
+                feats = encode_batch([x for _, x in good])
+                for (r, x), f in zip(good, feats, strict=True):
+                    writer.add(r.clip_id, f)
+                    report.audio_seconds += x.size / sample_rate
+                report.encoded += len(good)
+            if bar is not None:
+                bar.update(len(loaded) * world)
+                el = time.perf_counter() - t0
+                bar.set_postfix(audio_s_per_s=f"{report.audio_seconds / max(el, 1e-9):.1f}")
+        if error is not None:
+            for f in futures:
+                f.cancel()
+    if bar is not None:
+        bar.close()
+    report.wall_seconds = time.perf_counter() - t0
+    skip_file = out / f"skipped-r{rank:03d}.json"
+    if report.skipped:
+        prev = json.loads(skip_file.read_text()) if skip_file.is_file() else []
+        atomic_write_text(skip_file, json.dumps(prev + report.skipped, indent=1))
+    if error is not None:
+        # Other processes may be waiting at the barrier below; a distributed launcher tears them down.
+        raise ExtractError(f"{error} (clips finished so far are kept in {out}; rerun with --skip-bad to skip it)")
+    state.wait_for_everyone()
+    if state.is_main_process:
+        skipped: list[dict[str, str]] = []
+        for f in sorted(out.glob("skipped-r*.json")):
+            skipped += json.loads(f.read_text())
+        index = finalize_store(out, provenance)
+        skipped = [s for s in {s["clip_id"]: s for s in skipped}.values() if s["clip_id"] not in index]
+        atomic_write_text(out / SKIPPED, json.dumps(skipped, indent=1))
+        report.store_clips = len(index)
+        from dcase.config import write_run_info
+
+        write_run_info(out / "run", cfg, extra={"world_size": world, "provenance": provenance,
+                                                "encoded_main_process": report.encoded})
+        log.info("%s: %d clips in the store, %d skipped", out, len(index), len(skipped))
+    state.wait_for_everyone()
+    return report
+
+
+def _read_rows(manifest: str | Path, splits: Sequence[str] | None) -> Any:
+    from dcase.data.manifest import read_manifest
+
+    return read_manifest(manifest, splits)
+
+
+def extract_codec(
+    manifest: str | Path,
+    out: str | Path,
+    codec: str = "tiny",
+    batch_size: int = 8,
+    skip_bad: bool = False,
+    splits: Sequence[str] | None = None,
+    chunk_seconds: float = 10.0,
+    shard_size: int = 256,
+    progress: bool = True,
+) -> ExtractReport:
+    """DAC codes (int16 [n_codebooks, T]) for every manifest row into the store ``out``.
+
+    ``codec``: ``tiny`` / ``full`` / a DacConfig file (random weights), a DacModel directory, or a hub name.
+    """
+    from dcase.features.codec import load_codec
+
+    cfg = ExtractConfig("codec", str(manifest), str(out), str(codec), batch_size, chunk_seconds, skip_bad,
+                        list(splits) if splits else None, shard_size)
+    model = load_codec(codec, chunk_seconds=chunk_seconds)
+    rows = _read_rows(manifest, splits)
+    prov = {"kind": "codec", **model.provenance()}
+    return run_extraction(rows, out, prov, model.encode_many, model.sample_rate, model.hop, cfg, progress)
+
+
+def extract_embeddings(
+    manifest: str | Path,
+    out: str | Path,
+    embedder: str | Path,
+    batch_size: int = 8,
+    skip_bad: bool = False,
+    splits: Sequence[str] | None = None,
+    shard_size: int = 256,
+    progress: bool = True,
+) -> ExtractReport:
+    """One clip embedding (float32 [D]) per manifest row, from a retriever / CNext checkpoint."""
+    from dcase.features.embed import embed_waves, embedder_provenance, load_embedder
+
+    cfg = ExtractConfig("embed", str(manifest), str(out), str(embedder), batch_size, 0.0, skip_bad,
+                        list(splits) if splits else None, shard_size)
+    model = load_embedder(embedder)
+    rows = _read_rows(manifest, splits)
+    prov = {"kind": "embed", **embedder_provenance(model, embedder)}
+    min_samples = int(getattr(model, "min_samples", lambda: 1)())
+    return run_extraction(rows, out, prov, lambda w: embed_waves(model, w), int(model.sample_rate), min_samples,
+                          cfg, progress)

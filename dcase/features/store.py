@@ -1,0 +1,282 @@
+"""The feature store: sharded safetensors files, an index, and a provenance record.
+
+Layout of a store directory::
+
+    provenance.json        what made the features (extractor, its config, checkpoint sha256, sample rate, hop,
+                           n_codebooks, dcase version, manifest hash, kind "codec" | "embed")
+    shards/*.safetensors   one tensor per clip, keyed by clip_id; each shard is written atomically
+    index.json             clip_id -> {shard, key, shape, dtype}; rebuilt from the shard headers at the end
+    skipped.json           clips left out under --skip-bad, with the reason
+    run/                   config.yaml + run.json of the extraction run
+
+A killed job leaves only complete shards (plus at most a ``.tmp`` file): rerunning skips every clip found in a
+shard. Adding features of a different provenance to a store is refused, naming the differing fields.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dcase.io import atomic_path, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+PROVENANCE = "provenance.json"
+INDEX = "index.json"
+SHARDS = "shards"
+SKIPPED = "skipped.json"
+# Fields that may differ between runs adding to one store (they describe the run, not the features).
+RUN_FIELDS = ("manifest_hash", "manifest_hashes", "created")
+
+
+class StoreError(ValueError):
+    """A store that is missing, corrupt, incomplete, or of a different provenance."""
+
+
+class ProvenanceError(StoreError):
+    """Features of a different provenance would be mixed into one store."""
+
+
+def provenance_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Human-readable differences between two provenance records, ignoring per-run fields."""
+    out: list[str] = []
+    for k in sorted((set(old) | set(new)) - set(RUN_FIELDS)):
+        a, b = old.get(k), new.get(k)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{k}.{s}: store has {a.get(s)!r}, this run has {b.get(s)!r}"
+                    for s in sorted(set(a) | set(b)) if a.get(s) != b.get(s)]
+        else:
+            out.append(f"{k}: store has {a!r}, this run has {b!r}")
+    return out
+
+
+def check_provenance(path: str | Path, provenance: Mapping[str, Any]) -> bool:
+    """Raise ProvenanceError if ``path`` holds a store of another provenance. Returns True if one exists."""
+    f = Path(path) / PROVENANCE
+    if not f.is_file():
+        if (Path(path) / SHARDS).is_dir() and any((Path(path) / SHARDS).glob("*.safetensors")):
+            raise StoreError(f"{path}: has shards but no {PROVENANCE}; refusing to add to a store of unknown origin")
+        return False
+    old = json.loads(f.read_text())
+    diff = provenance_diff(old, provenance)
+    if diff:
+        raise ProvenanceError(
+            f"{path}: refusing to add features of a different provenance to this store; differing fields:\n  "
+            + "\n  ".join(diff)
+            + "\nUse a new --out directory (or delete the old store)."
+        )
+    return True
+
+
+def write_provenance(path: str | Path, provenance: Mapping[str, Any]) -> None:
+    rec = {**provenance, "created": provenance.get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    Path(path).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(path) / PROVENANCE, json.dumps(rec, indent=2, sort_keys=True))
+
+
+def _shard_header(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """(tensor entries, metadata) read from a safetensors header without loading data."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    meta = header.pop("__metadata__", {}) or {}
+    return header, meta
+
+
+def scan_shards(path: str | Path) -> dict[str, dict[str, Any]]:
+    """clip_id -> {shard, key, shape, dtype} from every shard's header. Corrupt shards raise StoreError."""
+    out: dict[str, dict[str, Any]] = {}
+    shard_dir = Path(path) / SHARDS
+    if not shard_dir.is_dir():
+        return out
+    for shard in sorted(shard_dir.glob("*.safetensors")):
+        try:
+            header, _ = _shard_header(shard)
+        except (OSError, ValueError) as e:
+            raise StoreError(f"{shard}: corrupt shard ({e}); delete it and rerun to re-extract its clips") from e
+        for key, ent in header.items():
+            if key in out:
+                log.warning("%s: clip %r already in %s; keeping the first", shard, key, out[key]["shard"])
+                continue
+            out[key] = {"shard": shard.name, "key": key, "shape": ent["shape"], "dtype": ent["dtype"]}
+    return out
+
+
+class ShardWriter:
+    """Buffers clip features and writes them as atomic safetensors shards of ``shard_size`` clips."""
+
+    def __init__(self, path: str | Path, rank: int = 0, shard_size: int = 256) -> None:
+        self.dir = Path(path) / SHARDS
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.rank = rank
+        self.shard_size = shard_size
+        self.buffer: dict[str, np.ndarray] = {}
+        self.stamp = f"{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{os.getpid()}"
+        self.n_shards = 0
+        self.n_written = 0
+
+    def add(self, clip_id: str, array: np.ndarray) -> None:
+        if clip_id in self.buffer:
+            raise StoreError(f"clip {clip_id!r} added twice")
+        self.buffer[clip_id] = np.ascontiguousarray(array)
+        if len(self.buffer) >= self.shard_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        from safetensors.numpy import save_file
+
+        name = f"part-r{self.rank:03d}-{self.stamp}-{self.n_shards:05d}.safetensors"
+        with atomic_path(self.dir / name) as tmp:
+            save_file(self.buffer, str(tmp), metadata={"rank": str(self.rank), "n": str(len(self.buffer))})
+        self.n_shards += 1
+        self.n_written += len(self.buffer)
+        self.buffer = {}
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.flush()
+
+
+def finalize_store(path: str | Path, provenance: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Rebuild ``index.json`` from the shard headers (atomically); optionally refresh provenance. Returns index."""
+    path = Path(path)
+    index = scan_shards(path)
+    atomic_write_text(path / INDEX, json.dumps(index, indent=1, sort_keys=True))
+    if provenance is not None:
+        old = json.loads((path / PROVENANCE).read_text()) if (path / PROVENANCE).is_file() else {}
+        hashes = list(old.get("manifest_hashes", []))
+        if provenance.get("manifest_hash") and provenance["manifest_hash"] not in hashes:
+            hashes.append(provenance["manifest_hash"])
+        write_provenance(path, {**old, **provenance, "manifest_hashes": hashes, "created": old.get("created")})
+    return index
+
+
+class FeatureStore(Mapping[str, np.ndarray]):
+    """Read-only view of a store: ``store[clip_id]`` -> codec int16 [K, T] or embedding float32 [D]."""
+
+    def __init__(self, path: Path, provenance: dict[str, Any], index: dict[str, dict[str, Any]]) -> None:
+        self.path = path
+        self.provenance = provenance
+        self.index = index
+        self._handles: dict[str, Any] = {}
+
+    @classmethod
+    def open(cls, path: str | Path) -> FeatureStore:
+        path = Path(path)
+        if not path.is_dir():
+            raise StoreError(f"feature store not found: {path}")
+        if not (path / PROVENANCE).is_file():
+            raise StoreError(f"{path}: not a feature store (no {PROVENANCE})")
+        if not (path / INDEX).is_file():
+            raise StoreError(f"{path}: no {INDEX}: the extraction did not finish; rerun the same command to resume")
+        try:
+            provenance = json.loads((path / PROVENANCE).read_text())
+            index = json.loads((path / INDEX).read_text())
+        except json.JSONDecodeError as e:
+            raise StoreError(f"{path}: corrupt {PROVENANCE} or {INDEX} ({e})") from e
+        return cls(path, provenance, index)
+
+    @property
+    def kind(self) -> str:
+        return str(self.provenance.get("kind"))
+
+    def shape(self, clip_id: str) -> tuple[int, ...]:
+        return tuple(self.index[clip_id]["shape"])
+
+    def __getitem__(self, clip_id: str) -> np.ndarray:
+        ent = self.index.get(clip_id)
+        if ent is None:
+            raise KeyError(f"clip {clip_id!r} is not in feature store {self.path}")
+        h = self._handles.get(ent["shard"])
+        if h is None:
+            from safetensors import safe_open
+
+            shard = self.path / SHARDS / ent["shard"]
+            try:
+                h = safe_open(str(shard), framework="np")
+            except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+                raise StoreError(f"{shard}: cannot open shard ({e})") from e
+            self._handles[ent["shard"]] = h
+        return h.get_tensor(ent["key"])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.index)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __repr__(self) -> str:
+        return f"FeatureStore({str(self.path)!r}, kind={self.kind!r}, clips={len(self)})"
+
+
+def verify_store(store: FeatureStore | str | Path, manifest: Any) -> dict[str, Any]:
+    """Check a store against a manifest (DataFrame or path). Raises StoreError listing every problem.
+
+    Every manifest clip must be present, or listed in skipped.json; codec entries must be int16
+    [n_codebooks, T] with T within 1 frame of duration * frame rate (mixup rows: at least the longer source)
+    and codes in [0, codebook_size); embed entries float32 [D] and finite. Returns a summary dict.
+    """
+    from dcase.data.manifest import read_manifest
+
+    if not isinstance(store, FeatureStore):
+        store = FeatureStore.open(store)
+    df = manifest if not isinstance(manifest, (str, Path)) else read_manifest(manifest)
+    prov = store.provenance
+    skipped = {}
+    if (store.path / SKIPPED).is_file():
+        skipped = {s["clip_id"]: s["reason"] for s in json.loads((store.path / SKIPPED).read_text())}
+    problems: list[str] = []
+    n_ok = 0
+    kind = prov.get("kind")
+    for row in df.itertuples(index=False):
+        cid = row.clip_id
+        if cid not in store.index:
+            if cid in skipped:
+                continue
+            problems.append(f"{cid!r}: missing")
+            continue
+        x = store[cid]
+        if kind == "codec":
+            k = int(prov["n_codebooks"])
+            if x.dtype != np.int16 or x.ndim != 2 or x.shape[0] != k:
+                problems.append(f"{cid!r}: expected int16 [{k}, T], got {x.dtype} {list(x.shape)}")
+                continue
+            rate = prov["sample_rate"] / prov["hop"]
+            expect = float(row.duration_s) * rate
+            lo = math.floor(expect) - 1
+            if x.shape[1] < lo or (row.source != "clotho_mixup" and x.shape[1] > math.ceil(expect) + 1):
+                problems.append(f"{cid!r}: {x.shape[1]} frames, expected ~{expect:.1f} for {row.duration_s:.3f} s")
+            cb = int(prov.get("extractor_config", {}).get("codebook_size", 1 << 15))
+            if x.size and (x.min() < 0 or x.max() >= cb):
+                problems.append(f"{cid!r}: codes outside [0, {cb})")
+        else:
+            d = prov.get("embed_dim")
+            if x.dtype != np.float32 or x.ndim != 1 or (d is not None and x.shape[0] != int(d)):
+                problems.append(f"{cid!r}: expected float32 [{d}], got {x.dtype} {list(x.shape)}")
+                continue
+            if not np.isfinite(x).all():
+                problems.append(f"{cid!r}: contains NaN or inf")
+        n_ok += 1
+    if problems:
+        raise StoreError(
+            f"{store.path}: {len(problems)} problem(s) against the manifest ({len(df)} clips):\n  "
+            + "\n  ".join(problems[:30])
+            + ("\n  ..." if len(problems) > 30 else "")
+        )
+    return {"clips": len(df), "ok": n_ok, "skipped": len([c for c in df["clip_id"] if c in skipped]),
+            "extra_in_store": len(set(store.index) - set(df["clip_id"]))}
