@@ -450,3 +450,67 @@ def package_submission(
             with atomic_path(out_dir / f"task{task}" / name) as tmp:
                 shutil.copyfile(technical_report, tmp)
     return written
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Task 8 scoring from files
+# ------------------------------------------------------------------------------------------------------------
+
+
+def ranked_list_metrics(ranked: Sequence[Sequence[str]], relevant: Sequence[str]) -> dict[str, float]:
+    """Task 8 metrics over ranked name lists: ranked [Q][<=10] file names (best first), relevant [Q] file name.
+
+    mAP@10 = mean over queries of 1/rank of the relevant clip if it is within the 10 names, else 0 (one relevant
+    clip per query); R@k = fraction of queries whose relevant clip is in the first k names.
+    """
+    if len(ranked) != len(relevant):
+        raise ValueError(f"found {len(ranked)} ranked lists for {len(relevant)} relevant clips")
+    if not ranked:
+        raise ValueError("no queries to score")
+    rr, hits = [], {1: [], 5: [], 10: []}
+    for names, rel in zip(ranked, relevant, strict=True):
+        names = list(names)[:TASK8_TOP_K]
+        rank = names.index(rel) + 1 if rel in names else None
+        rr.append(1.0 / rank if rank else 0.0)
+        for k in hits:
+            hits[k].append(rank is not None and rank <= k)
+    n = len(ranked)
+    return {
+        "map_at_10": sum(rr) / n,
+        "r_at_1": sum(hits[1]) / n,
+        "r_at_5": sum(hits[5]) / n,
+        "r_at_10": sum(hits[10]) / n,
+        "n_queries": n,
+    }
+
+
+def score_task8_files(predictions: str | Path, references: str | Path) -> dict[str, float]:
+    """Score a Task 8 CSV against the query captions with their relevant clips (a Clotho captions CSV: every
+    caption is a query relevant to its own clip; or a ``caption,file_name`` CSV).
+
+    Rows are matched to queries in order when the captions agree row by row; otherwise by caption text, repeated
+    captions being matched in order of appearance. Missing, extra or unmatched queries are errors naming them.
+    """
+    df = read_task8(predictions)
+    rows = task8_rows(df)
+    queries, relevant = read_queries(references)
+    if relevant is None:
+        raise SubmissionError(f"{references}: has no file_name column, so the relevant clips are unknown")
+    if len(rows) == len(queries) and all(c == q for (c, _), q in zip(rows, queries, strict=True)):
+        ranked = [names for _, names in rows]
+        return ranked_list_metrics(ranked, relevant)
+    by_text: dict[str, list[list[str]]] = {}
+    for caption, names in rows:
+        by_text.setdefault(caption, []).append(names)
+    problems = []
+    want = Counter(queries)
+    for text, lists in by_text.items():
+        if len(lists) != want.get(text, 0):
+            problems.append(f"caption {text!r}: {len(lists)} rows for {want.get(text, 0)} queries")
+    for text in want:
+        if text not in by_text:
+            problems.append(f"query {text!r} has no row")
+    if problems:
+        raise _problems(predictions, problems)
+    ranked = [by_text[q].pop(0) for q in queries]
+    return ranked_list_metrics(ranked, relevant)

@@ -1,7 +1,82 @@
-"""`dcase submit ...` commands."""
+"""``dcase submit ...``: validate Task 6 / Task 8 submission files and lay out the submission package."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
+from dcase.cli.common import user_errors
+
 app = typer.Typer(no_args_is_help=True)
+validate_app = typer.Typer(no_args_is_help=True, help="Check a submission CSV against the official format.")
+app.add_typer(validate_app, name="validate")
+
+
+@validate_app.command("task6")
+@user_errors
+def validate6(
+    file: Path = typer.Argument(..., help="Task 6 CSV (file_name,caption_predicted)."),
+    audio_dir: Path = typer.Option(None, "--audio-dir", help="Evaluation audio folder: one row per file."),
+) -> None:
+    """Validate a Task 6 CSV: header, quoting, empty captions, duplicates, clip set.
+
+    Example: dcase submit validate task6 Kim_SNU_task6_1.output.csv --audio-dir clotho/evaluation
+    """
+    from dcase.submission import validate_task6
+
+    df = validate_task6(file, audio_dir)
+    typer.secho(f"ok: {file} ({len(df)} clips)", fg=typer.colors.GREEN)
+
+
+@validate_app.command("task8")
+@user_errors
+def validate8(
+    file: Path = typer.Argument(..., help="Task 8 CSV (caption,fname_1..fname_10)."),
+    references: Path = typer.Option(None, "--references", help="Query captions CSV: row count and order."),
+    audio_dir: Path = typer.Option(None, "--audio-dir", help="Audio folder every file name must exist in."),
+) -> None:
+    """Validate a Task 8 CSV: header, 10 distinct names per row, names exist, one row per query in order.
+
+    Example: dcase submit validate task8 Kim_SNU_task8_1.output.csv --references retrieval_captions.csv
+    """
+    from dcase.submission import validate_task8
+
+    df = validate_task8(file, references, audio_dir)
+    typer.secho(f"ok: {file} ({len(df)} queries)", fg=typer.colors.GREEN)
+
+
+def _pairs(values: list[str] | None, flag: str) -> list[tuple[str, str]]:
+    out = []
+    for v in values or []:
+        csv_path, sep, meta = v.rpartition(":")
+        if not sep or not csv_path or not meta:
+            raise ValueError(f"{flag} expects CSV:META (e.g. out.csv:meta.yaml), got {v!r}")
+        out.append((csv_path, meta))
+    return out
+
+
+@app.command("package")
+@user_errors
+def package(
+    task6: list[str] = typer.Option(None, "--task6", help="CSV:META.yaml of a Task 6 system (repeat, <= 4)."),
+    task8: list[str] = typer.Option(None, "--task8", help="CSV:META.yaml of a Task 8 system (repeat, <= 4)."),
+    out: Path = typer.Option(..., "--out", help="Package folder (task6/<Label>/..., task8/<Label>/...)."),
+    audio_dir6: Path = typer.Option(None, "--task6-audio-dir", help="Task 6 evaluation audio folder."),
+    audio_dir8: Path = typer.Option(None, "--task8-audio-dir", help="Task 8 audio folder."),
+    references8: Path = typer.Option(None, "--task8-references", help="Task 8 query captions CSV."),
+    report: Path = typer.Option(None, "--technical-report", help="Technical report PDF to include."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing system folders."),
+) -> None:
+    """Validate every system and write <out>/task<k>/<Label>/<Label>.output.csv + <Label>.meta.yaml.
+
+    Example: dcase submit package --task6 t6_1.csv:t6_1.meta.yaml --task8 t8_1.csv:t8_1.meta.yaml --out package
+    """
+    from dcase.submission import package_submission
+
+    folders = package_submission(
+        out, _pairs(task6, "--task6"), _pairs(task8, "--task8"), overwrite=overwrite, audio_dir6=audio_dir6,
+        audio_dir8=audio_dir8, references8=references8, technical_report=report,
+    )
+    for f in folders:
+        typer.echo(str(f))
