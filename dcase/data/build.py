@@ -159,10 +159,11 @@ def read_table(
         raise DataError(f"{path}: file not found")
     text, enc = decode_text(path)
     delim = sniff_delimiter(text, path)
+    text = text.rstrip("\r\n") + "\n"  # trailing blank lines are not rows; blank lines inside are (and fail)
     try:
         df = pd.read_csv(
             io.StringIO(text), sep=delim, dtype=str, keep_default_na=False, na_filter=False,
-            skipinitialspace=False, engine="c",
+            skipinitialspace=False, skip_blank_lines=False, engine="c",
         )
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise DataError(f"{path}: not a readable CSV ({str(e).strip()})") from e

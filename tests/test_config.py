@@ -1,0 +1,119 @@
+"""dcase.config: strict keys, nesting, type coercion, _base_ inheritance, dotted overrides, run info."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pytest
+import yaml
+
+from dcase.config import ConfigError, from_dict, load_config, parse_override, to_dict, write_run_info
+
+
+@dataclass
+class Optim:
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup: int = 0
+
+
+@dataclass
+class Model:
+    d_model: int = 64
+    n_layers: int = 2
+    kind: Literal["bart", "t5"] = "bart"
+    dropout: float | None = None
+
+
+@dataclass
+class Cfg:
+    name: str = "run"
+    seed: int = 0
+    use_mcm: bool = True
+    splits: list[str] = field(default_factory=lambda: ["development"])
+    model: Model = field(default_factory=Model)
+    optim: Optim = field(default_factory=Optim)
+
+
+def test_defaults_and_roundtrip() -> None:
+    cfg = load_config(Cfg)
+    assert cfg == Cfg()
+    d = to_dict(cfg)
+    assert d["model"] == {"d_model": 64, "n_layers": 2, "kind": "bart", "dropout": None}
+    assert d["optim"]["betas"] == [0.9, 0.999]
+    assert from_dict(Cfg, d) == cfg
+
+
+def test_unknown_keys_list_valid_keys(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(Cfg, overrides=["modle.d_model=3"])
+    assert "['modle']" in str(e.value) and "valid keys: ['model', 'name', 'optim', 'seed', 'splits', 'use_mcm']" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        load_config(Cfg, overrides=["model.hidden=3"])
+    msg = str(e.value)
+    assert "['hidden']" in msg and "in 'model'" in msg and "['d_model', 'dropout', 'kind', 'n_layers']" in msg
+    p = tmp_path / "c.yaml"
+    p.write_text("optim:\n  lr: 0.1\n  momentum: 0.9\n")
+    with pytest.raises(ConfigError, match=r"\['momentum'\] in 'optim' of Optim"):
+        load_config(Cfg, p)
+
+
+def test_types_and_overrides() -> None:
+    cfg = load_config(Cfg, overrides=[
+        "model.d_model=128", "optim.lr=5e-4", "use_mcm=false", "splits=[development, validation]",
+        "optim.betas=[0.8, 0.99]", "model.kind=t5", "model.dropout=0.1", "name=12",
+    ])
+    assert cfg.model.d_model == 128 and isinstance(cfg.model.d_model, int)
+    assert cfg.optim.lr == 5e-4 and cfg.use_mcm is False
+    assert cfg.splits == ["development", "validation"] and cfg.optim.betas == (0.8, 0.99)
+    assert cfg.model.kind == "t5" and cfg.model.dropout == 0.1 and cfg.name == "12"
+    assert load_config(Cfg, overrides=["splits=a,b"]).splits == ["a", "b"]
+    assert load_config(Cfg, overrides=["model.dropout=null"]).model.dropout is None
+    for bad, pattern in [
+        ("model.d_model=1.5", r"model.d_model: expected an integer, got 1.5"),
+        ("model.d_model=abc", r"model.d_model: expected an integer"),
+        ("use_mcm=maybe", r"use_mcm: expected a boolean"),
+        ("model.kind=gpt", r"model.kind: 'gpt' is not one of \['bart', 't5'\]"),
+        ("optim.lr=fast", r"optim.lr: expected a number"),
+        ("seed=null", r"seed: null is not allowed"),
+        ("model=3", r"model: expected a mapping for Model"),
+        ("model.d_model", r"must look like key.path=value"),
+        ("name.x=1", r"'name' is not a section"),
+    ]:
+        with pytest.raises(ConfigError, match=pattern):
+            load_config(Cfg, overrides=[bad])
+    assert parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
+
+
+def test_base_inheritance_and_precedence(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text("seed: 3\nmodel:\n  d_model: 32\n  n_layers: 4\noptim:\n  lr: 0.01\n")
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "child.yaml").write_text("_base_: ../base.yaml\nmodel:\n  n_layers: 1\nname: child\n")
+    cfg = load_config(Cfg, sub / "child.yaml", overrides=["optim.lr=0.5"])
+    assert cfg.seed == 3 and cfg.model.d_model == 32 and cfg.model.n_layers == 1 and cfg.name == "child"
+    assert cfg.optim.lr == 0.5 and cfg.optim.warmup == 0  # untouched defaults survive the deep merge
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(Cfg, tmp_path / "nope.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(Cfg, tmp_path / "list.yaml")
+    (tmp_path / "broken.yaml").write_text("a: [1,\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(Cfg, tmp_path / "broken.yaml")
+
+
+def test_write_run_info(tmp_path: Path) -> None:
+    cfg = load_config(Cfg, overrides=["model.d_model=16"])
+    run = write_run_info(tmp_path / "run", cfg, seed=11, extra={"stage": "test"})
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved == to_dict(cfg) and saved["model"]["d_model"] == 16
+    assert load_config(Cfg, run / "config.yaml") == cfg  # the saved config reloads to the same object
+    info = json.loads((run / "run.json").read_text())
+    assert info["seed"] == 11 and info["stage"] == "test" and info["config_class"] == "Cfg"
+    assert "git_hash" in info and info["versions"]["python"]
+    assert info["versions"]["numpy"] and info["versions"]["pandas"]
+    assert not list(run.glob("*.tmp"))

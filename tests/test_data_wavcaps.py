@@ -1,0 +1,110 @@
+"""WavCaps reader: official JSON layout, challenge filters and their counts, exclusion CSV variants, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from _datasets_util import write_csv, write_tone
+
+from dcase.data.build import BadClips, DataError
+from dcase.data.manifest import write_manifest
+from dcase.data.wavcaps import read_exclude_ids, read_wavcaps
+
+# (source dir, json name, [(id, duration, caption)])
+SOURCES = {
+    "FreeSound": ("fsd_final.json", [("180913", 5.0, "a bell rings"), ("77", 12.0, "water drips")]),
+    "BBC_Sound_Effects": ("bbc_final.json", [("07070291", 20.0, "a car passes"), ("07070292", 45.0, "long wind"),
+                                             ("07070293", 0.5, "short click")]),
+    "SoundBible": ("sb_final.json", [("0", 3.0, "a cat meows"), ("1", 30.0, "thunder"), ("2", 1.0, "a pop")]),
+    "AudioSet_SL": ("as_final.json", [("Yb0RFKhbpFJA.wav", 10.0, "people talk"), ("Yzz.wav", 10.0, "a dog barks")]),
+}
+
+
+def _wavcaps(root: Path) -> tuple[Path, Path]:
+    json_root, audio_root = root / "json_files", root / "audio"
+    for src, (name, entries) in SOURCES.items():
+        data = [{"id": i, "caption": c, "duration": d, "audio": "wav_path", "download_link": "x"}
+                for i, d, c in entries]
+        (json_root / src).mkdir(parents=True, exist_ok=True)
+        (json_root / src / name).write_text(json.dumps({"num_captions_per_audio": 1, "data": data}))
+        for i, _, _ in entries:
+            stem = i.removesuffix(".wav")
+            write_tone(audio_root / src / f"{stem}.flac", seconds=0.05, fmt="FLAC")
+    return json_root, audio_root
+
+
+def _steps(report) -> list[tuple[str, int, int]]:
+    return [(s.name, s.before, s.after) for s in report.steps]
+
+
+def test_challenge_filters_and_counts(tmp_path: Path) -> None:
+    json_root, audio_root = _wavcaps(tmp_path / "wc")
+    rows, report = read_wavcaps(json_root, audio_root)
+    assert report.per_source == {"AudioSet_SL": 2, "BBC_Sound_Effects": 3, "SoundBible": 3, "FreeSound": 2}
+    assert _steps(report) == [
+        ("valid entries", 10, 10),
+        ("drop FreeSound source", 10, 8),
+        ("keep duration in [1, 30] s", 8, 6),
+        ("audio found and readable", 6, 6),
+    ]
+    ids = [r.clip_id for r in rows]
+    assert ids == ["wavcaps/AudioSet_SL/Yb0RFKhbpFJA", "wavcaps/AudioSet_SL/Yzz", "wavcaps/BBC_Sound_Effects/07070291",
+                   "wavcaps/SoundBible/0", "wavcaps/SoundBible/1", "wavcaps/SoundBible/2"]
+    assert rows[3].captions == ["a cat meows"] and all(r.split == "train" for r in rows)
+    assert rows[0].audio_path.endswith("AudioSet_SL/Yb0RFKhbpFJA.flac")
+    write_manifest(rows, tmp_path / "m.parquet")
+    assert "drop FreeSound source: 10 -> 8 (removed 2)" in str(report)
+
+
+@pytest.mark.parametrize("column", ["fsd_id", "id", "sound_id", "freesound"])
+def test_exclude_csv_columns(tmp_path: Path, column: str) -> None:
+    json_root, audio_root = _wavcaps(tmp_path / "wc")
+    csv_path = write_csv(tmp_path / "excluded.csv", [column, "note"], [["1", "x"], ["07070291", "y"], ["999", "z"]])
+    assert read_exclude_ids(csv_path) == {"1", "07070291", "999"}
+    rows, report = read_wavcaps(json_root, audio_root, exclude_csv=csv_path)
+    assert ("drop excluded ids (excluded.csv)", 8, 6) in _steps(report)
+    assert "wavcaps/SoundBible/1" not in [r.clip_id for r in rows]
+    assert len(rows) == 4
+
+
+def test_headerless_exclude_csv_and_no_filters(tmp_path: Path) -> None:
+    json_root, audio_root = _wavcaps(tmp_path / "wc")
+    p = tmp_path / "ids.csv"
+    p.write_text("180913\n77\n")
+    assert read_exclude_ids(p) == {"180913", "77"}
+    rows, report = read_wavcaps(json_root, audio_root, challenge_filters=False)
+    assert len(rows) == 10 and [s.name for s in report.steps] == ["valid entries", "audio found and readable"]
+    rows, report = read_wavcaps(json_root, audio_root, challenge_filters=False, exclude_csv=p)
+    assert len(rows) == 8 and not any(r.clip_id.startswith("wavcaps/FreeSound/") for r in rows)
+
+
+def test_bad_entries_and_audio(tmp_path: Path) -> None:
+    json_root, audio_root = _wavcaps(tmp_path / "wc")
+    sb = json_root / "SoundBible" / "sb_final.json"
+    doc = json.loads(sb.read_text())
+    doc["data"][1]["caption"] = ""
+    sb.write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=r"sb_final.json: entry 1: field 'caption' is empty .*wavcaps/SoundBible/1"):
+        read_wavcaps(json_root, audio_root)
+    doc["data"][1]["caption"] = "thunder"
+    doc["data"][2]["id"] = "0"
+    sb.write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=r"entry 2: duplicate id '0' \(first at entry 0\)"):
+        read_wavcaps(json_root, audio_root)
+    doc["data"][2]["id"] = "2"
+    del doc["data"][0]["duration"]
+    sb.write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=r"entry 0: missing field\(s\) \['duration'\]"):
+        read_wavcaps(json_root, audio_root)
+    bad = BadClips(skip_bad=True)
+    (audio_root / "AudioSet_SL" / "Yzz.flac").unlink()
+    rows, report = read_wavcaps(json_root, audio_root, bad=bad)
+    assert len(rows) == 4 and len(bad) == 2
+    assert _steps(report)[0] == ("valid entries", 10, 9)
+    assert _steps(report)[-1] == ("audio found and readable", 5, 4)
+    assert any("Yzz.flac" in b.file and "audio file not found" in b.reason for b in bad.items)
+    (json_root / "AudioSet_SL" / "as_final.json").write_text("{not json")
+    with pytest.raises(DataError, match="as_final.json: not a readable WavCaps JSON"):
+        read_wavcaps(json_root, audio_root)
