@@ -196,6 +196,13 @@ def test_skip_bad_writes_report(tmp_path: Path) -> None:
     assert res2.report_path is None and not report_path_for(out).exists()
 
 
+def test_duplicate_file_name_across_splits(tmp_path: Path) -> None:
+    root = _clotho(tmp_path / "c")
+    write_tone(root / "clotho_audio_files" / "test" / "eval a.wav", seconds=0.1, sr=44100)
+    with pytest.raises(DataError, match=r"test/eval a.wav: duplicate file name: also in split 'evaluation'"):
+        read_clotho(root, ["evaluation", "test"])
+
+
 def test_no_decode_check_trusts_header(tmp_path: Path) -> None:
     root = _clotho(tmp_path / "c")
     write_nan_wav(root / "clotho_audio_files" / "development" / DEV_FILES[0], sr=8000)

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 from _datasets_util import write_csv, write_tone
+from typer.testing import CliRunner
 
+from dcase.cli import app
 from dcase.data.build import BadClips, DataError
 from dcase.data.manifest import write_manifest
 from dcase.data.wavcaps import read_exclude_ids, read_wavcaps
@@ -108,3 +110,15 @@ def test_bad_entries_and_audio(tmp_path: Path) -> None:
     (json_root / "AudioSet_SL" / "as_final.json").write_text("{not json")
     with pytest.raises(DataError, match="as_final.json: not a readable WavCaps JSON"):
         read_wavcaps(json_root, audio_root)
+
+
+def test_cli_prints_filter_counts(tmp_path: Path) -> None:
+    json_root, audio_root = _wavcaps(tmp_path / "wc")
+    csv_path = write_csv(tmp_path / "excluded.csv", ["fsd_id"], [["0"]])
+    out = tmp_path / "wavcaps.parquet"
+    r = CliRunner().invoke(app, ["data", "manifest", "--source", "wavcaps", "--root", str(json_root), "--audio-root",
+                                 str(audio_root), "--exclude-csv", str(csv_path), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    for line in ("drop FreeSound source: 10 -> 8 (removed 2)", "drop excluded ids (excluded.csv): 8 -> 7 (removed 1)",
+                 "keep duration in [1, 30] s: 7 -> 5 (removed 2)", "wrote", "5 clips"):
+        assert line in r.output

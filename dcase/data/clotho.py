@@ -217,6 +217,16 @@ def read_clotho(
                 raise DataError(f"{audio_dir}: no audio files (.wav/.flac) for split {split!r}")
             planned.extend((split, n, audio_dir / n, []) for n in names)
 
+    first_split: dict[str, str] = {}
+    unique: list[tuple[str, str, Path, list[str]]] = []
+    for item in planned:
+        split, clip, path, _caps = item
+        if clip in first_split:
+            bad(clip, path, f"duplicate file name: also in split {first_split[clip]!r} (clip ids must be unique)")
+            continue
+        first_split[clip] = split
+        unique.append(item)
+    planned = unique
     info = probe_many([(c, p) for _, c, p, _ in planned], bad, decode_check, progress, desc="Clotho audio")
     rows = [
         ManifestRow(clip_id=clip, audio_path=str(path.absolute()), split=split, source="clotho",
