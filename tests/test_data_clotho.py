@@ -232,3 +232,16 @@ def test_clotho_mini_real_clips(tmp_path: Path, clotho_mini: Path) -> None:
     ref = pd.read_csv(clotho_mini / "clotho_captions_mini.csv", dtype=str, keep_default_na=False)
     assert df.set_index("clip_id").loc["Santa Motor.wav", "captions"] == \
         ref.set_index("file_name").loc["Santa Motor.wav"].tolist()
+
+
+def test_threaded_probing_matches_serial(tmp_path: Path) -> None:
+    root = _clotho(tmp_path / "c")
+    serial = read_clotho(root)
+    assert read_clotho(root, workers=3) == serial
+    write_corrupt(root / "clotho_audio_files" / "evaluation" / "eval a.wav")
+    with pytest.raises(DataError, match="eval a.wav: unreadable audio"):
+        read_clotho(root, workers=3)
+    bad = BadClips(skip_bad=True)
+    rows = read_clotho(root, workers=3, bad=bad)
+    assert [b.clip for b in bad.items] == ["eval a.wav"]
+    assert rows == [r for r in serial if r.clip_id != "eval a.wav"]

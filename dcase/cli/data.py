@@ -76,6 +76,9 @@ def manifest(
         help="Read durations from headers only; skip decoding every file (for huge corpora).",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
+    workers: int = typer.Option(
+        1, "--workers", min=1, help="Threads decoding audio (e.g. 8 for WavCaps on a cluster node)."
+    ),
 ) -> None:
     """Build a manifest (one parquet row per clip) from an official dataset layout.
 
@@ -101,7 +104,7 @@ def manifest(
         source.value, root, out, splits=_split_list(splits), audio_pattern=audio_pattern, audio_root=audio_root,
         exclude_csv=exclude_csv, challenge_filters=not no_challenge_filters, rejected_json=rejected_json,
         clotho_root=clotho_root, seed=seed, skip_bad=skip_bad, decode_check=not no_decode_check,
-        overwrite=overwrite, progress=True,
+        overwrite=overwrite, progress=True, workers=workers,
     )
     if res.filter_report is not None:
         for line in res.filter_report.lines():

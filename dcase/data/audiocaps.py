@@ -71,6 +71,7 @@ def read_audiocaps(
     skip_bad: bool = False,
     bad: BadClips | None = None,
     progress: bool = False,
+    workers: int = 1,
 ) -> list[ManifestRow]:
     """Manifest rows (source ``audiocaps``, splits train/val/test) of the AudioCaps folder ``root``.
 
@@ -158,7 +159,8 @@ def read_audiocaps(
             used[found] = clip_id
             planned.append((split, clip_id, found, e["caps"]))
 
-    info = probe_many([(c, p) for _, c, p, _ in planned], bad, decode_check, progress, desc="AudioCaps audio")
+    info = probe_many([(c, p) for _, c, p, _ in planned], bad, decode_check, progress,
+                      desc="AudioCaps audio", workers=workers)
     rows = [
         ManifestRow(clip_id=clip, audio_path=str(path.absolute()), split=split, source="audiocaps",
                     duration_s=info[path][0], sample_rate=info[path][1], captions=caps)

@@ -148,6 +148,7 @@ def read_clotho(
     skip_bad: bool = False,
     bad: BadClips | None = None,
     progress: bool = False,
+    workers: int = 1,
 ) -> list[ManifestRow]:
     """Manifest rows (source ``clotho``) for ``splits`` of the Clotho v2.1 folder ``root``.
 
@@ -227,7 +228,8 @@ def read_clotho(
         first_split[clip] = split
         unique.append(item)
     planned = unique
-    info = probe_many([(c, p) for _, c, p, _ in planned], bad, decode_check, progress, desc="Clotho audio")
+    info = probe_many([(c, p) for _, c, p, _ in planned], bad, decode_check, progress,
+                      desc="Clotho audio", workers=workers)
     rows = [
         ManifestRow(clip_id=clip, audio_path=str(path.absolute()), split=split, source="clotho",
                     duration_s=info[path][0], sample_rate=info[path][1], captions=caps)

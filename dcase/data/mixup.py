@@ -75,6 +75,7 @@ def read_clotho_mixup(
     skip_bad: bool = False,
     bad: BadClips | None = None,
     progress: bool = False,
+    workers: int = 1,
 ) -> list[ManifestRow]:
     """Manifest rows for the mixup JSON ``json_path`` (or a folder holding one), resolving audio against the
     Clotho development folder of ``clotho_root``. Pairs whose captions are all rejected are dropped (logged)."""
@@ -138,7 +139,7 @@ def read_clotho_mixup(
 
     info = probe_many(
         [(f"clotho_mixup/{i:06d}", p) for i, _, _, ps in planned for p in ps], bad, decode_check, progress,
-        desc="mixup source audio",
+        desc="mixup source audio", workers=workers,
     )
     rows = []
     for i, names, caps, paths in planned:

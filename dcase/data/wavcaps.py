@@ -182,6 +182,7 @@ def read_wavcaps(
     skip_bad: bool = False,
     bad: BadClips | None = None,
     progress: bool = False,
+    workers: int = 1,
 ) -> tuple[list[ManifestRow], FilterReport]:
     """Manifest rows (source ``wavcaps``, split ``train``) and the FilterReport.
 
@@ -241,7 +242,8 @@ def read_wavcaps(
             bad(e["clip_id"], tried, f"audio file not found (entry {e['index']} of {JSON_FILES[source]})")
             continue
         planned.append((e["clip_id"], found, e["caption"]))
-    info = probe_many([(c, p) for c, p, _ in planned], bad, decode_check, progress, desc="WavCaps audio")
+    info = probe_many([(c, p) for c, p, _ in planned], bad, decode_check, progress,
+                      desc="WavCaps audio", workers=workers)
     rows = [
         ManifestRow(clip_id=clip, audio_path=str(path.absolute()), split="train", source="wavcaps",
                     duration_s=info[path][0], sample_rate=info[path][1], captions=caps)
