@@ -86,6 +86,7 @@ def read_audiocaps(
         splits = [s for s in SPLITS if audiocaps_csv(root, s) is not None]
         if not splits:
             raise DataError(f"{root}: no AudioCaps CSV found (expected train.csv, val.csv or test.csv)")
+    splits = list(dict.fromkeys(splits))  # a split named twice is read once
     unknown = [s for s in splits if s not in SPLITS]
     if unknown:
         raise DataError(f"unknown AudioCaps split(s) {unknown}; expected some of {list(SPLITS)}")

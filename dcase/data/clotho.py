@@ -169,6 +169,7 @@ def read_clotho(
                 f"{root}: no Clotho audio folders found; expected clotho_audio_files/<split>/ or <split>/ for "
                 f"a split in {list(SPLITS)} (or {RETRIEVAL_AUDIO_DIR}/)"
             )
+    splits = list(dict.fromkeys(splits))  # a split named twice is read once
     unknown = [s for s in splits if s not in SPLITS]
     if unknown:
         raise DataError(f"unknown Clotho split(s) {unknown}; expected some of {list(SPLITS)}")
