@@ -82,9 +82,11 @@ def dac_config(spec: str | dict[str, Any]) -> Any:
             raise FileNotFoundError(f"codec config not found: {path} (or use 'tiny' / 'full')")
         import yaml
 
-        fields = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
-        if not isinstance(fields, dict):
+        given = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
+        if not isinstance(given, dict):
             raise CodecError(f"{path}: expected a mapping of DacConfig fields")
+        # a file overrides the 24 kHz layout; hop_length follows the ratios unless given
+        fields = {k: v for k, v in FULL_24KHZ.items() if k != "hop_length"} | given
     ratios = fields.get("downsampling_ratios", FULL_24KHZ["downsampling_ratios"])
     hop = int(np.prod(ratios))
     if "hop_length" in fields and int(fields["hop_length"]) != hop:
