@@ -208,3 +208,43 @@ def fluency_stage(
         return None, {"fluency_filter": "off", "reason": "no checker configured"}
     checker = load_fluency_checker(checker_path, backbone=backbone, threshold=threshold, device=device)
     return checker, {"fluency_filter": "on", "checker": str(checker_path), "threshold": threshold}
+
+
+def build_debug_checker(
+    out_dir: str | Path, words: Sequence[str], hidden: int = 16, layers: int = 1, seed: int = 0
+) -> Path:
+    """Debug-size factory for tests: a random tiny BERT backbone (config + word-level tokenizer) saved in
+    ``out_dir/backbone`` and a checker checkpoint ``out_dir/checker.ckpt`` in the FENSE format. Its probabilities
+    are meaningless; never use it as a real fluency filter. Returns the checkpoint path."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    out_dir = Path(out_dir)
+    bb = out_dir / "backbone"
+    bb.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *dict.fromkeys(w.lower() for w in words)]
+    # transformers 5 takes `vocab` (a dict or a vocab.txt path); 4.x took `vocab_file`: a dict suits both styles.
+    (bb / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
+    if tok.convert_tokens_to_ids(vocab[-1]) == tok.unk_token_id:
+        tok = BertTokenizerFast(vocab_file=str(bb / "vocab.txt"), do_lower_case=True)
+    tok.save_pretrained(str(bb))
+    unk = sum(1 for w in vocab[5:] if tok.convert_tokens_to_ids(w) == tok.unk_token_id)
+    if unk:
+        raise RuntimeError(f"debug checker tokenizer maps {unk} vocabulary words to [UNK]")
+    cfg = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=MAX_LEN,
+    )
+    cfg.save_pretrained(str(bb))
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    model = build_checker_module(BertModel(cfg), len(ERROR_NAMES), str(bb))
+    torch.random.set_rng_state(gen_state)
+    path = out_dir / "checker.ckpt"
+    save_checker(model, path)
+    return path

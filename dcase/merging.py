@@ -1,0 +1,302 @@
+"""Model soups (Wortsman et al., ICML 2022), used for Task 6 submission 2 of the EnCLAP DCASE2024 report (§3.3:
+"an average soup of 5 modified EnCLAP models").
+
+* :func:`uniform_soup`: elementwise mean of the floating-point tensors of N state dicts with identical keys and
+  shapes; integer / bool buffers (step counters, index tables) must be identical across ingredients.
+* :func:`greedy_soup`: ingredients sorted by their own validation score; each is added to the soup only if the
+  soup's validation score improves (strictly).
+* :func:`soup_checkpoints`: the same on model directories saved as ``*.safetensors`` + JSON config (the
+  captioner's and the retriever's ``save_pretrained`` folders). Every ingredient's ``*config.json`` must be
+  identical (apart from a few bookkeeping keys); non-weight files are copied from the first ingredient.
+
+Pure functions work on ``dict[str, torch.Tensor]``; only the ``*_checkpoints`` helpers touch files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+StateDict = Mapping[str, torch.Tensor]
+IGNORED_CONFIG_KEYS: frozenset[str] = frozenset({"_name_or_path", "transformers_version", "_commit_hash"})
+
+
+class SoupError(ValueError):
+    """Ingredients cannot be averaged; the message names the differing key."""
+
+
+def _diff_path(a: Any, b: Any, prefix: str, ignore: frozenset[str]) -> str | None:
+    """First dotted key where two JSON-like values differ (None if equal)."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        for k in sorted(set(a) | set(b), key=str):
+            if k in ignore:
+                continue
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if k not in a or k not in b:
+                return key
+            sub = _diff_path(a[k], b[k], key, ignore)
+            if sub:
+                return sub
+        return None
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        if len(a) != len(b):
+            return prefix or "<root>"
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            sub = _diff_path(x, y, f"{prefix}[{i}]", ignore)
+            if sub:
+                return sub
+        return None
+    return None if a == b else (prefix or "<root>")
+
+
+def _get(d: Any, dotted: str) -> Any:
+    cur = d
+    for part in dotted.replace("[", ".[").split("."):
+        if not part:
+            continue
+        try:
+            cur = cur[int(part[1:-1])] if part.startswith("[") else cur[part]
+        except (KeyError, IndexError, TypeError):
+            return "<absent>"
+    return cur
+
+
+def check_compatible(configs: Sequence[Mapping[str, Any]], ignore: frozenset[str] = IGNORED_CONFIG_KEYS) -> None:
+    """All configs must be equal (one architecture). Raises :class:`SoupError` naming the first differing key."""
+    if not configs:
+        raise SoupError("no ingredient configs given")
+    for i, cfg in enumerate(configs[1:], start=1):
+        key = _diff_path(configs[0], cfg, "", ignore)
+        if key:
+            raise SoupError(
+                f"ingredient {i} has a different config at {key!r}: {_get(cfg, key)!r} vs {_get(configs[0], key)!r} "
+                "in ingredient 0 (a soup needs one architecture)"
+            )
+
+
+def check_state_dicts(state_dicts: Sequence[StateDict]) -> None:
+    """Same keys, shapes and dtypes in every state dict; raises :class:`SoupError` naming the parameter."""
+    if not state_dicts:
+        raise SoupError("no state dicts given")
+    ref = state_dicts[0]
+    for i, sd in enumerate(state_dicts[1:], start=1):
+        missing, extra = sorted(set(ref) - set(sd)), sorted(set(sd) - set(ref))
+        if missing or extra:
+            raise SoupError(
+                f"ingredient {i}: parameters differ from ingredient 0 (missing {missing[:5]}, extra {extra[:5]})"
+            )
+        for k, t in ref.items():
+            if sd[k].shape != t.shape:
+                raise SoupError(
+                    f"ingredient {i}: parameter {k!r} has shape {tuple(sd[k].shape)}, ingredient 0 {tuple(t.shape)}"
+                )
+            if sd[k].dtype != t.dtype:
+                raise SoupError(f"ingredient {i}: parameter {k!r} has dtype {sd[k].dtype}, ingredient 0 {t.dtype}")
+
+
+def uniform_soup(state_dicts: Sequence[StateDict]) -> dict[str, torch.Tensor]:
+    """Elementwise mean of N state dicts: floating tensors are averaged in float64 and cast back to their dtype;
+    integer/bool tensors must be identical (else :class:`SoupError` naming the key)."""
+    check_state_dicts(state_dicts)
+    n = len(state_dicts)
+    out: dict[str, torch.Tensor] = {}
+    for k, t in state_dicts[0].items():
+        if t.is_floating_point() or t.is_complex():
+            acc = torch.zeros(t.shape, dtype=torch.complex128 if t.is_complex() else torch.float64)
+            for sd in state_dicts:
+                acc += sd[k].detach().to("cpu", acc.dtype)
+            out[k] = (acc / n).to(t.dtype)
+        else:
+            for i, sd in enumerate(state_dicts[1:], start=1):
+                if not torch.equal(sd[k].cpu(), t.cpu()):
+                    raise SoupError(
+                        f"integer buffer {k!r} differs between ingredient 0 and {i}; it cannot be averaged"
+                    )
+            out[k] = t.detach().cpu().clone()
+    return out
+
+
+@dataclass
+class GreedySoup:
+    """Result of :func:`greedy_soup`: the soup, the chosen ingredient indices (in insertion order), its score, and
+    one trace row per tried ingredient (index, individual score, soup score with it, kept?)."""
+
+    state_dict: dict[str, torch.Tensor]
+    chosen: list[int]
+    score: float
+    trace: list[dict[str, Any]] = field(default_factory=list)
+
+
+def greedy_soup(
+    candidates: Sequence[StateDict],
+    evaluate_fn: Callable[[StateDict], float],
+    greater_is_better: bool = True,
+    scores: Sequence[float] | None = None,
+) -> GreedySoup:
+    """Greedy soup (Wortsman et al. 2022, Alg. 1): sort candidates by their validation score (``scores`` if
+    given, else ``evaluate_fn`` on each), start from the best, and add each next one only if the uniform soup with
+    it scores strictly better than without it."""
+    check_state_dicts(candidates)
+    if scores is None:
+        scores = [float(evaluate_fn(sd)) for sd in candidates]
+    if len(scores) != len(candidates):
+        raise ValueError(f"found {len(scores)} scores for {len(candidates)} candidates")
+    sign = 1.0 if greater_is_better else -1.0
+    order = sorted(range(len(candidates)), key=lambda i: -sign * scores[i])
+    chosen = [order[0]]
+    best = float(scores[order[0]])
+    trace = [{"index": order[0], "individual_score": float(scores[order[0]]), "soup_score": best, "kept": True}]
+    for i in order[1:]:
+        soup = uniform_soup([candidates[j] for j in [*chosen, i]])
+        s = float(evaluate_fn(soup))
+        kept = sign * s > sign * best
+        trace.append({"index": i, "individual_score": float(scores[i]), "soup_score": s, "kept": kept})
+        log.info("greedy soup: ingredient %d -> %.6f (%s)", i, s, "kept" if kept else "dropped")
+        if kept:
+            chosen.append(i)
+            best = s
+    return GreedySoup(uniform_soup([candidates[j] for j in chosen]), chosen, best, trace)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Checkpoint directories
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _weight_files(d: Path) -> list[str]:
+    names = sorted(p.name for p in d.glob("*.safetensors"))
+    if not names:
+        raise FileNotFoundError(f"{d}: no *.safetensors weights (expected a save_pretrained directory)")
+    return names
+
+
+def _config_files(d: Path) -> list[str]:
+    return sorted(p.name for p in d.glob("*config.json"))
+
+
+def load_checkpoint_dir(d: str | Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    """({weight file: state dict}, {config file: parsed JSON}) of a save_pretrained directory."""
+    from safetensors.torch import load_file
+
+    d = Path(d)
+    if not d.is_dir():
+        raise FileNotFoundError(f"checkpoint directory {d} does not exist")
+    weights = {name: load_file(str(d / name)) for name in _weight_files(d)}
+    configs = {name: json.loads((d / name).read_text(encoding="utf-8")) for name in _config_files(d)}
+    return weights, configs
+
+
+def _write_dir(first: Path, out: Path, weights: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
+    """Copy non-weight files of ``first`` into ``out`` and write ``weights`` (safetensors)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    for p in first.iterdir():
+        if p.suffix == ".safetensors" or p.name in ("config.yaml", "run.json"):
+            continue
+        target = out / p.name
+        if p.is_dir():
+            shutil.copytree(p, target, dirs_exist_ok=True)
+        else:
+            shutil.copy2(p, target)
+    for name, sd in weights.items():
+        with safe_open(str(first / name), framework="pt") as f:
+            metadata = f.metadata()
+        tmp = out / f".{name}.tmp"
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp), metadata=metadata)
+        tmp.replace(out / name)
+
+
+def soup_checkpoints(
+    dirs: Sequence[str | Path],
+    out_dir: str | Path,
+    method: str = "uniform",
+    evaluate_fn: Callable[[Path], float] | None = None,
+    greater_is_better: bool = True,
+    overwrite: bool = False,
+    ignore_config_keys: frozenset[str] = IGNORED_CONFIG_KEYS,
+) -> Path:
+    """Average save_pretrained directories into ``out_dir`` (loadable the same way as the ingredients).
+
+    ``method="uniform"``: all ingredients. ``method="greedy"``: needs ``evaluate_fn(model_dir) -> validation
+    score``; ingredients are scored, candidate soups are written to a temporary folder and scored, and only
+    improving ingredients are kept. Writes ``config.yaml`` / ``run.json`` (ingredients, method, trace).
+    """
+    from dcase.config import write_run_info
+
+    if method not in ("uniform", "greedy"):
+        raise ValueError(f"unknown soup method {method!r} (uniform or greedy)")
+    dirs = [Path(d) for d in dirs]
+    if len(dirs) < 2:
+        raise ValueError(f"a soup needs at least 2 ingredients, got {len(dirs)}")
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (CLI: --overwrite)")
+    if any(out.resolve() == d.resolve() for d in dirs):
+        raise ValueError(f"{out} is one of the ingredients")
+    loaded = [load_checkpoint_dir(d) for d in dirs]
+    names = [sorted(w) for w, _ in loaded]
+    for d, n in zip(dirs[1:], names[1:], strict=True):
+        if n != names[0]:
+            raise SoupError(f"{d}: weight files {n} differ from {dirs[0]}: {names[0]}")
+    cfg_names = [sorted(c) for _, c in loaded]
+    for d, n in zip(dirs[1:], cfg_names[1:], strict=True):
+        if n != cfg_names[0]:
+            raise SoupError(f"{d}: config files {n} differ from {dirs[0]}: {cfg_names[0]}")
+    try:
+        check_compatible([c for _, c in loaded], ignore_config_keys)
+    except SoupError as e:
+        raise SoupError(f"{e} [ingredients: {[str(d) for d in dirs]}]") from e
+    # Treat all weight files of a directory as one flat state dict with "<file>::<param>" keys.
+    flat = [{f"{fn}::{k}": v for fn, sd in w.items() for k, v in sd.items()} for w, _ in loaded]
+    try:
+        check_state_dicts(flat)
+    except SoupError as e:
+        raise SoupError(f"{e} [ingredients: {[str(d) for d in dirs]}]") from e
+
+    def unflatten(sd: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+        out_w: dict[str, dict[str, torch.Tensor]] = {}
+        for key, v in sd.items():
+            fn, k = key.split("::", 1)
+            out_w.setdefault(fn, {})[k] = v
+        return out_w
+
+    extra: dict[str, Any] = {"ingredients": [str(d) for d in dirs], "method": method}
+    if method == "uniform":
+        soup = uniform_soup(flat)
+        extra["chosen"] = list(range(len(dirs)))
+    else:
+        if evaluate_fn is None:
+            raise ValueError("method='greedy' needs evaluate_fn(model_dir) -> validation score")
+        scores = [float(evaluate_fn(d)) for d in dirs]
+        with tempfile.TemporaryDirectory(prefix="greedy_soup_") as tmpd:
+
+            def eval_sd(sd: Mapping[str, torch.Tensor]) -> float:
+                trial = Path(tmpd) / "trial"
+                shutil.rmtree(trial, ignore_errors=True)
+                _write_dir(dirs[0], trial, unflatten(sd))
+                return float(evaluate_fn(trial))
+
+            result = greedy_soup(flat, eval_sd, greater_is_better, scores)
+        soup = result.state_dict
+        extra.update(chosen=result.chosen, score=result.score, trace=result.trace)
+    if out.exists() and overwrite:
+        shutil.rmtree(out)
+    staging = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    _write_dir(dirs[0], staging, unflatten(soup))
+    write_run_info(staging, {"soup": {"method": method, "ingredients": [str(d) for d in dirs]}}, None, extra)
+    staging.rename(out)
+    log.info("soup of %d/%d ingredients written to %s", len(extra["chosen"]), len(dirs), out)
+    return out
