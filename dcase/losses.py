@@ -1,4 +1,4 @@
-"""Training losses: m-LTM (retriever) and MCM (captioner).
+"""Training losses: m-LTM (retriever) and MCM + caption cross entropy (captioner, see the end of the file).
 
 m-LTM, the mini-batch Learning-to-Match loss of Luong et al., "Revisiting deep audio-text retrieval through
 the lens of transportation" (ICLR 2024), used by the EnCLAP DCASE2024 report (§3.2) to train its retrievers:
@@ -22,7 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["info_nce_loss", "mahalanobis_cost", "mltm_loss", "ot_log_plan"]
+__all__ = ["caption_loss", "info_nce_loss", "mahalanobis_cost", "mcm_codebook_weights", "mcm_loss", "mltm_loss",
+           "ot_log_plan"]
 
 
 # ------------------------------------------------------------------------------------------------- m-LTM
@@ -88,3 +89,39 @@ def info_nce_loss(audio: torch.Tensor, text: torch.Tensor, logit_scale: torch.Te
     logits = logit_scale * audio @ text.T
     target = torch.arange(audio.shape[0], device=audio.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+# --------------------------------------------------------------------------------------------------- MCM
+MCM_DECAY = 0.5  # codebook i (1-based) is weighted by MCM_DECAY ** i (EnCLAP, eq. 5)
+IGNORE_INDEX = -100  # label id ignored by the caption loss (padding)
+
+
+def mcm_codebook_weights(n_codebooks: int, device: torch.device | None = None) -> torch.Tensor:
+    """Weights ``(1/2)^i`` for codebooks ``i = 1..N`` (earlier RVQ codebooks matter more): -> [N]."""
+    return MCM_DECAY ** torch.arange(1, n_codebooks + 1, dtype=torch.float32, device=device)
+
+
+def mcm_loss(logits: list[torch.Tensor], targets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masked codec modelling loss ``L_mcm = sum_i (1/2)^i CE_i`` (EnCLAP, eq. 5).
+
+    ``logits[i]`` [M_i, K] are head ``i``'s scores at the masked positions of codebook ``i`` in the batch,
+    ``targets[i]`` [M_i] the original codes there; ``CE_i`` is their mean cross entropy (0 when ``M_i = 0``).
+    Returns (loss scalar, per-codebook CE [N], detached).
+    """
+    if len(logits) != len(targets):
+        raise ValueError(f"mcm_loss: {len(logits)} logit tensors for {len(targets)} target tensors")
+    device = logits[0].device
+    weights = mcm_codebook_weights(len(logits), device)
+    ce = [F.cross_entropy(lg.float(), t, reduction="sum") / max(t.numel(), 1) for lg, t in zip(logits, targets,
+                                                                                                strict=True)]
+    per_codebook = torch.stack(ce)
+    return (weights * per_codebook).sum(), per_codebook.detach()
+
+
+def caption_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Caption cross entropy (EnCLAP eq. 4), averaged over the non-padding tokens of the batch.
+
+    logits [B, T, V]; labels [B, T] with ``IGNORE_INDEX`` at padding. Label smoothing applies here only.
+    """
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                           ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing)
