@@ -258,6 +258,6 @@ def extract_embeddings(
     model = load_embedder(embedder)
     rows = _read_rows(manifest, splits)
     prov = {"kind": "embed", **embedder_provenance(model, embedder)}
-    min_samples = int(getattr(model, "min_samples", lambda: 1)())
-    return run_extraction(rows, out, prov, lambda w: embed_waves(model, w), int(model.sample_rate), min_samples,
-                          cfg, progress)
+    # embedders handle short clips themselves (CNext zero-pads them to one output frame)
+    return run_extraction(rows, out, prov, lambda w: embed_waves(model, w), int(model.sample_rate), 1, cfg,
+                          progress)

@@ -15,6 +15,9 @@
 Parameter names follow the published checkpoints (``downsample_layers.*``, ``stages.*``, ``norm``, ``bn0``,
 ``head_audioset``, ``logmel_extractor.melW``), so ``load_cnext_checkpoint`` maps them one-to-one.
 
+Short clips: a clip shorter than ``min_samples()`` (1.25 s for the published model) gives no output frame; it is
+zero-padded to that length.
+
 Batching padded audio: every clip is reflect-padded on its own before the STFT, and feature maps are zeroed
 beyond each clip's valid length before every spatial convolution. Zeroes are exactly what a lone clip sees
 from the convolutions' own padding, so a clip's frames and embedding do not depend on its batch mates
@@ -266,7 +269,11 @@ class CNext(nn.Module):
         B, N = waves.shape
         if lengths is None:
             lengths = torch.full((B,), N, dtype=torch.long, device=waves.device)
-        lengths = lengths.to(waves.device).long()
+        # clips too short for one output frame are zero-padded to the shortest length that gives one
+        min_n = self.min_samples()
+        if N < min_n:
+            waves = F.pad(waves, (0, min_n - N))
+        lengths = lengths.to(waves.device).long().clamp(min=min_n)
         stage_len = self._stage_lengths(lengths)
         x = self.logmel_extractor(waves, lengths)  # [B, 1, T, M]
         x = self.bn0(x.transpose(1, 3)).transpose(1, 3)
@@ -282,17 +289,14 @@ class CNext(nn.Module):
             x = x * mask
         frames = x.mean(dim=3).transpose(1, 2)  # [B, T', D]
         frame_mask = torch.arange(frames.shape[1], device=frames.device)[None, :] < stage_len[-1][:, None]
-        if bool((stage_len[-1] < 1).any()):
-            bad = (stage_len[-1] < 1).nonzero().flatten().tolist()
-            raise ValueError(f"clips {bad} are too short for CNext (need >= {self.min_samples()} samples)")
         return frames, frame_mask
 
     def min_samples(self) -> int:
-        """Shortest waveform that yields at least one output frame."""
-        n = 1
-        while int(self.frame_lengths(torch.tensor([n]))[0]) < 1:
-            n += self.config.hop_length
-        return n
+        """Shortest waveform that yields one output frame (shorter clips are zero-padded to this length)."""
+        cfg = self.config
+        t_stem = 8  # three 2x downsamplings after the stem
+        t_spec = (t_stem - 1) * cfg.stem_kernel[0] + cfg.stem_kernel[0] - 2 * cfg.stem_time_padding
+        return max(1, (t_spec - 1) * cfg.hop_length)
 
     def pool(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
         """Masked max + mean over time, then LayerNorm: [B, T', D] -> [B, D]."""
