@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import shutil
 from pathlib import Path
@@ -116,6 +118,11 @@ def test_metadata_sniffed_semicolon_cp1252(tmp_path: Path) -> None:
     assert meta["manufacturer"].tolist() == ["Zoë"] * 3
     assert meta["file_name"].tolist() == DEV_FILES
     assert read_clotho_metadata(root, "validation") is None
+    # a broken metadata file raises when read directly, but only warns when building the manifest
+    (root / "clotho_metadata_development.csv").write_text("file_name,keywords\nx.wav,a,b,c\n")
+    with pytest.raises(DataError, match="clotho_metadata_development.csv: not a readable CSV"):
+        read_clotho_metadata(root, "development")
+    assert len(read_clotho(root, ["development"], decode_check=False)) == 3
 
 
 def test_unknown_and_missing_splits(tmp_path: Path) -> None:
@@ -144,7 +151,9 @@ def _dev_csv(root: Path) -> Path:
         ("empty_caption", r"clotho_captions_development.csv: row 3: empty caption in column\(s\) \['caption_4'\]"),
         ("missing_column", r"clotho_captions_development.csv: missing columns \['caption_5'\]"),
         ("extra_column", r"clotho_captions_development.csv: missing columns \[\], unexpected columns \['notes'\]"),
-        ("ragged_row", r"clotho_captions_development.csv: not a readable CSV"),
+        ("ragged_row", r"clotho_captions_development.csv: not a readable CSV: row 4 \(line 6\) has 8 fields, the "
+                       r"header has 6"),
+        ("short_row", r"clotho_captions_development.csv: not a readable CSV: row 4 \(line 6\) has 5 fields"),
     ],
 )
 def test_bad_input_names_file_row_field(tmp_path: Path, breakage: str, pattern: str) -> None:
@@ -171,6 +180,9 @@ def test_bad_input_names_file_row_field(tmp_path: Path, breakage: str, pattern: 
     elif breakage == "ragged_row":
         text = _dev_csv(root).read_text(encoding="utf-8")
         _dev_csv(root).write_text(text + "extra.wav,a,b,c,d,e,f,g\n", encoding="utf-8")
+    elif breakage == "short_row":
+        text = _dev_csv(root).read_text(encoding="utf-8")
+        _dev_csv(root).write_text(text + "extra.wav,a,b,c,d\n", encoding="utf-8")
     with pytest.raises(DataError, match=pattern):
         read_clotho(root, ["development"])
 
@@ -245,3 +257,13 @@ def test_threaded_probing_matches_serial(tmp_path: Path) -> None:
     rows = read_clotho(root, workers=3, bad=bad)
     assert [b.clip for b in bad.items] == ["eval a.wav"]
     assert rows == [r for r in serial if r.clip_id != "eval a.wav"]
+
+
+def test_crlf_bom_captions_round_trip(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    write_tone(root / "clotho_audio_files" / "validation" / "v.wav", seconds=0.1, sr=44100)
+    caps = ["line one\nline two", "a, b", 'say "x"', "über", "end "]
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\r\n").writerows([CAPTION_HEADER, ["v.wav", *caps]])
+    (root / "clotho_captions_validation.csv").write_bytes(b"\xef\xbb\xbf" + buf.getvalue().encode("utf-8"))
+    assert read_clotho(root, ["validation"])[0].captions == caps

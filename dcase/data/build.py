@@ -173,9 +173,12 @@ def read_table(
     optional: Sequence[str] = (),
     allow_extra: bool = False,
 ) -> pd.DataFrame:
-    """Read a CSV as text (encoding and delimiter sniffed; dtype=str; "NA"/"null" stay text).
+    """Read a CSV as a DataFrame of str (encoding and delimiter sniffed; "NA"/"null" stay text; no stripping).
 
-    Raises DataError naming the file for a missing file, a malformed row, missing or unexpected columns.
+    Parsed with the ``csv`` module (full quoting: commas, quotes and newlines inside fields) so that every row
+    can be checked: a row with too many or too few fields is an error naming the file and row, never a silent
+    shift into an index or a padded empty cell. Also raises DataError for a missing file, missing or
+    unexpected columns, duplicate columns. "row N" in messages counts data rows (the header is row 0).
     """
     path = Path(path)
     if not path.is_file():
@@ -183,15 +186,22 @@ def read_table(
     text, enc = decode_text(path)
     delim = sniff_delimiter(text, path)
     text = text.rstrip("\r\n") + "\n"  # trailing blank lines are not rows; blank lines inside are (and fail)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delim)
     try:
-        df = pd.read_csv(
-            io.StringIO(text), sep=delim, dtype=str, keep_default_na=False, na_filter=False,
-            skipinitialspace=False, skip_blank_lines=False, engine="c",
-        )
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise DataError(f"{path}: not a readable CSV ({str(e).strip()})") from e
-    df.columns = [str(c).strip() for c in df.columns]
-    cols = list(df.columns)
+        header = next(reader)
+        records = []
+        for i, rec in enumerate(reader, start=1):
+            if len(rec) != len(header):
+                raise DataError(
+                    f"{path}: not a readable CSV: row {i} (line {reader.line_num}) has {len(rec)} fields, the header "
+                    f"has {len(header)} ({header}); quote fields that contain {delim!r}, quotes or newlines"
+                )
+            records.append(rec)
+    except StopIteration:
+        raise DataError(f"{path}: not a readable CSV: the file is empty") from None
+    except csv.Error as e:
+        raise DataError(f"{path}: not a readable CSV (line {reader.line_num}: {e})") from e
+    cols = [c.strip() for c in header]
     missing = [c for c in required if c not in cols]
     extra = [c for c in cols if c not in required and c not in optional]
     if missing or (extra and not allow_extra):
@@ -199,9 +209,10 @@ def read_table(
             f"{path}: missing columns {missing}, unexpected columns {extra if not allow_extra else []}; "
             f"expected {list(required) + list(optional)} (read as {enc}, delimiter {delim!r})"
         )
-    dup = [c for c in set(cols) if cols.count(c) > 1]
+    dup = sorted(c for c in set(cols) if cols.count(c) > 1)
     if dup:
-        raise DataError(f"{path}: duplicate columns {sorted(dup)}")
+        raise DataError(f"{path}: duplicate columns {dup}")
+    df = pd.DataFrame(records, columns=cols, dtype=object)
     log.debug("%s: %d rows (%s, delimiter %r)", path, len(df), enc, delim)
     return df
 

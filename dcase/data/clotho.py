@@ -182,7 +182,11 @@ def read_clotho(
             raise DataError(f"{root}: audio folder for split {split!r} not found (expected {root / where}/)")
         on_disk = dir_index(audio_dir)
         lookup = _name_lookup(on_disk)
-        meta = read_clotho_metadata(root, split)
+        try:
+            meta = read_clotho_metadata(root, split)
+        except DataError as e:  # metadata is not part of the manifest: a broken file must not block the captions
+            log.warning("ignoring unreadable metadata for split %r: %s", split, e)
+            meta = None
         if split in CAPTIONED_SPLITS:
             csv_path = clotho_captions_csv(root, split)
             if csv_path is None:
