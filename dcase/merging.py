@@ -35,37 +35,41 @@ class SoupError(ValueError):
     """Ingredients cannot be averaged; the message names the differing key."""
 
 
-def _diff_path(a: Any, b: Any, prefix: str, ignore: frozenset[str]) -> str | None:
-    """First dotted key where two JSON-like values differ (None if equal)."""
+def _diff_path(a: Any, b: Any, ignore: frozenset[str]) -> tuple | None:
+    """Key path (tuple of keys / list indices) of the first place where two JSON-like values differ."""
     if isinstance(a, Mapping) and isinstance(b, Mapping):
         for k in sorted(set(a) | set(b), key=str):
             if k in ignore:
                 continue
-            key = f"{prefix}.{k}" if prefix else str(k)
             if k not in a or k not in b:
-                return key
-            sub = _diff_path(a[k], b[k], key, ignore)
-            if sub:
-                return sub
+                return (k,)
+            sub = _diff_path(a[k], b[k], ignore)
+            if sub is not None:
+                return (k, *sub)
         return None
     if isinstance(a, list | tuple) and isinstance(b, list | tuple):
         if len(a) != len(b):
-            return prefix or "<root>"
+            return ()
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            sub = _diff_path(x, y, f"{prefix}[{i}]", ignore)
-            if sub:
-                return sub
+            sub = _diff_path(x, y, ignore)
+            if sub is not None:
+                return (i, *sub)
         return None
-    return None if a == b else (prefix or "<root>")
+    return None if a == b else ()
 
 
-def _get(d: Any, dotted: str) -> Any:
+def _fmt(path: tuple) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "<root>"
+
+
+def _get(d: Any, path: tuple) -> Any:
     cur = d
-    for part in dotted.replace("[", ".[").split("."):
-        if not part:
-            continue
+    for p in path:
         try:
-            cur = cur[int(part[1:-1])] if part.startswith("[") else cur[part]
+            cur = cur[p]
         except (KeyError, IndexError, TypeError):
             return "<absent>"
     return cur
@@ -76,11 +80,11 @@ def check_compatible(configs: Sequence[Mapping[str, Any]], ignore: frozenset[str
     if not configs:
         raise SoupError("no ingredient configs given")
     for i, cfg in enumerate(configs[1:], start=1):
-        key = _diff_path(configs[0], cfg, "", ignore)
-        if key:
+        path = _diff_path(configs[0], cfg, ignore)
+        if path is not None:
             raise SoupError(
-                f"ingredient {i} has a different config at {key!r}: {_get(cfg, key)!r} vs {_get(configs[0], key)!r} "
-                "in ingredient 0 (a soup needs one architecture)"
+                f"ingredient {i} has a different config at {_fmt(path)!r}: {_get(cfg, path)!r} vs "
+                f"{_get(configs[0], path)!r} in ingredient 0 (a soup needs one architecture)"
             )
 
 
