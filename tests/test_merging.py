@@ -158,3 +158,19 @@ def test_soup_of_enclap_checkpoints(tmp_path):
     for k, v in soup.state_dict().items():
         if v.is_floating_point():
             assert torch.allclose(v, (sd0[k] + sd1[k]) / 2, atol=1e-6), k
+
+
+def test_cli_soup(tmp_path):
+    from typer.testing import CliRunner
+
+    from dcase.cli import app
+
+    d1 = _save_dir(tmp_path / "c1", _sd(0), {"hidden": 8})
+    d2 = _save_dir(tmp_path / "c2", _sd(1), {"hidden": 8})
+    runner = CliRunner()
+    res = runner.invoke(app, ["soup", str(d1), str(d2), "--out", str(tmp_path / "soup")])
+    assert res.exit_code == 0, res.output
+    w, _ = load_checkpoint_dir(tmp_path / "soup")
+    assert torch.allclose(w["model.safetensors"]["out.bias"], (_sd(0)["out.bias"] + _sd(1)["out.bias"]) / 2)
+    res = runner.invoke(app, ["soup", str(d1), str(d2), "--out", str(tmp_path / "g"), "--method", "greedy"])
+    assert res.exit_code == 2  # greedy without an evaluator is a user error
