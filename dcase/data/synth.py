@@ -22,7 +22,7 @@ Default size (``DEFAULT_CLIPS`` = 400): 280/60/60 development/validation/evaluat
 Task 8 clips, 1423 s of audio, 70 mixup pairs. That is 1400 development caption pairs over an ~85-word
 vocabulary (enough for a tiny captioner to learn event order and pitch words), 60-clip scoring splits, and a
 demo-sized feature cost: measured on this 2-core machine under load, generation took 10-20 s and the "tiny"
-random-weight DAC encoded synth clips at about 7x real time, i.e. about 3.5 min for the whole corpus
+random-weight DAC encoded synth clips at 5-7x real time, i.e. 3.5-4.5 min for the whole corpus
 (``benchmarks/data_manifest.py`` and BENCHMARKS.md). Use ``--clips 100`` for a quicker smoke run.
 
 No credit is needed: all content is procedural.
