@@ -309,20 +309,26 @@ class DacCodec:
             raise CodecError(f"padded length {L} is not a multiple of the hop {self.hop}")
         lengths = frames.to(torch.long) * self.hop  # samples at the input rate
 
-        def mask(h: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-            keep = torch.arange(h.shape[-1], device=h.device)[None, :] < n[:, None]
-            return h * keep[:, None, :].to(h.dtype)
+        def keep(n: torch.Tensor, t: int) -> torch.Tensor | None:
+            """[B, 1, t] 0/1 mask of valid steps, or None when every clip fills the batch."""
+            if bool((n >= t).all()):
+                return None
+            return (torch.arange(t, device=n.device)[None, :] < n[:, None]).to(x.dtype)[:, None, :]
 
-        h = enc.conv1(mask(x[:, None, :], lengths))
+        def masked(h: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
+            return h if m is None else h * m
+
+        h = enc.conv1(x[:, None, :])  # x is already zero beyond each clip
         n = lengths
         for blk, s in zip(enc.block, self.config.downsampling_ratios, strict=True):
+            m = keep(n, h.shape[-1])
             for ru in (blk.res_unit1, blk.res_unit2, blk.res_unit3):
-                y = ru.conv1(mask(ru.snake1(h), n))
+                y = ru.conv1(masked(ru.snake1(h), m))
                 y = ru.conv2(ru.snake2(y))
                 h = h + y
-            h = blk.conv1(mask(blk.snake1(h), n))
+            h = blk.conv1(masked(blk.snake1(h), m))
             n = n // s
-        h = enc.conv2(mask(enc.snake1(h), n))
+        h = enc.conv2(masked(enc.snake1(h), keep(n, h.shape[-1])))
         codes = self.model.quantizer(h)[1]  # [B, K, T]
         return codes
 
