@@ -4,4 +4,94 @@ from __future__ import annotations
 
 import typer
 
+from dcase.cli.common import CONFIG_OPTION, SET_OPTION, user_errors
+
 app = typer.Typer(no_args_is_help=True)
+
+
+def _run(config: str | None, overrides: list[str] | None, init: str | None, mcm: bool) -> None:
+    from dcase.captioner import load_stage_config, train_captioner
+
+    cfg = load_stage_config(config, overrides or [], init=init, mcm=mcm)
+    best = train_captioner(cfg)
+    typer.echo(f"best checkpoint: {best}")
+
+
+@app.command()
+@user_errors
+def pretrain(
+    config: str = CONFIG_OPTION,
+    overrides: list[str] = SET_OPTION,
+    init: str = typer.Option(None, "--init", help="Start from this EnCLAP checkpoint instead of model.*"),
+) -> None:
+    """Pretrain EnCLAP with captioning + masked codec modelling (MCM on).
+
+    Example: dcase captioner pretrain --config configs/dcase2024/captioner_pretrain.yaml
+    --set train.output_dir=runs/enclap_pt --set train.batch_size=8
+
+    Rerunning the same command resumes from train.output_dir/state.
+    """
+    _run(config, overrides, init, mcm=True)
+
+
+@app.command()
+@user_errors
+def finetune(
+    config: str = CONFIG_OPTION,
+    overrides: list[str] = SET_OPTION,
+    init: str = typer.Option(..., "--init", help="EnCLAP checkpoint to finetune (e.g. the pretraining's best)."),
+) -> None:
+    """Finetune EnCLAP on Clotho development without MCM.
+
+    Example: dcase captioner finetune --config configs/dcase2024/captioner_finetune.yaml
+    --init runs/enclap_pt/checkpoints/step-040000
+
+    Rerunning the same command resumes from train.output_dir/state.
+    """
+    _run(config, overrides, init, mcm=False)
+
+
+@app.command()
+@user_errors
+def caption(
+    checkpoint: str = typer.Argument(..., help="EnCLAP checkpoint directory."),
+    manifest: str = typer.Option(..., "--manifest", help="Manifest of the clips to caption."),
+    codec_store: list[str] = typer.Option(..., "--codec-store", help="Codec feature store(s), repeatable."),
+    embed_store: list[str] = typer.Option(..., "--embed-store", help="Clip-embedding store(s), repeatable."),
+    split: str = typer.Option(None, "--split", help="Only rows of this split."),
+    out: str = typer.Option(..., "--out", help="CSV to write (clip_id, caption)."),
+    num_beams: int = typer.Option(4, help="Beam size (1 = greedy)."),
+    batch_size: int = typer.Option(16),
+    score: bool = typer.Option(False, help="Also print METEOR / CIDEr-D against the manifest's captions."),
+) -> None:
+    """Caption clips with beam search or greedy decoding (quick checks; use `dcase generate` for submissions).
+
+    Example: dcase captioner caption runs/enclap_ft/last --manifest data/clotho/manifest.parquet
+    --split evaluation --codec-store features/dac_clotho --embed-store features/emb_clotho --out caps.csv --score
+    """
+    import pandas as pd
+    import torch
+
+    from dcase.captioner import CaptionDataset, StoreChain, check_coverage, generate_captions
+    from dcase.data.manifest import read_manifest
+    from dcase.io import atomic_path
+    from dcase.models.enclap import EnCLAP
+
+    model = EnCLAP.from_pretrained(checkpoint, map_location="cuda" if torch.cuda.is_available() else "cpu").eval()
+    df = read_manifest(manifest, [split] if split else None).reset_index(drop=True)
+    codes, embeds = StoreChain.open(codec_store), StoreChain.open(embed_store)
+    check_coverage(df, codes, embeds, manifest)
+    mc = model.config
+    ds = CaptionDataset(df, codes, embeds, mc.n_codebooks, mc.clip_dim, mc.max_codec_positions, random_crop=False,
+                        per_caption=False)
+    texts = generate_captions(model, ds, batch_size, progress=True, num_beams=num_beams)
+    with atomic_path(out) as tmp:
+        pd.DataFrame({"clip_id": df["clip_id"], "caption": texts}).to_csv(tmp, index=False)
+    typer.echo(f"wrote {len(texts)} captions to {out}")
+    if score:
+        from dcase.evaluation.captions import evaluate_captions
+
+        keep = df["captions"].map(len) > 0
+        scores = evaluate_captions([t for t, k in zip(texts, keep, strict=True) if k],
+                                   [list(c) for c in df["captions"][keep]], ["meteor", "cider_d"])
+        typer.echo({k: v for k, v in scores.items()})

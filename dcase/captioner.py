@@ -1,0 +1,376 @@
+"""The captioner stage: EnCLAP pretraining (MCM on) and finetuning (MCM off) with the shared training loop.
+
+EnCLAP DCASE2024 report §3.2: pretrain on AudioCaps + WavCaps + Clotho-ChatGPT-Mixup with captioning + MCM,
+then finetune on Clotho development without MCM. Inputs are feature stores (``dcase extract codec`` /
+``dcase extract embed``) joined with manifests by ``clip_id``:
+
+- one training item per (clip, caption) pair;
+- codec sequences longer than ``model.max_codec_positions`` are randomly cropped in training (crop drawn from
+  (seed, epoch, item), so resume is exact) and truncated to their head in evaluation;
+- validation: caption cross entropy (no label smoothing) over every (clip, caption) pair, and captions
+  generated (greedy or beam) for up to ``val_max_clips`` clips, scored with METEOR and CIDEr-D.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dcase.data.manifest import read_manifest
+from dcase.losses import IGNORE_INDEX
+from dcase.models.enclap import EnCLAP, EnCLAPConfig, build_enclap
+from dcase.training import TrainConfig, fit
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------- configs
+@dataclass
+class CaptionerDataConfig:
+    """Manifests and the feature stores holding their clips (a clip is looked up in the stores in order)."""
+
+    train_manifests: list[str] = field(default_factory=list)
+    train_splits: list[str] = field(default_factory=list)  # keep rows of these splits; empty = all captioned
+    codec_stores: list[str] = field(default_factory=list)  # DAC codes, int16 [n_codebooks, T]
+    embed_stores: list[str] = field(default_factory=list)  # clip embeddings, float32 [clip_dim]
+    val_manifest: str | None = None
+    val_split: str = "validation"
+    val_max_clips: int = 0  # clips whose captions are generated and scored at each evaluation; 0 = all
+
+
+@dataclass
+class CaptionerStageConfig:
+    """``dcase captioner pretrain|finetune`` config."""
+
+    model: EnCLAPConfig = field(default_factory=EnCLAPConfig)
+    data: CaptionerDataConfig = field(default_factory=CaptionerDataConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(metric_for_best="cider_d",
+                                                                   greater_is_better=True))
+    mcm: bool = True  # masked codec modelling (pretraining); off for finetuning
+    init: str | None = None  # EnCLAP checkpoint to start from (its model config replaces ``model``)
+    gradient_checkpointing: bool = False
+    eval_batch_size: int = 16
+    eval_num_beams: int = 1  # 1 = greedy
+    eval_max_new_tokens: int = 40
+    eval_metrics: list[str] = field(default_factory=lambda: ["meteor", "cider_d"])
+
+
+# ------------------------------------------------------------------------------------------------ data
+class StoreChain(Mapping[str, np.ndarray]):
+    """Several feature stores (or dicts) seen as one mapping; the first store holding a clip wins."""
+
+    def __init__(self, stores: Sequence[Mapping[str, np.ndarray]], names: Sequence[str] | None = None) -> None:
+        self.stores = list(stores)
+        self.names = list(names) if names is not None else [repr(s)[:60] for s in self.stores]
+
+    @classmethod
+    def open(cls, paths: Sequence[str | Path]) -> StoreChain:
+        from dcase.features.store import FeatureStore
+
+        return cls([FeatureStore.open(p) for p in paths], [str(p) for p in paths])
+
+    def _find(self, key: str) -> Mapping[str, np.ndarray] | None:
+        for s in self.stores:
+            if key in s:
+                return s
+        return None
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        s = self._find(key)
+        if s is None:
+            raise KeyError(f"clip {key!r} is in none of the feature stores {self.names}")
+        return s[key]
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        s = self._find(key)
+        if s is None:
+            raise KeyError(f"clip {key!r} is in none of the feature stores {self.names}")
+        return tuple(s.shape(key)) if hasattr(s, "shape") else tuple(np.shape(s[key]))
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self._find(key) is not None
+
+    def __iter__(self):
+        seen: set[str] = set()
+        for s in self.stores:
+            for k in s:
+                if k not in seen:
+                    seen.add(k)
+                    yield k
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def check_coverage(df: pd.DataFrame, codes: Mapping[str, np.ndarray], embeds: Mapping[str, np.ndarray],
+                   where: str) -> None:
+    """Every clip of ``df`` must be in both stores; raises ValueError naming the missing clips."""
+    for name, store in (("codec", codes), ("embedding", embeds)):
+        missing = [c for c in df["clip_id"] if c not in store]
+        if missing:
+            raise ValueError(f"{where}: {len(missing)} clip(s) have no {name} features, e.g. {missing[:5]}; "
+                             f"run `dcase extract` for them")
+
+
+class CaptionDataset(torch.utils.data.Dataset):
+    """(codes int64 [N, T <= max_frames], clip embedding float32 [D], caption) items.
+
+    ``per_caption=True``: one item per (clip, caption) pair (training, validation loss); otherwise one item
+    per clip with an empty caption (generation). ``random_crop``: training crops a random window of
+    ``max_frames`` (drawn from (seed, epoch, index)); otherwise the head is kept.
+    """
+
+    def __init__(self, df: pd.DataFrame, codes: Mapping[str, np.ndarray], embeds: Mapping[str, np.ndarray],
+                 n_codebooks: int, clip_dim: int, max_frames: int, random_crop: bool, seed: int = 0,
+                 per_caption: bool = True) -> None:
+        self.codes, self.embeds = codes, embeds
+        self.n_codebooks, self.clip_dim, self.max_frames = n_codebooks, clip_dim, max_frames
+        self.random_crop, self.seed, self.epoch = random_crop, seed, 0
+        self.clip_ids = df["clip_id"].astype(str).tolist()
+        if per_caption:
+            self.items = [(i, c) for i, caps in enumerate(df["captions"]) for c in caps]
+        else:
+            self.items = [(i, "") for i in range(len(df))]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def lengths(self) -> list[int]:
+        """Frames per item after cropping (for length bucketing), from the store index when it has one."""
+        get = self.codes.shape if hasattr(self.codes, "shape") else (lambda k: np.shape(self.codes[k]))
+        per_clip = [min(int(get(c)[-1]), self.max_frames) for c in self.clip_ids]
+        return [per_clip[i] for i, _ in self.items]
+
+    def __getitem__(self, idx: int) -> tuple[np.ndarray, np.ndarray, str]:
+        i, caption = self.items[idx]
+        clip_id = self.clip_ids[i]
+        codes = np.asarray(self.codes[clip_id])
+        if codes.ndim != 2 or codes.shape[0] != self.n_codebooks or codes.shape[1] == 0:
+            raise ValueError(f"clip {clip_id!r}: codec features have shape {codes.shape}, expected "
+                             f"[{self.n_codebooks}, T > 0] (model.n_codebooks)")
+        emb = np.asarray(self.embeds[clip_id], dtype=np.float32)
+        if emb.shape != (self.clip_dim,):
+            raise ValueError(f"clip {clip_id!r}: clip embedding has shape {emb.shape}, expected "
+                             f"({self.clip_dim},) (model.clip_dim)")
+        T = codes.shape[1]
+        start = 0
+        if T > self.max_frames and self.random_crop:
+            rng = np.random.default_rng([self.seed, self.epoch, idx])
+            start = int(rng.integers(0, T - self.max_frames + 1))
+        return codes[:, start:start + self.max_frames].astype(np.int64), emb, caption
+
+
+def collate_codes(items: Sequence[tuple[np.ndarray, np.ndarray, str]], pad_code: int
+                  ) -> dict[str, torch.Tensor]:
+    """-> codes [B, N, L] (``pad_code`` after each clip), codes_mask [B, L] bool, clip_emb [B, D]."""
+    L = max(c.shape[1] for c, _, _ in items)
+    N = items[0][0].shape[0]
+    codes = torch.full((len(items), N, L), pad_code, dtype=torch.long)
+    mask = torch.zeros(len(items), L, dtype=torch.bool)
+    for b, (c, _, _) in enumerate(items):
+        codes[b, :, : c.shape[1]] = torch.from_numpy(c)
+        mask[b, : c.shape[1]] = True
+    clip = torch.from_numpy(np.stack([e for _, e, _ in items]))
+    return {"codes": codes, "codes_mask": mask, "clip_emb": clip}
+
+
+def load_rows(manifests: Sequence[str | Path], splits: Sequence[str] = ()) -> pd.DataFrame:
+    """Concatenate manifests, keep ``splits`` (all if empty) and rows with captions; clip ids must be unique."""
+    if not manifests:
+        raise ValueError("no manifests given (data.train_manifests)")
+    frames = []
+    for m in manifests:
+        df = read_manifest(m)
+        if splits:
+            df = df[df["split"].isin(list(splits))]
+        frames.append(df)
+    df = pd.concat(frames, ignore_index=True)
+    df = df[df["captions"].map(len) > 0].reset_index(drop=True)
+    if len(df) == 0:
+        raise ValueError(f"no captioned rows of splits {list(splits) or 'any'} in {[str(m) for m in manifests]}")
+    dup = df["clip_id"][df["clip_id"].duplicated()].unique().tolist()
+    if dup:
+        raise ValueError(f"clip ids appear more than once across {[str(m) for m in manifests]}: {dup[:5]}")
+    return df
+
+
+# ------------------------------------------------------------------------------------------ generation
+@torch.no_grad()
+def generate_captions(model: EnCLAP, dataset: CaptionDataset, batch_size: int = 16,
+                      indices: Sequence[int] | None = None, progress: bool = False, **gen_kwargs: Any) -> list[str]:
+    """Captions for the items ``indices`` (default: all) of ``dataset``, in that order; batches are formed
+    by length. ``gen_kwargs`` go to ``EnCLAP.generate`` (e.g. ``num_beams``, ``max_new_tokens``)."""
+    device = next(model.parameters()).device
+    indices = list(range(len(dataset))) if indices is None else list(indices)
+    lengths = dataset.lengths()
+    order = sorted(range(len(indices)), key=lambda j: lengths[indices[j]])
+    out: list[str] = [""] * len(indices)
+    starts = range(0, len(order), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="generate", unit="batch")
+    for s in starts:
+        js = order[s:s + batch_size]
+        batch = collate_codes([dataset[indices[j]] for j in js], model.config.pad_code)
+        ids = model.generate(batch["codes"].to(device), batch["codes_mask"].to(device), batch["clip_emb"].to(device),
+                             **gen_kwargs)
+        for j, text in zip(js, model.decode_text(ids), strict=True):
+            out[j] = text
+    return out
+
+
+# --------------------------------------------------------------------------------------------- the task
+class CaptionerTask:
+    """``TrainTask`` for EnCLAP (see dcase.training)."""
+
+    def __init__(self, cfg: CaptionerStageConfig, codes: Mapping[str, np.ndarray] | None = None,
+                 embeds: Mapping[str, np.ndarray] | None = None, val_codes: Mapping[str, np.ndarray] | None = None,
+                 val_embeds: Mapping[str, np.ndarray] | None = None) -> None:
+        """Stores default to ``cfg.data.codec_stores`` / ``embed_stores`` (validation uses the same)."""
+        self.cfg = cfg
+        self.codes = codes if codes is not None else StoreChain.open(cfg.data.codec_stores)
+        self.embeds = embeds if embeds is not None else StoreChain.open(cfg.data.embed_stores)
+        self.val_codes = val_codes if val_codes is not None else self.codes
+        self.val_embeds = val_embeds if val_embeds is not None else self.embeds
+        self.df = load_rows(cfg.data.train_manifests, cfg.data.train_splits)
+        check_coverage(self.df, self.codes, self.embeds, "training data")
+        self.model_config: EnCLAPConfig = cfg.model
+        self._train: CaptionDataset | None = None
+        self._val: tuple[pd.DataFrame, CaptionDataset, CaptionDataset] | None = None
+        self.tokenizer: Any = None
+
+    def build_model(self) -> torch.nn.Module:
+        if self.cfg.init:
+            model = EnCLAP.from_pretrained(self.cfg.init)
+            log.info("starting from %s", self.cfg.init)
+        else:
+            model = build_enclap(self.cfg.model, (c for caps in self.df["captions"] for c in caps))
+        self.model_config = model.config
+        self.cfg.model = model.config
+        self.tokenizer = model.tokenizer
+        model.mcm_heads.requires_grad_(self.cfg.mcm)  # unused heads: no DDP error, no decay
+        if self.cfg.gradient_checkpointing:
+            model.bart.gradient_checkpointing_enable()
+        log.info("EnCLAP with %.1f M parameters, MCM %s", model.num_parameters() / 1e6,
+                 "on" if self.cfg.mcm else "off")
+        return model.train()
+
+    def train_dataset(self) -> torch.utils.data.Dataset:
+        mc = self.model_config
+        self._train = CaptionDataset(self.df, self.codes, self.embeds, mc.n_codebooks, mc.clip_dim,
+                                     mc.max_codec_positions, random_crop=True, seed=self.cfg.train.seed)
+        log.info("captioner training on %d clips, %d captions", len(self.df), len(self._train))
+        return self._train
+
+    def item_lengths(self) -> list[int] | None:
+        return self._train.lengths() if self._train is not None else None
+
+    def collate(self, items: list) -> dict[str, torch.Tensor]:
+        batch = collate_codes(items, self.model_config.pad_code)
+        enc = self.tokenizer([c for _, _, c in items], padding=True, truncation=True,
+                             max_length=self.model_config.max_caption_tokens, return_tensors="pt")
+        batch["labels"] = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, IGNORE_INDEX)
+        return batch
+
+    def loss(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        out = model(batch["codes"], batch["codes_mask"], batch["clip_emb"], labels=batch["labels"], mcm=self.cfg.mcm)
+        parts = {"caption_loss": float(out.caption_loss.detach())}
+        if out.mcm_loss is not None:
+            parts["mcm_loss"] = float(out.mcm_loss.detach())
+        return out.loss, parts
+
+    def _val_data(self) -> tuple[pd.DataFrame, CaptionDataset, CaptionDataset]:
+        if self._val is None:
+            d, mc = self.cfg.data, self.model_config
+            df = read_manifest(d.val_manifest, [d.val_split])
+            df = df[df["captions"].map(len) > 0].reset_index(drop=True)
+            if len(df) == 0:
+                raise ValueError(f"{d.val_manifest}: no captioned rows in split {d.val_split!r}")
+            check_coverage(df, self.val_codes, self.val_embeds, f"validation data ({d.val_manifest})")
+            pairs = CaptionDataset(df, self.val_codes, self.val_embeds, mc.n_codebooks, mc.clip_dim,
+                                   mc.max_codec_positions, random_crop=False)
+            gen_df = df.iloc[: d.val_max_clips] if d.val_max_clips else df
+            clips = CaptionDataset(gen_df, self.val_codes, self.val_embeds, mc.n_codebooks, mc.clip_dim,
+                                   mc.max_codec_positions, random_crop=False, per_caption=False)
+            self._val = (gen_df.reset_index(drop=True), pairs, clips)
+        return self._val
+
+    def evaluate(self, model: torch.nn.Module, accelerator: Any) -> dict[str, float]:
+        """Validation caption loss (all pairs) + METEOR / CIDEr-D of generated captions; items are sharded
+        over processes and gathered, so every process returns the same metrics."""
+        from accelerate.utils import broadcast_object_list, gather_object
+
+        if not self.cfg.data.val_manifest:
+            return {}
+        gen_df, pairs, clips = self._val_data()
+        rank, world = accelerator.process_index, accelerator.num_processes
+        device = accelerator.device
+        # loss: token-summed cross entropy over this process's share of the pairs
+        nll, ntok = torch.zeros((), dtype=torch.float64, device=device), torch.zeros((), device=device)
+        lengths = pairs.lengths()
+        order = sorted(range(rank, len(pairs), world), key=lambda i: lengths[i])
+        for s in range(0, len(order), self.cfg.eval_batch_size):
+            batch = self.collate([pairs[i] for i in order[s:s + self.cfg.eval_batch_size]])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logits = model(batch["codes"], batch["codes_mask"], batch["clip_emb"], labels=batch["labels"]).logits
+            keep = batch["labels"] != IGNORE_INDEX
+            nll += torch.nn.functional.cross_entropy(logits[keep].float(), batch["labels"][keep], reduction="sum")
+            ntok += keep.sum()
+        tot = accelerator.reduce(torch.stack([nll.float(), ntok.float()]), "sum")
+        metrics: dict[str, float] = {"loss": float(tot[0] / tot[1].clamp(min=1))}
+        # generation on this process's share of the clips, gathered in clip order
+        ids = list(range(rank, len(clips), world))
+        texts = generate_captions(model, clips, self.cfg.eval_batch_size, indices=ids,
+                                  num_beams=self.cfg.eval_num_beams, max_new_tokens=self.cfg.eval_max_new_tokens)
+        pairs_done = list(zip(ids, texts, strict=True))
+        gathered = gather_object(pairs_done) if world > 1 else pairs_done
+        cands = [t for _, t in sorted(gathered)]
+        refs = [list(c) for c in gen_df["captions"]]
+        payload = [None]
+        if accelerator.is_main_process:
+            from dcase.evaluation.captions import evaluate_captions
+
+            scores = evaluate_captions(cands, refs, list(self.cfg.eval_metrics))
+            payload = [{k: float(v) for k, v in dict(scores).items() if v is not None}]
+            for k, why in getattr(scores, "missing", {}).items():
+                log.warning("metric %s not computed: %s", k, why)
+            for c, r in list(zip(cands, refs, strict=True))[:3]:
+                log.info("example: %r (reference %r)", c, r[0])
+        if world > 1:
+            broadcast_object_list(payload, from_process=0)
+        metrics.update(payload[0])
+        return metrics
+
+    def save_model(self, model: torch.nn.Module, path: Path) -> None:
+        model.save_pretrained(path)
+
+
+def train_captioner(cfg: CaptionerStageConfig, codes: Mapping[str, np.ndarray] | None = None,
+                    embeds: Mapping[str, np.ndarray] | None = None) -> Path:
+    """Pretrain (``cfg.mcm``) or finetune (``cfg.init``, usually MCM off) EnCLAP; returns the best checkpoint."""
+    return fit(CaptionerTask(cfg, codes, embeds), cfg.train)
+
+
+def load_stage_config(path: str | Path | None, overrides: Sequence[str] = (), init: str | None = None,
+                      mcm: bool | None = None) -> CaptionerStageConfig:
+    """The stage config from YAML + ``--set`` overrides (+ ``--init``)."""
+    from dcase.config import load_config
+
+    cfg = load_config(CaptionerStageConfig, path, list(overrides))
+    if init is not None:
+        cfg = dataclasses.replace(cfg, init=init)
+    if mcm is not None:
+        cfg = dataclasses.replace(cfg, mcm=mcm)
+    return cfg
