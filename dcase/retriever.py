@@ -1,0 +1,435 @@
+"""The retriever stage: training (m-LTM, shared Accelerate loop), evaluation, ensembles and Task 8 ranking.
+
+EnCLAP DCASE2024 report §2.2, §3.2, Table 1:
+- pretraining on Clotho development + AudioCaps + WavCaps, finetuning on Clotho development (``init``);
+- text-to-audio evaluation on Clotho: every caption of a clip is a query whose only relevant item is that clip;
+- ensembles average per-query z-scored similarity matrices of several retrievers (``ensemble_similarity``);
+- Task 8: each query of ``retrieval_captions.csv`` gets the 10 best audio files of the test collection.
+
+Ranking modes: ``cosine`` (inner products of the L2-normalised joint embeddings, searched with a faiss
+inner-product index) and ``sinkhorn`` (the log entropic-OT plan between the whole query set and the whole
+collection under the model's ground cost: transductive, as the m-LTM paper evaluates).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dcase.data.audio import load_clip
+from dcase.data.manifest import read_manifest
+from dcase.evaluation.retrieval import (
+    AudioIndex,
+    IndexConfig,
+    ensemble_similarity,
+    retrieval_metrics,
+    sinkhorn_scores,
+    top_k,
+)
+from dcase.models.retriever import Retriever, RetrieverConfig
+from dcase.training import TrainConfig, fit
+
+log = logging.getLogger(__name__)
+
+MODES = ("cosine", "sinkhorn")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
+
+
+# ----------------------------------------------------------------------------------------------- configs
+@dataclass
+class RetrieverDataConfig:
+    """Which clips to train and validate on."""
+
+    train_manifests: list[str] = field(default_factory=list)
+    train_splits: list[str] = field(default_factory=list)  # keep rows of these splits; empty = all with captions
+    val_manifest: str | None = None
+    val_split: str = "validation"
+    val_max_clips: int = 0  # 0 = every validation clip
+    max_seconds: float = 10.0  # random training crop
+    eval_max_seconds: float = 30.0  # evaluation audio is truncated here (Clotho clips are 15-30 s)
+    cache_audio: bool = False  # keep decoded 32 kHz audio in memory (small corpora / demos)
+
+
+@dataclass
+class RetrieverStageConfig:
+    """``dcase retriever train`` config: model, data, optimisation, optional warm start."""
+
+    model: RetrieverConfig = field(default_factory=RetrieverConfig)
+    data: RetrieverDataConfig = field(default_factory=RetrieverDataConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(metric_for_best="map_at_10",
+                                                                   greater_is_better=True))
+    init: str | None = None  # retriever checkpoint to finetune (its model config replaces ``model``)
+    eval_batch_size: int = 16
+
+
+# ---------------------------------------------------------------------------------------------- audio
+class AudioCache:
+    """Decoded audio of manifest rows at ``sample_rate`` (truncated to ``max_seconds``), kept if ``keep``."""
+
+    def __init__(self, sample_rate: int, max_seconds: float | None, keep: bool) -> None:
+        self.sample_rate, self.max_seconds, self.keep = sample_rate, max_seconds, keep
+        self._store: dict[str, np.ndarray] = {}
+
+    def get(self, row: Any) -> np.ndarray:
+        x = self._store.get(row.clip_id)
+        if x is None:
+            x = load_clip(row, self.sample_rate, self.max_seconds)
+            if self.keep:
+                self._store[row.clip_id] = x
+        return x
+
+
+def _pad(waves: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """list of [T_i] -> (waves [B, max T], lengths [B])."""
+    lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)
+    out = torch.zeros(len(waves), int(lengths.max()))
+    for i, w in enumerate(waves):
+        out[i, : len(w)] = torch.from_numpy(np.asarray(w, dtype=np.float32))
+    return out, lengths
+
+
+def _fit_min_length(x: np.ndarray, n_min: int) -> np.ndarray:
+    return np.pad(x, (0, n_min - len(x))) if len(x) < n_min else x
+
+
+# --------------------------------------------------------------------------------------------- training
+class PairDataset(torch.utils.data.Dataset):
+    """One item per clip: (random crop of its audio [<= max_seconds], one of its captions at random).
+
+    The crop and caption are drawn from a generator seeded with (seed, epoch, index): deterministic, so
+    training resumes exactly.
+    """
+
+    def __init__(self, df: pd.DataFrame, cache: AudioCache, max_seconds: float, min_samples: int, seed: int = 0
+                 ) -> None:
+        self.rows = list(df.itertuples(index=False))
+        self.cache, self.seed, self.epoch = cache, seed, 0
+        self.n_crop = int(round(max_seconds * cache.sample_rate))
+        self.min_samples = min_samples
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def lengths(self) -> list[int]:
+        sr = self.cache.sample_rate
+        return [min(self.n_crop, int(r.duration_s * sr)) for r in self.rows]
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, str]:
+        row = self.rows[i]
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        x = self.cache.get(row)
+        if len(x) > self.n_crop:
+            off = int(rng.integers(0, len(x) - self.n_crop + 1))
+            x = x[off:off + self.n_crop]
+        caption = row.captions[int(rng.integers(0, len(row.captions)))]
+        return _fit_min_length(x, self.min_samples), caption
+
+
+def load_rows(manifests: Sequence[str], splits: Sequence[str] = ()) -> pd.DataFrame:
+    """Concatenate manifests, keep ``splits`` (all if empty) and rows that have captions."""
+    if not manifests:
+        raise ValueError("no training manifests given (data.train_manifests)")
+    frames = []
+    for m in manifests:
+        df = read_manifest(m)
+        if splits:
+            df = df[df["split"].isin(list(splits))]
+        frames.append(df)
+    df = pd.concat(frames, ignore_index=True)
+    df = df[df["captions"].map(len) > 0].reset_index(drop=True)
+    if len(df) == 0:
+        raise ValueError(f"no captioned rows of splits {list(splits) or 'any'} in {list(manifests)}")
+    dup = df["clip_id"][df["clip_id"].duplicated()].tolist()
+    if dup:
+        raise ValueError(f"clip ids appear in several training manifests: {dup[:5]}")
+    return df
+
+
+class RetrieverTask:
+    """``TrainTask`` for the retriever (see dcase.training)."""
+
+    def __init__(self, cfg: RetrieverStageConfig) -> None:
+        self.cfg = cfg
+        self.tokenizer = None
+        self.min_samples = 1
+        self.cache = AudioCache(cfg.model.audio.sample_rate, None, cfg.data.cache_audio)
+        self._val: tuple[pd.DataFrame, AudioCache] | None = None
+
+    def build_model(self) -> torch.nn.Module:
+        if self.cfg.init:
+            model = Retriever.from_pretrained(self.cfg.init)
+            log.info("finetuning from %s", self.cfg.init)
+        else:
+            model = Retriever.build(self.cfg.model)
+        self.cfg.model = model.config
+        self.tokenizer = model.tokenizer
+        self.min_samples = model.audio_encoder.min_samples()
+        self.cache = AudioCache(model.sample_rate, None, self.cfg.data.cache_audio)
+        return model.train()
+
+    def train_dataset(self) -> torch.utils.data.Dataset:
+        df = load_rows(self.cfg.data.train_manifests, self.cfg.data.train_splits)
+        log.info("retriever training on %d clips", len(df))
+        self._train = PairDataset(df, self.cache, self.cfg.data.max_seconds, self.min_samples, self.cfg.train.seed)
+        return self._train
+
+    def item_lengths(self) -> list[int] | None:
+        return self._train.lengths()
+
+    def collate(self, items: list) -> dict[str, torch.Tensor]:
+        waves, lengths = _pad([w for w, _ in items])
+        enc = self.tokenizer([c for _, c in items], padding=True, truncation=True,
+                             max_length=self.cfg.model.text.max_length, return_tensors="pt")
+        return {"waves": waves, "lengths": lengths, "input_ids": enc["input_ids"],
+                "attention_mask": enc["attention_mask"]}
+
+    def loss(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        out = model(batch["waves"], batch["lengths"], batch["input_ids"], batch["attention_mask"])
+        return out["loss"], {}
+
+    def evaluate(self, model: torch.nn.Module, accelerator: Any) -> dict[str, float]:
+        d = self.cfg.data
+        if not d.val_manifest:
+            return {}
+        if self._val is None:
+            df = read_manifest(d.val_manifest, [d.val_split])
+            if d.val_max_clips:
+                df = df.iloc[: d.val_max_clips].reset_index(drop=True)
+            self._val = (df, AudioCache(model.sample_rate, d.eval_max_seconds, d.cache_audio))
+        df, cache = self._val
+        return evaluate_clotho(model, df, batch_size=self.cfg.eval_batch_size, cache=cache, progress=False)
+
+    def save_model(self, model: torch.nn.Module, path: Path) -> None:
+        model.save_pretrained(path)
+
+
+def train_retriever(cfg: RetrieverStageConfig) -> Path:
+    """Train (or finetune, with ``cfg.init``) a retriever; returns the best checkpoint (by validation mAP@10)."""
+    return fit(RetrieverTask(cfg), cfg.train)
+
+
+# ------------------------------------------------------------------------------------------- embedding
+def embed_rows(model: Retriever, rows: Sequence[Any], batch_size: int = 16, max_seconds: float | None = 30.0,
+               cache: AudioCache | None = None, progress: bool = True) -> np.ndarray:
+    """Joint audio embeddings of manifest rows (or objects with clip_id/audio_path): -> float32 [N, D].
+
+    Clips are batched by length (less padding); each clip is embedded whole (up to ``max_seconds``).
+    """
+    cache = cache or AudioCache(model.sample_rate, max_seconds, keep=False)
+    n_min = model.audio_encoder.min_samples()
+    durations = [float(getattr(r, "duration_s", 0.0) or 0.0) for r in rows]
+    order = np.argsort(durations, kind="stable")
+    out = np.zeros((len(rows), model.embed_dim), dtype=np.float32)
+    was_training = model.training
+    model.eval()
+    it = range(0, len(rows), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc="embed audio", unit="batch")
+    for s in it:
+        idx = order[s:s + batch_size]
+        waves, lengths = _pad([_fit_min_length(cache.get(rows[i]), n_min) for i in idx])
+        out[idx] = model.embed_audio(waves, lengths).cpu().numpy()
+    model.train(was_training)
+    return out
+
+
+def score_matrix(model: Retriever, text_emb: np.ndarray, audio_emb: np.ndarray, mode: str = "cosine",
+                 index: AudioIndex | None = None, epsilon: float | None = None) -> np.ndarray:
+    """Similarity of every query to every item: text [Q, D], audio [N, D] -> [Q, N] (higher = better).
+
+    ``cosine``: inner products, through ``index`` (faiss; a full search, k = N) when given;
+    ``sinkhorn``: log entropic-OT plan under ``model.cost`` (``epsilon`` defaults to the model's m-LTM epsilon).
+    """
+    if mode not in MODES:
+        raise ValueError(f"ranking mode must be one of {MODES}, got {mode!r}")
+    if mode == "cosine":
+        if index is None:
+            return text_emb.astype(np.float32) @ audio_emb.astype(np.float32).T
+        scores, items = index.search(text_emb, len(index))
+        sim = np.full((len(text_emb), len(index)), -np.inf, dtype=np.float32)
+        np.put_along_axis(sim, items, scores, axis=1)
+        return sim
+    with torch.no_grad():
+        dev = next(model.parameters()).device
+        cost = model.cost(torch.as_tensor(text_emb, device=dev), torch.as_tensor(audio_emb, device=dev))
+    return sinkhorn_scores(cost.double().cpu().numpy(), epsilon or model.config.mltm_epsilon)
+
+
+def _as_retriever(r: Retriever | str | Path, device: str) -> Retriever:
+    return r if isinstance(r, Retriever) else Retriever.from_pretrained(r, device=device)
+
+
+def _fingerprint(model: Retriever, source: Retriever | str | Path) -> str:
+    if isinstance(source, str | Path) and (Path(source) / "model.safetensors").is_file():
+        from dcase.io import sha256_file
+
+        return sha256_file(Path(source) / "model.safetensors")
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def audio_index(model: Retriever, source: Retriever | str | Path, rows: Sequence[Any], batch_size: int = 16,
+                max_seconds: float | None = 30.0, cache_dir: str | Path | None = None,
+                index_cfg: IndexConfig | None = None, progress: bool = True,
+                cache: AudioCache | None = None) -> AudioIndex:
+    """The faiss index of ``rows``' audio embeddings under ``model``; persisted in ``cache_dir`` (reused when
+    the checkpoint, the clip list and the truncation match)."""
+    ids = [str(r.clip_id) for r in rows]
+    key = {"retriever": _fingerprint(model, source), "clips": hashlib.sha256("\n".join(
+        f"{r.clip_id}\t{r.audio_path}" for r in rows).encode()).hexdigest(), "max_seconds": max_seconds}
+    where = None
+    if cache_dir is not None:
+        where = Path(cache_dir) / hashlib.sha256(repr(sorted(key.items())).encode()).hexdigest()[:16]
+        if (where / "index.json").is_file():
+            idx = AudioIndex.load(where)
+            if idx.meta == key and idx.clip_ids == ids:
+                log.info("reusing audio embeddings in %s", where)
+                return idx
+    emb = embed_rows(model, rows, batch_size, max_seconds, cache=cache, progress=progress)
+    idx = AudioIndex(emb, ids, index_cfg, meta=key)
+    if where is not None:
+        idx.save(where)
+    return idx
+
+
+# ---------------------------------------------------------------------------------------------- Clotho
+def clotho_queries(df: pd.DataFrame) -> tuple[list[str], np.ndarray]:
+    """All captions of the clips in ``df`` as queries, with the index of each caption's clip."""
+    texts, relevant = [], []
+    for i, caps in enumerate(df["captions"]):
+        texts.extend(caps)
+        relevant.extend([i] * len(caps))
+    if not texts:
+        raise ValueError("no captions to use as queries in this split")
+    return texts, np.asarray(relevant, dtype=np.int64)
+
+
+def evaluate_clotho(model: Retriever, df: pd.DataFrame, mode: str = "cosine", batch_size: int = 16,
+                    cache: AudioCache | None = None, progress: bool = True) -> dict[str, float]:
+    """Text-to-audio mAP@10, R@1/5/10 of one retriever on the clips of ``df`` (see ``clotho_queries``)."""
+    rows = list(df.itertuples(index=False))
+    texts, relevant = clotho_queries(df)
+    audio = embed_rows(model, rows, batch_size, cache=cache, progress=progress)
+    text = model.embed_text(texts).numpy()
+    return retrieval_metrics(score_matrix(model, text, audio, mode), relevant)
+
+
+def evaluate_retrievers(retrievers: Sequence[Retriever | str | Path], manifest: str | Path, split: str,
+                        mode: str = "cosine", batch_size: int = 16, max_seconds: float | None = 30.0,
+                        cache_dir: str | Path | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Metrics of each retriever and of their ensemble (z-scored mean) on ``split`` of ``manifest``."""
+    df = read_manifest(manifest, [split])
+    df = df[df["captions"].map(len) > 0].reset_index(drop=True)
+    rows = list(df.itertuples(index=False))
+    texts, relevant = clotho_queries(df)
+    sims, per_model = [], {}
+    for r in retrievers:
+        model = _as_retriever(r, device)
+        idx = audio_index(model, r, rows, batch_size, max_seconds, cache_dir)
+        sim = score_matrix(model, model.embed_text(texts).numpy(), idx.embeddings, mode, index=idx)
+        per_model[str(r) if not isinstance(r, Retriever) else f"model{len(per_model)}"] = retrieval_metrics(
+            sim, relevant)
+        sims.append(sim)
+    result: dict[str, Any] = {"manifest": str(manifest), "split": split, "mode": mode, "queries": len(texts),
+                              "items": len(rows), "models": per_model}
+    result["ensemble"] = retrieval_metrics(ensemble_similarity(sims), relevant)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- Task 8
+@dataclass
+class _AudioFile:
+    clip_id: str
+    audio_path: str
+    duration_s: float
+    source: str = "task8"
+
+
+def collection_rows(audio: str | Path) -> list[Any]:
+    """Audio collection from a directory of audio files (file name = id) or a manifest (all rows)."""
+    from dcase.data.audio import audio_info
+
+    path = Path(audio)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in AUDIO_EXTENSIONS)
+        if not files:
+            raise FileNotFoundError(f"{path}: no audio files ({', '.join(AUDIO_EXTENSIONS)})")
+        return [_AudioFile(p.name, str(p), audio_info(p)[0]) for p in files]
+    return list(read_manifest(path).itertuples(index=False))
+
+
+def read_task8_captions(path: str | Path) -> list[str]:
+    """Queries of a DCASE Task 8 ``retrieval_captions.csv`` (column ``caption``), in file order."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"captions file not found: {path}")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or "caption" not in reader.fieldnames:
+            raise ValueError(f"{path}: expected a 'caption' column, found {reader.fieldnames}")
+        caps = [row["caption"] for row in reader]
+    for i, c in enumerate(caps):
+        if c is None or not c.strip():
+            raise ValueError(f"{path}: row {i + 2} has an empty caption")
+    return caps
+
+
+def rank_task8(retrievers: Sequence[Retriever | str | Path], audio: str | Path | Sequence[Any],
+               captions: str | Path | Sequence[str], mode: str = "cosine", k: int = 10, batch_size: int = 16,
+               max_seconds: float | None = 30.0, cache_dir: str | Path | None = None, device: str = "cpu"
+               ) -> list[tuple[str, list[str]]]:
+    """Rank the audio collection for every caption: -> [(caption, [k distinct file names, best first])],
+    one row per query in input order. Several retrievers are ensembled (z-scored mean of similarities)."""
+    if not retrievers:
+        raise ValueError("no retriever checkpoints given")
+    rows = collection_rows(audio) if isinstance(audio, str | Path) else list(audio)
+    texts = read_task8_captions(captions) if isinstance(captions, str | Path) else list(captions)
+    if len(rows) < k:
+        raise ValueError(f"the audio collection has {len(rows)} clips; {k} are needed per query")
+    sims = []
+    for r in retrievers:
+        model = _as_retriever(r, device)
+        idx = audio_index(model, r, rows, batch_size, max_seconds, cache_dir)
+        sims.append(score_matrix(model, model.embed_text(texts).numpy(), idx.embeddings, mode, index=idx))
+    best = top_k(ensemble_similarity(sims) if len(sims) > 1 else sims[0], k)
+    names = [str(r.clip_id) for r in rows]
+    return [(t, [names[j] for j in best[q]]) for q, t in enumerate(texts)]
+
+
+# ---------------------------------------------------------------------------------------------- recipes
+@dataclass
+class Task8Recipe:
+    """A submitted Task 8 system: which retrievers (paths under ``root``) and how they rank."""
+
+    name: str = ""
+    description: str = ""
+    root: str = "checkpoints/retrievers"
+    retrievers: list[str] = field(default_factory=list)
+    mode: str = "cosine"
+    batch_size: int = 16
+    max_seconds: float = 30.0
+
+    def paths(self) -> list[Path]:
+        root = Path(self.root)
+        out = [Path(p) if Path(p).is_absolute() else root / p for p in self.retrievers]
+        missing = [str(p) for p in out if not (p / "retriever_config.json").is_file()]
+        if missing:
+            raise FileNotFoundError(f"recipe {self.name!r}: retriever checkpoint(s) not found: {missing}")
+        return out
