@@ -368,7 +368,8 @@ class DacCodec:
                 seg = tensors[w.clip][w.start * self.hop : w.stop * self.hop]
                 x[j, : seg.numel()] = seg
             frames = torch.tensor([w.stop - w.start for w in group])
-            codes = self.encode_padded(x, frames).to(torch.int16).numpy()
+            device = next(self.model.parameters()).device
+            codes = self.encode_padded(x.to(device), frames.to(device)).to(torch.int16).cpu().numpy()
             for j, w in enumerate(group):
                 out[w.clip][:, w.keep_from : w.keep_to] = codes[j, :, w.keep_from - w.start : w.keep_to - w.start]
         return out

@@ -88,7 +88,9 @@ def embed_waves(model: AudioEmbedder, waves: Sequence[np.ndarray], max_batch_sam
         for j, c in enumerate(idx):
             x[j, : len(waves[c])] = torch.from_numpy(np.asarray(waves[c], dtype=np.float32))
         lengths = torch.tensor([len(waves[c]) for c in idx], dtype=torch.long)
-        emb = model.embed_audio(x, lengths).float().cpu().numpy()
+        params = getattr(model, "parameters", None)
+        device = next(params()).device if params is not None else torch.device("cpu")
+        emb = model.embed_audio(x.to(device), lengths.to(device)).float().cpu().numpy()
         for j, c in enumerate(idx):
             out[c] = np.ascontiguousarray(emb[j], dtype=np.float32)
     return out  # type: ignore[return-value]

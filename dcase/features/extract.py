@@ -68,10 +68,16 @@ class ExtractReport:
     store_clips: int = 0
 
 
-def _state() -> Any:
+def process_state() -> Any:
+    """Accelerate's process state. Without a GPU, torchrun / ``accelerate launch --cpu`` processes join a gloo
+    group (MULTI_CPU); Accelerate only does that when asked for CPU, so ask when no GPU is present."""
+    import os
+
+    import torch
     from accelerate import PartialState
 
-    return PartialState()
+    cpu = os.environ.get("ACCELERATE_USE_CPU", "false").lower() == "true" or not torch.cuda.is_available()
+    return PartialState(cpu=cpu)
 
 
 def _dcase_version() -> str:
@@ -117,7 +123,7 @@ def run_extraction(
     from dcase.data.manifest import manifest_hash
 
     out = Path(out)
-    state = _state()
+    state = process_state()
     rank, world = state.process_index, state.num_processes
     provenance = {**provenance, "dcase_version": _dcase_version(), "manifest_hash": manifest_hash(rows)}
     exists = check_provenance(out, provenance)  # every process checks: all raise alike on a mismatch
@@ -235,6 +241,7 @@ def extract_codec(
     cfg = ExtractConfig("codec", str(manifest), str(out), str(codec), batch_size, chunk_seconds, skip_bad,
                         list(splits) if splits else None, shard_size)
     model = load_codec(codec, chunk_seconds=chunk_seconds)
+    model.model.to(process_state().device)
     rows = _read_rows(manifest, splits)
     prov = {"kind": "codec", **model.provenance()}
     return run_extraction(rows, out, prov, model.encode_many, model.sample_rate, model.hop, cfg, progress)
@@ -251,11 +258,15 @@ def extract_embeddings(
     progress: bool = True,
 ) -> ExtractReport:
     """One clip embedding (float32 [D]) per manifest row, from a retriever / CNext checkpoint."""
+    import torch
+
     from dcase.features.embed import embed_waves, embedder_provenance, load_embedder
 
     cfg = ExtractConfig("embed", str(manifest), str(out), str(embedder), batch_size, 0.0, skip_bad,
                         list(splits) if splits else None, shard_size)
     model = load_embedder(embedder)
+    if isinstance(model, torch.nn.Module):
+        model.to(process_state().device)
     rows = _read_rows(manifest, splits)
     prov = {"kind": "embed", **embedder_provenance(model, embedder)}
     # embedders handle short clips themselves (CNext zero-pads them to one output frame)
