@@ -232,3 +232,35 @@ def test_retrieval_csv_hand_case(tmp_path):
     assert got["r_at_5"] == pytest.approx(3 / 4)
     assert got["r_at_10"] == pytest.approx(3 / 4)
     assert math.isclose(got["n_queries"], 4)
+
+
+def test_checker_found_by_default_vs_configured(tmp_path, monkeypatch):
+    """An auto-discovered checker that cannot load -> metric missing with the reason; a configured one -> error;
+    a configured loadable one -> FER computed from its probabilities."""
+    from dcase.decoding.fluency import FluencyCheckerError, build_debug_checker, load_fluency_checker
+
+    monkeypatch.delenv("DCASE_FENSE_CHECKER", raising=False)
+    fense_dir = tmp_path / "fense"
+    fense_dir.mkdir()
+    (fense_dir / "echecker_clotho_audiocaps_base.ckpt").write_bytes(b"truncated download")
+    monkeypatch.setenv("FENSE_DATA", str(fense_dir))
+    s = evaluate_captions(["a dog barks"], [["a dog"]], ["fer", "bleu_1"])
+    assert s["fer"] is None and "cannot read" in s.missing["fer"] and s["bleu_1"] is not None
+    with pytest.raises(FluencyCheckerError):
+        evaluate_captions(["a dog barks"], [["a dog"]], ["fer"],
+                          MetricSettings(fense_checker=str(fense_dir / "echecker_clotho_audiocaps_base.ckpt")))
+    cands = ["a dog barks", "rain falls", "a bird sings"]
+    ck = build_debug_checker(tmp_path / "ck", " ".join(cands).split(), seed=2)
+    s = evaluate_captions(cands, [[c] for c in cands], ["fer"], MetricSettings(fense_checker=str(ck)))
+    probs = load_fluency_checker(ck).error_probabilities(cands)
+    assert s["fer"] == pytest.approx(float(np.mean(probs > 0.9)))
+    assert s.missing == {}
+
+
+def test_duplicate_predictions_are_named(tmp_path):
+    refs = tmp_path / "refs.csv"
+    refs.write_text("file_name,caption_1\na.wav,a dog\nb.wav,rain\n")
+    preds = tmp_path / "p.csv"
+    preds.write_text("file_name,caption_predicted\na.wav,a dog\na.wav,a cat\nb.wav,rain\n")
+    with pytest.raises(ValueError, match=r"duplicate file_name rows: \['a.wav'\]"):
+        score_caption_files(preds, refs, ["bleu_1"])

@@ -493,6 +493,39 @@ def _one_line(s: str) -> str:
     return " ".join(s.split())  # the PTB tokenizer reads one sentence per line
 
 
+def _load_checker(settings: MetricSettings, resources: dict[str, dict[str, Any]]) -> Any:
+    """The FENSE checker, or None (then ``resources`` says why). A configured checker must load; one merely
+    found in the default location that fails to load (e.g. its BERT backbone is not cached) is reported missing."""
+    from dcase.decoding.fluency import FluencyCheckerError, load_fluency_checker
+
+    path, configured, reason = resolve_checker(settings)  # raises for a configured but absent file
+    if path is None:
+        return None
+    try:
+        return load_fluency_checker(path, backbone=settings.checker_backbone, device=settings.device,
+                                    batch_size=settings.batch_size)
+    except FluencyCheckerError as e:
+        if configured:
+            raise
+        resources["fense_checker"] = {"present": False, "path": path, "reason": str(e)}
+        return None
+
+
+def _load_sbert(settings: MetricSettings, resources: dict[str, dict[str, Any]]) -> Any:
+    """The FENSE sentence-BERT, or None (then ``resources`` says why). A configured one must load."""
+    from sentence_transformers import SentenceTransformer
+
+    name = resources["sbert"]["path"]
+    configured = bool(_env(settings.sbert_model, "DCASE_SBERT_MODEL"))
+    try:
+        return SentenceTransformer(name, device=settings.device)
+    except Exception as e:  # noqa: BLE001 - offline cache incomplete, corrupt files, ...
+        if configured:
+            raise RuntimeError(f"the configured sentence-BERT {name!r} cannot be loaded: {e}") from e
+        resources["sbert"] = {"present": False, "path": name, "reason": f"cannot load {name!r} offline: {e}"}
+        return None
+
+
 def evaluate_captions(
     candidates: Sequence[str],
     references: Sequence[Sequence[str]],
@@ -512,11 +545,13 @@ def evaluate_captions(
     _check_inputs(candidates, references)
     resources = metric_resources(settings)
     if checker is None and {"fer", "fense", "spider_fl"} & set(metrics):
-        resolve_checker(settings)  # a configured but absent checker is an error, not a missing metric
+        checker = _load_checker(settings, resources)
+    if sbert is None and {"sbert_sim", "fense"} & set(metrics) and resources["sbert"]["present"]:
+        sbert = _load_sbert(settings, resources)
     if checker is not None:
-        resources["fense_checker"] = {"present": True, "path": "<given>", "reason": None}
+        resources["fense_checker"] = {"present": True, "path": getattr(checker, "path", "<given>"), "reason": None}
     if sbert is not None:
-        resources["sbert"] = {"present": True, "path": "<given>", "reason": None}
+        resources["sbert"] = {"present": True, "path": resources["sbert"]["path"] or "<given>", "reason": None}
     missing = missing_reasons(metrics, resources)
     todo = [m for m in metrics if m not in missing]
 
@@ -607,11 +642,6 @@ def _compute(
     if "fer" in need:
         from aac_metrics.functional.fer import fer
 
-        from dcase.decoding.fluency import load_fluency_checker
-
-        if checker is None:
-            path, configured, _ = resolve_checker(settings)
-            checker = load_fluency_checker(path, backbone=settings.checker_backbone, device=settings.device)
         outs["fer"] = fer(
             cands,
             echecker=checker.model,
@@ -623,11 +653,6 @@ def _compute(
     if "sbert_sim" in need:
         from aac_metrics.functional.sbert_sim import sbert_sim
 
-        if sbert is None:
-            from sentence_transformers import SentenceTransformer
-
-            name, _ = resolve_sbert(settings)
-            sbert = SentenceTransformer(name, device=settings.device)
         outs["sbert_sim"] = sbert_sim(cands, refs, sbert_model=sbert, device=settings.device)
     if "fense" in need:
         from aac_metrics.functional.fense import _fense_from_outputs
