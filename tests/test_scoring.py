@@ -264,3 +264,19 @@ def test_duplicate_predictions_are_named(tmp_path):
     preds.write_text("file_name,caption_predicted\na.wav,a dog\na.wav,a cat\nb.wav,rain\n")
     with pytest.raises(ValueError, match=r"duplicate file_name rows: \['a.wav'\]"):
         score_caption_files(preds, refs, ["bleu_1"])
+
+
+def test_java_check_bypass_is_scoped():
+    """Our relaxed Java check exists only during our calls; aac-metrics' own check is restored afterwards."""
+    import importlib
+
+    from dcase.evaluation.captions import _accept_java
+
+    mods = [importlib.import_module(f"aac_metrics.{m}")
+            for m in ("functional.meteor", "functional.spice", "utils.tokenization")]
+    originals = [m.check_java_path for m in mods]
+    with pytest.raises(RuntimeError, match="boom"), _accept_java("/opt/java17/bin/java"):
+        assert all(m.check_java_path("/opt/java17/bin/java") for m in mods)
+        assert not any(m.check_java_path("/usr/bin/other-java") for m in mods)
+        raise RuntimeError("boom")
+    assert [m.check_java_path for m in mods] == originals
