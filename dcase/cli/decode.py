@@ -52,6 +52,85 @@ def soup(
     typer.echo(str(path))
 
 
+def generate(
+    captioner: list[Path] = typer.Option(None, "--captioner", help="EnCLAP checkpoint folder (repeat for an ensemble)."),
+    ensemble: str = typer.Option(None, "--ensemble", help="token | pool: how several captioners are combined."),
+    retriever: Path = typer.Option(None, "--retriever", help="Retriever folder for the encoder score."),
+    manifest: Path = typer.Option(None, "--manifest", "-m", help="Manifest parquet of the clips."),
+    split: str = typer.Option(None, "--split", help="Only this split of the manifest."),
+    codec_store: list[Path] = typer.Option(None, "--codec-store", help="DAC code store (repeatable)."),
+    embed_store: list[Path] = typer.Option(None, "--embed-store", help="Clip-embedding store (repeatable)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Candidates table (.parquet); sidecar <stem>.json."),
+    fluency_checker: Path = typer.Option(None, "--fluency-checker", help="FENSE checker checkpoint (else filter off)."),
+    fluency_backbone: Path = typer.Option(None, "--fluency-backbone", help="Local BERT folder for the checker."),
+    w_enc: float = typer.Option(None, "--w-enc", help="Encoder (retriever) score weight [0.7]."),
+    w_dec: float = typer.Option(None, "--w-dec", help="Decoder (log-likelihood) score weight [0.3]."),
+    greedy: bool = typer.Option(False, "--greedy", help="One greedy caption per clip instead of sampling."),
+    beam: int = typer.Option(None, "--beam", help="Beam search with N beams instead of sampling."),
+    device: str = typer.Option(None, "--device", help="cpu | cuda | cuda:1 ..."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
+    config: Path = typer.Option(None, "--config", "-c", help="YAML (configs/dcase2024/generate.yaml)."),
+    overrides: list[str] = typer.Option(None, "--set", "-s", help="Dotted override: --set sampling.num_candidates=10"),
+) -> None:
+    """Sample candidate captions, score (retriever cosine, log-likelihood, FENSE fluency) and rerank them.
+
+    Example: dcase generate --captioner runs/enclap_ft/best --retriever runs/retriever/best
+    --manifest data/clotho/manifest.parquet --split validation --codec-store features/dac_clotho
+    --embed-store features/emb_clotho --out runs/gen/candidates.parquet
+
+    Resumable: rerun the same command after an interruption. Several --captioner: --ensemble token|pool.
+    """
+    from dcase.config import load_config
+    from dcase.generate import GenerateConfig, generate_candidates
+
+    cfg = load_config(GenerateConfig, config, list(overrides or []))
+    given = {"captioners": [str(p) for p in captioner] if captioner else None, "ensemble": ensemble,
+             "retriever": str(retriever) if retriever else None, "manifest": str(manifest) if manifest else None,
+             "split": split, "codec_stores": [str(p) for p in codec_store] if codec_store else None,
+             "embed_stores": [str(p) for p in embed_store] if embed_store else None,
+             "out": str(out) if out else None, "fluency_checker": str(fluency_checker) if fluency_checker else None,
+             "fluency_backbone": str(fluency_backbone) if fluency_backbone else None, "w_enc": w_enc,
+             "w_dec": w_dec, "device": device}
+    for k, v in given.items():
+        if v is not None:
+            setattr(cfg, k, v)
+    if greedy and beam:
+        raise ValueError("give at most one of --greedy and --beam N")
+    if greedy:
+        cfg.mode = "greedy"
+    if beam:
+        cfg.mode, cfg.num_beams = "beam", beam
+    table = generate_candidates(cfg, progress=True, overwrite=overwrite)
+    n_clips = table["clip_id"].nunique()
+    typer.echo(f"{cfg.out}: {len(table)} candidates for {n_clips} clips")
+
+
+def tune_rerank(
+    candidates: Path = typer.Option(..., "--candidates", help="Candidates table from dcase generate (validation)."),
+    references: Path = typer.Option(..., "--references", help="clotho_captions_validation.csv (or a manifest)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for tuning.csv and tuning.png."),
+    weights: str = typer.Option("0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1", "--weights", help="Encoder weights."),
+    metric: str = typer.Option("cider_d", "--metric", help="Caption metric to maximise (e.g. cider_d, spider)."),
+    threshold: float = typer.Option(None, "--fluency-threshold",
+                                    help="Fluency filter threshold (when the table has probabilities) [0.9]."),
+) -> None:
+    """Grid-search the encoder weight w_enc (w_dec = 1 - w_enc) of the reranker on a validation split.
+
+    Example: dcase tune-rerank --candidates runs/gen_val/candidates.parquet
+    --references clotho/clotho_captions_validation.csv --out runs/tune --metric cider_d
+    """
+    from dcase.generate import tune_rerank_weights
+
+    try:
+        grid = [float(w) for w in weights.split(",") if w.strip()]
+    except ValueError as e:
+        raise ValueError(f"--weights expects comma-separated numbers, got {weights!r}") from e
+    best = tune_rerank_weights(candidates, references, out, grid, metric, threshold)
+    typer.echo(f"{out}/tuning.csv, {out}/tuning.png: best w_enc={best['w_enc']:.2f} ({metric}={best[metric]:.4f})")
+
+
 def register(app: typer.Typer) -> None:
     """Add the decoding commands to the root app."""
     app.command("soup")(user_errors(soup))
+    app.command("generate")(user_errors(generate))
+    app.command("tune-rerank")(user_errors(tune_rerank))

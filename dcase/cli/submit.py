@@ -80,3 +80,36 @@ def package(
     )
     for f in folders:
         typer.echo(str(f))
+
+
+@app.command("task6")
+@user_errors
+def task6(
+    recipe: Path = typer.Option(..., "--recipe", help="System recipe, e.g. submissions/task6_1.yaml."),
+    audio_dir: Path = typer.Option(..., "--audio-dir", help="Evaluation audio folder (one caption per file)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Task 6 CSV to write (file_name,caption_predicted)."),
+    meta_out: Path = typer.Option(None, "--meta-out", help="DCASE meta YAML to write from the recipe's meta."),
+    root: Path = typer.Option(None, "--root", help="Checkpoint root (overrides the recipe's root)."),
+    work_dir: Path = typer.Option(None, "--work-dir", help="Manifest, feature stores, soups, candidates [<out>_work]."),
+    overrides: list[str] = typer.Option(None, "--set", "-s", help="Recipe override: --set sampling.batch_clips=4"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing --out / --meta-out."),
+) -> None:
+    """Caption every clip of an audio folder with a recipe's system and write the validated Task 6 CSV + meta.
+
+    Example: dcase submit task6 --recipe submissions/task6_1.yaml --audio-dir clotho/evaluation
+    --root /data/checkpoints --out Kim_SNU_task6_1.output.csv --meta-out Kim_SNU_task6_1.meta.yaml
+
+    Steps (all resumable, kept in --work-dir): a manifest of the folder; DAC codes (dcase extract codec) and clip
+    embeddings (dcase extract embed, with the recipe's clip_embedder) when missing; the recipe's soups (dcase soup);
+    candidates (dcase generate); the CSV, validated against the folder. Checkpoints come from the recipe (paths
+    under its root): train them first with dcase captioner finetune / dcase retriever train.
+    """
+    from dcase.generate import load_task6_recipe, placeholder_fields, run_task6_recipe
+
+    rec = load_task6_recipe(recipe, list(overrides or []))
+    csv_path, meta_path = run_task6_recipe(rec, audio_dir, out, meta_out, work_dir, root, overwrite)
+    bad = placeholder_fields(rec.meta)
+    if bad:
+        typer.secho(f"warning: {recipe}: meta fields {bad} are template placeholders; edit them before packaging",
+                    fg=typer.colors.YELLOW, err=True)
+    typer.secho(f"ok: {csv_path}" + (f", {meta_path}" if meta_path else ""), fg=typer.colors.GREEN)
