@@ -184,7 +184,8 @@ def candidates_for_batch(models: Sequence[Any], batch: dict, cfg: GenerateConfig
         return pool_from_encoder(models, encoded, cfg.sampling, seeds, greedy=greedy,
                                  beams=cfg.num_beams if cfg.mode == "beam" else 0)
     if cfg.mode == "beam":
-        return beam_candidates(models[0], encoded[0], cfg.num_beams, cfg.sampling.max_new_tokens)
+        return beam_candidates(models[0], encoded[0], cfg.num_beams, cfg.sampling.max_new_tokens,
+                               cfg.sampling.min_new_tokens)
     sb = sample_from_encoder(models, encoded, cfg.sampling, seeds, greedy=greedy)
     return batch_candidates(models[0], sb)
 
@@ -291,7 +292,9 @@ def generate_candidates(cfg: GenerateConfig, progress: bool = True, overwrite: b
             with torch.no_grad():
                 for i, c in zip(ids, candidates_for_batch(models, batch, cfg, seeds), strict=True):
                     if not c:
-                        raise ValueError(f"clip {clip_ids[i]!r}: every sample decoded to an empty caption")
+                        raise ValueError(f"clip {clip_ids[i]!r}: every sample decoded to an empty caption (the "
+                                         "captioner ends at once; check the checkpoint, or raise "
+                                         "sampling.min_new_tokens)")
                     cands[i] = c
             if bar is not None:
                 bar.update(len(ids))

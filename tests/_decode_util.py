@@ -31,7 +31,7 @@ def tiny_captioner(seed: int = 0, eos_bias: float = 1.0, **overrides) -> EnCLAP:
     bias = torch.full_like(m.bart.final_logits_bias, -30.0)
     bias[0, word_tokens(m.tokenizer)] = 0.0
     bias[0, m.bart.config.eos_token_id] = eos_bias
-    bias[0, m.bart.config.bos_token_id] = 0.0
+    bias[0, m.bart.config.bos_token_id] = -3.0  # forced first anyway; never chosen later
     with torch.no_grad():
         m.bart.final_logits_bias.copy_(bias)
     return m

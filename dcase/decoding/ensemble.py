@@ -94,7 +94,7 @@ def pool_from_encoder(models: Sequence[Any], encoded: Sequence[tuple[torch.Tenso
     per_model: list[list[list[Candidate]]] = []
     for m, (model, enc) in enumerate(zip(models, encoded, strict=True)):
         if beams > 0:
-            per_model.append(beam_candidates(model, enc, beams, cfg.max_new_tokens))
+            per_model.append(beam_candidates(model, enc, beams, cfg.max_new_tokens, cfg.min_new_tokens))
         else:
             sb = sample_from_encoder([model], [enc], cfg, model_seeds(seeds, m), greedy=greedy)
             per_model.append(batch_candidates(model, sb))
@@ -132,11 +132,12 @@ def pool_from_encoder(models: Sequence[Any], encoded: Sequence[tuple[torch.Tenso
 
 
 @torch.no_grad()
-def beam_candidates(model: Any, encoded: tuple[torch.Tensor, torch.Tensor], beams: int, max_new_tokens: int
-                    ) -> list[list[Candidate]]:
+def beam_candidates(model: Any, encoded: tuple[torch.Tensor, torch.Tensor], beams: int, max_new_tokens: int,
+                    min_new_tokens: int = 0) -> list[list[Candidate]]:
     """One beam-search caption per clip (Hugging Face ``generate``), scored with ``sequence_logprobs``."""
     hid, mask = encoded
-    ids = model.generate_from_encoder(hid, mask, num_beams=beams, do_sample=False, max_new_tokens=max_new_tokens)
+    ids = model.generate_from_encoder(hid, mask, num_beams=beams, do_sample=False, max_new_tokens=max_new_tokens,
+                                      min_new_tokens=min_new_tokens)
     labels = ids[:, 1:]
     scores = model.sequence_logprobs(hid, mask, labels).double()
     pad = model.bart.config.pad_token_id

@@ -1,0 +1,245 @@
+"""The generation stage on a tiny synthetic corpus: reranking on real generated candidates, fluency off / on /
+fallback, audio-embedding source, greedy / beam modes, resume after a kill, and the CLI commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from _decode_util import CAPS, tiny_captioner, write_tone
+from typer.testing import CliRunner
+
+from dcase.data.manifest import ManifestRow, write_manifest
+from dcase.decoding.rerank import read_candidates
+from dcase.decoding.sample import SamplingConfig
+from dcase.features.store import ShardWriter, finalize_store
+from dcase.generate import (
+    GenerateConfig,
+    generate_candidates,
+    parts_dir,
+    sidecar_path,
+    task6_rows,
+)
+
+N_CLIPS = 5
+JOINT = 8
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """5 tone clips; manifest; codec store (random codes); clip-embedding store made by the tiny retriever;
+    a tiny captioner checkpoint; the retriever checkpoint."""
+    from dcase.features.extract import extract_embeddings
+    from dcase.models.cnext import CNextConfig
+    from dcase.models.retriever import Retriever, RetrieverConfig, TextTowerConfig, build_tiny_bert
+
+    tmp = tmp_path_factory.mktemp("gen")
+    (tmp / "audio").mkdir()
+    rows, codes = [], {}
+    rng = np.random.default_rng(0)
+    for i in range(N_CLIPS):
+        cid = f"clip{i}.wav"
+        write_tone(tmp / "audio" / cid, 200.0 * (i + 1))
+        rows.append(ManifestRow(clip_id=cid, audio_path=str(tmp / "audio" / cid), split="validation",
+                                source="synth", duration_s=0.5, sample_rate=24000, captions=[CAPS[i], CAPS[i + 1]]))
+        codes[cid] = rng.integers(0, 16, (4, int(rng.integers(15, 38)))).astype(np.int16)
+    write_manifest(rows, tmp / "manifest.parquet")
+    with ShardWriter(tmp / "dac", shard_size=2) as w:
+        for cid, arr in codes.items():
+            w.add(cid, arr)
+    finalize_store(tmp / "dac", {"kind": "codec", "extractor": "test", "n_codebooks": 4})
+    torch.manual_seed(0)
+    text_dir = build_tiny_bert(tmp / "bert", hidden=16, layers=1)
+    ret = Retriever.build(RetrieverConfig(audio=CNextConfig.tiny(), text=TextTowerConfig(name_or_path=str(text_dir)),
+                                          joint_dim=JOINT, loss="infonce"))
+    ret.save_pretrained(tmp / "retriever")
+    extract_embeddings(tmp / "manifest.parquet", tmp / "emb", tmp / "retriever", progress=False)
+    tiny_captioner(seed=0, eos_bias=0.0, clip_dim=JOINT).save_pretrained(tmp / "cap")
+    return tmp
+
+
+def _cfg(c: Path, out: Path, **kw) -> GenerateConfig:
+    base = dict(captioners=[str(c / "cap")], retriever=str(c / "retriever"), manifest=str(c / "manifest.parquet"),
+                codec_stores=[str(c / "dac")], embed_stores=[str(c / "emb")], out=str(out), chunk_clips=2,
+                sampling=SamplingConfig(num_candidates=6, max_new_tokens=10, batch_clips=2, seed=7))
+    base.update(kw)
+    return GenerateConfig(**base)
+
+
+def _independent_cos(c: Path, table: pd.DataFrame) -> np.ndarray:
+    """cos(retriever audio embedding of the clip's audio, retriever text embedding), computed directly."""
+    import soundfile as sf
+    import soxr
+
+    from dcase.models.retriever import Retriever
+
+    ret = Retriever.from_pretrained(c / "retriever")
+    out = np.zeros(len(table))
+    for cid, grp in table.groupby("clip_id", sort=False):
+        x, sr = sf.read(str(c / "audio" / cid), dtype="float32")
+        x = soxr.resample(x, sr, ret.sample_rate).astype(np.float32)
+        a = ret.embed_audio(torch.from_numpy(x)[None], torch.tensor([len(x)]))[0].numpy()
+        t = ret.embed_text(grp["text"].tolist()).numpy()
+        out[grp.index.to_numpy()] = (t @ a) / np.linalg.norm(t, axis=1) / np.linalg.norm(a)
+    return out
+
+
+def test_generate_reranks_real_candidates(corpus, tmp_path):
+    out = tmp_path / "cands.parquet"
+    table = generate_candidates(_cfg(corpus, out), progress=False)
+    disk = read_candidates(out)
+    pd.testing.assert_frame_equal(table, disk)
+    assert list(pd.unique(disk["clip_id"])) == [f"clip{i}.wav" for i in range(N_CLIPS)]
+    assert (disk.groupby("clip_id")["count"].sum() <= 6).all()
+    assert not disk.duplicated(["clip_id", "text"]).any()
+    # encoder score = cosine of the retriever embeddings (store vectors made by the same retriever)
+    np.testing.assert_allclose(disk["encoder_score"], _independent_cos(corpus, disk), atol=2e-4)
+    # selection = argmax of 0.7 * cos + 0.3 * decoder score, per clip
+    final = 0.7 * disk["encoder_score"] + 0.3 * disk["decoder_score"]
+    np.testing.assert_allclose(disk["final_score"], final, atol=1e-12)
+    for _, grp in disk.groupby("clip_id"):
+        assert grp["selected"].sum() == 1
+        assert grp.loc[grp["selected"], "final_score"].item() == pytest.approx(final[grp.index].max())
+    assert disk["fluency_error_prob"].isna().all() and not disk["fallback"].any()
+    meta = json.loads(sidecar_path(out).read_text())
+    assert meta["fluency_filter"] == "off" and "no checker" in meta["reason"]
+    assert meta["audio_embedding"] == ["store"] and meta["n_clips"] == N_CLIPS
+    assert not parts_dir(out).exists()
+    rows = task6_rows(out)
+    assert [r[0] for r in rows] == [f"clip{i}.wav" for i in range(N_CLIPS)]
+    assert rows == [(c, t) for c, t in zip(disk.loc[disk["selected"], "clip_id"], disk.loc[disk["selected"], "text"],
+                                          strict=True)]
+    # same seed -> same table; the clip embedding computed from audio gives the same encoder scores
+    again = generate_candidates(_cfg(corpus, tmp_path / "again.parquet", audio_embedding="compute"), progress=False)
+    assert again["text"].tolist() == disk["text"].tolist()
+    np.testing.assert_allclose(again["encoder_score"], disk["encoder_score"], atol=1e-4)
+    assert json.loads(sidecar_path(tmp_path / "again.parquet").read_text())["audio_embedding"] == ["computed"]
+    with pytest.raises(FileExistsError):
+        generate_candidates(_cfg(corpus, out), progress=False)
+
+
+def test_fluency_filter_on_and_fallback(corpus, tmp_path):
+    from dcase.decoding.fluency import FluencyCheckerError, build_debug_checker
+
+    words = sorted({w for c in CAPS for w in c.split()} | {"bar", "shu", "met", "pas", "whi", "bir"})
+    ckpt = build_debug_checker(tmp_path / "checker", words)
+    out = tmp_path / "f.parquet"
+    # threshold 0: every candidate "has an error" -> each clip falls back to its best final score
+    t0 = generate_candidates(_cfg(corpus, out, fluency_checker=str(ckpt), fluency_threshold=0.0,
+                                  w_enc=0.0, w_dec=1.0), progress=False)
+    assert t0["fluency_error_prob"].between(0, 1).all() and t0["fallback"].all()
+    for _, grp in t0.groupby("clip_id"):
+        assert grp.loc[grp["selected"], "decoder_score"].item() == grp["decoder_score"].max()
+    meta = json.loads(sidecar_path(out).read_text())
+    assert meta["fluency_filter"] == "on" and meta["n_fallback_clips"] == N_CLIPS
+    # a threshold between the probabilities: the best candidate passing the filter is chosen
+    thr = float(np.median(t0["fluency_error_prob"]))
+    t1 = generate_candidates(_cfg(corpus, tmp_path / "g.parquet", fluency_checker=str(ckpt), fluency_threshold=thr,
+                                  w_enc=0.0, w_dec=1.0), progress=False)
+    for _, grp in t1.groupby("clip_id"):
+        ok = grp[grp["fluency_error_prob"] <= thr]
+        sel = grp[grp["selected"]]
+        if len(ok):
+            assert not sel["fallback"].item() and sel["decoder_score"].item() == ok["decoder_score"].max()
+        else:
+            assert sel["fallback"].item()
+    with pytest.raises(FluencyCheckerError, match="does not exist"):
+        generate_candidates(_cfg(corpus, tmp_path / "h.parquet", fluency_checker=str(tmp_path / "nope.ckpt")),
+                            progress=False)
+
+
+def test_greedy_and_beam_give_one_candidate(corpus, tmp_path):
+    from dcase.models.enclap import EnCLAP
+
+    sc = SamplingConfig(max_new_tokens=10, min_new_tokens=3, batch_clips=2)
+    g = generate_candidates(_cfg(corpus, tmp_path / "g.parquet", mode="greedy", sampling=sc), progress=False)
+    b = generate_candidates(_cfg(corpus, tmp_path / "b.parquet", mode="beam", num_beams=3, sampling=sc),
+                            progress=False)
+    for t in (g, b):
+        assert t["clip_id"].value_counts().max() == 1 and t["selected"].all()
+    m = EnCLAP.from_pretrained(corpus / "cap").eval()
+    from dcase.captioner import StoreChain
+
+    codes, emb = StoreChain.open([corpus / "dac"]), StoreChain.open([corpus / "emb"])
+    cid = g["clip_id"].iloc[0]
+    c = torch.from_numpy(codes[cid].astype(np.int64))[None]
+    ids = m.generate(c, torch.ones(1, c.shape[2], dtype=torch.bool), torch.from_numpy(emb[cid])[None],
+                     max_new_tokens=10, min_new_tokens=3)
+    assert g["text"].iloc[0] == m.decode_text(ids)[0]
+
+
+def test_resume_after_kill_equals_full_run(corpus, tmp_path):
+    full = generate_candidates(_cfg(corpus, tmp_path / "full.parquet"), progress=False)
+    out = tmp_path / "resumed.parquet"
+    part = generate_candidates(_cfg(corpus, out), progress=False, stop_after_chunks=1)  # "killed" after chunk 0
+    assert not out.exists() and sorted(p.name for p in parts_dir(out).glob("part-*")) == ["part-00000.parquet"]
+    assert set(part["clip_id"]) == {"clip0.wav", "clip1.wav"}
+    with pytest.raises(ValueError, match="other settings.*sampling"):
+        generate_candidates(_cfg(corpus, out, sampling=SamplingConfig(num_candidates=5, max_new_tokens=10)),
+                            progress=False)
+    before = (parts_dir(out) / "part-00000.parquet").stat().st_mtime_ns
+    resumed = generate_candidates(_cfg(corpus, out), progress=False)
+    pd.testing.assert_frame_equal(resumed, full)
+    assert not parts_dir(out).exists()
+    assert before  # the finished chunk was reused, not recomputed (it would have been rewritten otherwise)
+
+
+def test_bad_settings_are_clear_errors(corpus, tmp_path):
+    with pytest.raises(ValueError, match="needs a retriever"):
+        generate_candidates(_cfg(corpus, tmp_path / "x.parquet", retriever=None), progress=False)
+    with pytest.raises(ValueError, match="token-level ensemble"):
+        generate_candidates(_cfg(corpus, tmp_path / "x.parquet", mode="beam",
+                                 captioners=[str(corpus / "cap")] * 2), progress=False)
+    with pytest.raises(ValueError, match="audio_embedding=store"):
+        generate_candidates(_cfg(corpus, tmp_path / "x.parquet", audio_embedding="store",
+                                 embed_stores=[str(corpus / "emb")], retriever=str(_other_retriever(tmp_path))),
+                            progress=False)
+
+
+def _other_retriever(tmp: Path) -> Path:
+    from dcase.models.cnext import CNextConfig
+    from dcase.models.retriever import Retriever, RetrieverConfig, TextTowerConfig, build_tiny_bert
+
+    torch.manual_seed(9)
+    ret = Retriever.build(RetrieverConfig(audio=CNextConfig.tiny(), joint_dim=JOINT, loss="infonce",
+                                          text=TextTowerConfig(name_or_path=str(build_tiny_bert(tmp / "b2", 16, 1)))))
+    return ret.save_pretrained(tmp / "other_retriever")
+
+
+def test_cli_generate_and_tune_rerank(corpus, tmp_path):
+    from dcase.cli import app
+
+    out = tmp_path / "cli.parquet"
+    runner = CliRunner()
+    res = runner.invoke(app, [
+        "generate", "--captioner", str(corpus / "cap"), "--retriever", str(corpus / "retriever"),
+        "--manifest", str(corpus / "manifest.parquet"), "--split", "validation", "--codec-store", str(corpus / "dac"),
+        "--embed-store", str(corpus / "emb"), "--out", str(out), "--w-enc", "0.6", "--w-dec", "0.4",
+        "--set", "sampling.num_candidates=4", "--set", "sampling.max_new_tokens=8"])
+    assert res.exit_code == 0, res.output
+    t = read_candidates(out)
+    assert t["clip_id"].nunique() == N_CLIPS and t.groupby("clip_id")["count"].sum().max() <= 4
+    np.testing.assert_allclose(t["final_score"], 0.6 * t["encoder_score"] + 0.4 * t["decoder_score"])
+    res = runner.invoke(app, ["generate", "--captioner", str(corpus / "cap"), "--manifest",
+                              str(corpus / "manifest.parquet"), "--codec-store", str(corpus / "dac"),
+                              "--embed-store", str(corpus / "emb"), "--out", str(tmp_path / "y.parquet")])
+    assert res.exit_code == 2 and "needs a retriever" in res.output
+    res = runner.invoke(app, ["tune-rerank", "--candidates", str(out), "--references",
+                              str(corpus / "manifest.parquet"), "--out", str(tmp_path / "tune"),
+                              "--weights", "0,0.5,1", "--metric", "cider_d"])
+    assert res.exit_code == 0, res.output
+    grid = pd.read_csv(tmp_path / "tune" / "tuning.csv")
+    assert grid["w_enc"].tolist() == [0.0, 0.5, 1.0]
+    np.testing.assert_allclose(grid["w_dec"], 1 - grid["w_enc"])
+    assert grid["cider_d"].notna().all() and (tmp_path / "tune" / "tuning.png").stat().st_size > 0
+    # the w_enc = 1 row scores exactly the captions with the highest encoder score
+    from dcase.evaluation.captions import evaluate_captions
+
+    best = t.loc[t.groupby("clip_id", sort=False)["encoder_score"].idxmax()]
+    refs = {f"clip{i}.wav": [CAPS[i], CAPS[i + 1]] for i in range(N_CLIPS)}
+    want = evaluate_captions(best["text"].tolist(), [refs[c] for c in best["clip_id"]], ["cider_d"])["cider_d"]
+    assert grid["cider_d"].iloc[2] == pytest.approx(want)
