@@ -243,6 +243,14 @@ def receptive_field_samples(config: Any) -> int:
     return reach + 1 * rate  # conv2, kernel 3
 
 
+def _snake(alpha: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """DacModel's Snake, x + sin(alpha x)^2 / (alpha + 1e-9), with the same float operations in the same order
+    (so bit-identical) but one buffer instead of four temporaries."""
+    t = alpha * x
+    t.sin_().pow_(2).mul_((alpha + 1e-9).reciprocal())
+    return t.add_(x)
+
+
 @dataclass
 class _Window:
     clip: int
@@ -323,12 +331,12 @@ class DacCodec:
         for blk, s in zip(enc.block, self.config.downsampling_ratios, strict=True):
             m = keep(n, h.shape[-1])
             for ru in (blk.res_unit1, blk.res_unit2, blk.res_unit3):
-                y = ru.conv1(masked(ru.snake1(h), m))
-                y = ru.conv2(ru.snake2(y))
-                h = h + y
-            h = blk.conv1(masked(blk.snake1(h), m))
+                y = ru.conv1(masked(_snake(ru.snake1.alpha, h), m))
+                y = ru.conv2(_snake(ru.snake2.alpha, y))
+                h += y
+            h = blk.conv1(masked(_snake(blk.snake1.alpha, h), m))
             n = n // s
-        h = enc.conv2(masked(enc.snake1(h), keep(n, h.shape[-1])))
+        h = enc.conv2(masked(_snake(enc.snake1.alpha, h), keep(n, h.shape[-1])))
         codes = self.model.quantizer(h)[1]  # [B, K, T]
         return codes
 
