@@ -105,15 +105,16 @@ def mcm_loss(logits: list[torch.Tensor], targets: list[torch.Tensor]) -> tuple[t
     """Masked codec modelling loss ``L_mcm = sum_i (1/2)^i CE_i`` (EnCLAP, eq. 5).
 
     ``logits[i]`` [M_i, K] are head ``i``'s scores at the masked positions of codebook ``i`` in the batch,
-    ``targets[i]`` [M_i] the original codes there; ``CE_i`` is their mean cross entropy (0 when ``M_i = 0``).
-    Returns (loss scalar, per-codebook CE [N], detached).
+    ``targets[i]`` [M_i] the original codes there (positions with ``IGNORE_INDEX`` are skipped, so scores of
+    every position with unmasked ones ignored give the same loss); ``CE_i`` is their mean cross entropy
+    (0 when there are none). Returns (loss scalar, per-codebook CE [N], detached).
     """
     if len(logits) != len(targets):
         raise ValueError(f"mcm_loss: {len(logits)} logit tensors for {len(targets)} target tensors")
     device = logits[0].device
     weights = mcm_codebook_weights(len(logits), device)
-    ce = [F.cross_entropy(lg.float(), t, reduction="sum") / max(t.numel(), 1) for lg, t in zip(logits, targets,
-                                                                                                strict=True)]
+    ce = [F.cross_entropy(lg.float(), t, ignore_index=IGNORE_INDEX, reduction="sum")
+          / (t != IGNORE_INDEX).sum().clamp(min=1) for lg, t in zip(logits, targets, strict=True)]
     per_codebook = torch.stack(ce)
     return (weights * per_codebook).sum(), per_codebook.detach()
 

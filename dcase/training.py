@@ -4,7 +4,7 @@ A stage describes *what* to train with a ``TrainTask`` (model, dataset, collate,
 ``fit(task, cfg)`` does the rest the same way for every stage:
 
 - AdamW (betas, weight decay; no decay on biases and LayerNorm/1-D parameters), gradient accumulation,
-  gradient clipping, bf16/fp16 autocast when a GPU is present (``mixed_precision`` is ignored on CPU);
+  gradient clipping, bf16/fp16 autocast (``mixed_precision``; fp16 needs a GPU, bf16 also runs on CPU);
 - the inverse-square-root schedule with linear warm-up of the EnCLAP paper (ICASSP 2024, §3.1), see
   ``inverse_sqrt_lambda`` for the exact formula;
 - length-bucketed batches (``BucketBatchSampler``), deterministic for (seed, epoch), sharded over processes;
@@ -74,7 +74,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     max_grad_norm: float = 1.0  # <= 0 disables clipping
-    mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (only used on GPU)
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (fp16: GPU only)
     eval_every: int = 500  # 0 = only at the end
     save_every: int = 500  # resume-state interval
     keep_best: int = 3
@@ -274,7 +274,12 @@ class _Trainer:
             raise ValueError(f"batch_size ({cfg.batch_size}) and grad_accum ({cfg.grad_accum}) must be >= 1")
         self.task, self.cfg = task, cfg
         self.out = Path(cfg.output_dir)
-        mp = cfg.mixed_precision if torch.cuda.is_available() else "no"
+        if cfg.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {cfg.mixed_precision!r}")
+        mp = cfg.mixed_precision
+        if not torch.cuda.is_available() and mp == "fp16":
+            log.warning("fp16 needs a GPU; training in fp32 on CPU (bf16 autocast works on CPU)")
+            mp = "no"
         self.acc = Accelerator(
             cpu=not torch.cuda.is_available(),  # without it, torchrun on CPU gives one process (no gloo)
             mixed_precision=mp,

@@ -126,6 +126,16 @@ def test_fit_logs_schedule_and_keeps_best(tmp_path):
     assert evals[-1]["eval/loss"] < 0.8 * ToyTask().evaluate(ToyTask().build_model(), None)["loss"]
 
 
+def test_bf16_autocast_runs_on_cpu(tmp_path):
+    fit(ToyTask(), _cfg(tmp_path / "bf16", max_steps=2, eval_every=0, mixed_precision="bf16"))
+    info = json.loads((tmp_path / "bf16" / "run.json").read_text())
+    assert info["mixed_precision"] == "bf16"
+    recs = [json.loads(x) for x in (tmp_path / "bf16" / "train_log.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["loss"]) for r in recs if "loss" in r)
+    with pytest.raises(ValueError, match="mixed_precision"):
+        fit(ToyTask(), _cfg(tmp_path / "bad", mixed_precision="fp8"))
+
+
 def test_resume_after_kill_is_bit_exact(tmp_path):
     ref = fit(ToyTask(), _cfg(tmp_path / "ref", max_steps=11))
     with pytest.raises(KeyboardInterrupt):  # killed during update 8 (state saved at update 6)

@@ -293,11 +293,12 @@ class EnCLAP(nn.Module):
             head_logits, targets = [], []
             for n, head in enumerate(self.mcm_heads):
                 m = mask[:, n]  # [B, L]
-                if mcm_all_positions:
-                    head_logits.append(head(hidden)[m])  # scores every frame, keeps the masked ones
-                else:
-                    head_logits.append(head(hidden[m]))  # scores only the masked frames
-                targets.append(codes[:, n][m])
+                if mcm_all_positions:  # scores every frame; unmasked ones are ignored by the loss
+                    head_logits.append(head(hidden).flatten(0, 1))
+                    targets.append(codes[:, n].masked_fill(~m, IGNORE_INDEX).flatten())
+                else:  # scores only the masked frames
+                    head_logits.append(head(hidden[m]))
+                    targets.append(codes[:, n][m])
             out.mcm_loss, out.mcm_per_codebook = mcm_loss(head_logits, targets)
             lam = cfg.mcm_lambda if mcm_lambda is None else mcm_lambda
             out.loss = out.caption_loss + lam * out.mcm_loss
