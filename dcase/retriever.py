@@ -425,11 +425,47 @@ class Task8Recipe:
     mode: str = "cosine"
     batch_size: int = 16
     max_seconds: float = 30.0
+    meta: dict = field(default_factory=dict)  # DCASE meta information (dcase.submission.build_meta)
 
-    def paths(self) -> list[Path]:
-        root = Path(self.root)
+    def paths(self, root: str | Path | None = None) -> list[Path]:
+        """Checkpoint directories (relative entries resolve under ``root``, default the recipe's)."""
+        root = Path(root or self.root)
         out = [Path(p) if Path(p).is_absolute() else root / p for p in self.retrievers]
         missing = [str(p) for p in out if not (p / "retriever_config.json").is_file()]
         if missing:
             raise FileNotFoundError(f"recipe {self.name!r}: retriever checkpoint(s) not found: {missing}")
         return out
+
+
+def load_task8_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Task8Recipe:
+    from dcase.config import load_config
+
+    rec = load_config(Task8Recipe, path, list(overrides))
+    if rec.mode not in MODES:
+        raise ValueError(f"{path}: mode {rec.mode!r} is not one of {MODES}")
+    if not rec.retrievers:
+        raise ValueError(f"{path}: the recipe lists no retrievers")
+    return rec
+
+
+def run_task8_recipe(recipe: Task8Recipe, audio: str | Path, captions: str | Path, out: str | Path,
+                     meta_out: str | Path | None = None, root: str | Path | None = None,
+                     cache_dir: str | Path | None = None, overwrite: bool = False, device: str = "cpu"
+                     ) -> tuple[Path, Path | None]:
+    """Rank with the recipe's retrievers, write the validated Task 8 CSV (and the meta YAML if asked)."""
+    from dcase.submission import build_meta, write_meta, write_task8
+
+    paths = recipe.paths(root)
+    for p in (out, meta_out):
+        if p is not None and Path(p).exists() and not overwrite:
+            raise FileExistsError(f"{p} exists; pass --overwrite to replace it")
+    rows = rank_task8(paths, audio, captions, mode=recipe.mode, batch_size=recipe.batch_size,
+                      max_seconds=recipe.max_seconds, cache_dir=cache_dir, device=device)
+    audio_dir = audio if Path(audio).is_dir() else None
+    csv_path = write_task8(rows, out, overwrite=overwrite, audio_dir=audio_dir, references=captions)
+    meta_path = None
+    if meta_out is not None:
+        if not recipe.meta:
+            raise ValueError(f"recipe {recipe.name!r} has no meta section for --meta-out")
+        meta_path = write_meta(build_meta(recipe.meta, task=8), meta_out, overwrite=overwrite)
+    return Path(csv_path), meta_path

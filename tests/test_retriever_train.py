@@ -107,3 +107,33 @@ def test_tiny_retriever_learns_and_ranks_task8(tmp_path: Path) -> None:
     assert rank_task8([best, best], audio_dir, cap_csv, cache_dir=tmp_path / "cache") == rows
     srows = rank_task8([best], audio_dir, cap_csv, mode="sinkhorn")
     assert all(len(set(f)) == 10 for _, f in srows)
+
+    # the CLI: `dcase retriever eval` and `dcase submit task8` with a recipe (CSV validated by the official checker)
+    import json
+
+    from typer.testing import CliRunner
+
+    from dcase.cli import app
+    from dcase.submission import validate_task8
+
+    runner = CliRunner()
+    res_json = tmp_path / "eval.json"
+    r = runner.invoke(app, ["retriever", "eval", "-r", str(best), "--manifest", str(manifest), "--split",
+                            "validation", "--out", str(res_json)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(res_json.read_text())["ensemble"]["map_at_10"] == m["map_at_10"]
+    recipe = tmp_path / "task8.yaml"
+    recipe.write_text(f"name: t\nroot: {best.parent}\nretrievers: [{best.name}, {best.name}]\nmode: cosine\n")
+    out_csv = tmp_path / "t8.csv"
+    args = ["submit", "task8", "--recipe", str(recipe), "--audio-dir", str(audio_dir), "--captions", str(cap_csv),
+            "--out", str(out_csv)]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    df = validate_task8(out_csv, references=cap_csv, audio_dir=audio_dir)
+    assert df["caption"].tolist() == queries
+    assert [list(row[1:]) for row in df.itertuples(index=False)] == [f for _, f in rows]
+    r = runner.invoke(app, args)  # refuses to overwrite
+    assert r.exit_code == 2 and "exists" in r.output
+    recipe.write_text(f"name: t\nroot: {tmp_path}\nretrievers: [nope]\n")
+    r = runner.invoke(app, [*args, "--overwrite"])
+    assert r.exit_code == 2 and "not found" in r.output

@@ -113,3 +113,41 @@ def task6(
         typer.secho(f"warning: {recipe}: meta fields {bad} are template placeholders; edit them before packaging",
                     fg=typer.colors.YELLOW, err=True)
     typer.secho(f"ok: {csv_path}" + (f", {meta_path}" if meta_path else ""), fg=typer.colors.GREEN)
+
+
+@app.command("task8")
+@user_errors
+def task8(
+    recipe: Path = typer.Option(..., "--recipe", help="System recipe, e.g. submissions/task8_1.yaml."),
+    audio_dir: Path = typer.Option(..., "--audio-dir", help="Audio collection folder (test_retrieval_audio/)."),
+    captions: Path = typer.Option(..., "--captions", help="Query captions CSV (retrieval_captions.csv)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Task 8 CSV to write (caption,fname_1..fname_10)."),
+    meta_out: Path = typer.Option(None, "--meta-out", help="DCASE meta YAML to write from the recipe's meta."),
+    root: Path = typer.Option(None, "--root", help="Checkpoint root (overrides the recipe's root)."),
+    cache_dir: Path = typer.Option(None, "--cache-dir", help="Persist/reuse audio embeddings + faiss indexes."),
+    overrides: list[str] = typer.Option(None, "--set", "-s", help="Recipe override: --set mode=sinkhorn"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing --out / --meta-out."),
+) -> None:
+    """Rank the audio collection for every query with a recipe's retriever(s) and write the validated Task 8 CSV.
+
+    Example: dcase submit task8 --recipe submissions/task8_1.yaml --audio-dir test_retrieval_audio
+    --captions retrieval_captions.csv --root /data/checkpoints --out Kim_SNU_task8_1.output.csv
+    --meta-out Kim_SNU_task8_1.meta.yaml
+
+    One row per query in input order, 10 distinct file names each; several retrievers are ensembled (mean of
+    per-query z-scored similarities). Checkpoints: dcase retriever train (see configs/dcase2024/retriever_*.yaml).
+    """
+    import torch
+
+    from dcase.generate import placeholder_fields
+    from dcase.retriever import load_task8_recipe, run_task8_recipe
+
+    rec = load_task8_recipe(recipe, list(overrides or []))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    csv_path, meta_path = run_task8_recipe(rec, audio_dir, captions, out, meta_out, root, cache_dir, overwrite,
+                                           device)
+    bad = placeholder_fields(rec.meta) if rec.meta else []
+    if bad:
+        typer.secho(f"warning: {recipe}: meta fields {bad} are template placeholders; edit them before packaging",
+                    fg=typer.colors.YELLOW, err=True)
+    typer.secho(f"ok: {csv_path}" + (f", {meta_path}" if meta_path else ""), fg=typer.colors.GREEN)
