@@ -261,7 +261,9 @@ def score_matrix(model: Retriever, text_emb: np.ndarray, audio_emb: np.ndarray, 
             return text_emb.astype(np.float32) @ audio_emb.astype(np.float32).T
         scores, items = index.search(text_emb, len(index))
         sim = np.full((len(text_emb), len(index)), -np.inf, dtype=np.float32)
-        np.put_along_axis(sim, items, scores, axis=1)
+        ok = items >= 0  # approximate indexes may return fewer than k items (id -1): those stay -inf
+        rows = np.broadcast_to(np.arange(len(text_emb))[:, None], items.shape)
+        sim[rows[ok], items[ok]] = scores[ok]
         return sim
     with torch.no_grad():
         dev = next(model.parameters()).device
