@@ -76,10 +76,13 @@ def mltm_loss(audio: torch.Tensor, text: torch.Tensor, L: torch.Tensor, epsilon:
     """
     if audio.shape != text.shape:
         raise ValueError(f"m-LTM needs paired batches, got audio {tuple(audio.shape)} and text {tuple(text.shape)}")
-    cost = mahalanobis_cost(audio, text, L)
-    if normalize_cost:
-        cost = cost / cost.max()
-    log_pi = ot_log_plan(cost, epsilon=epsilon, mass=mass, num_iter=num_iter)
+    # Sinkhorn in at least float32 even under bf16/fp16 autocast (cost / epsilon spans ~33 nats)
+    dtype = torch.promote_types(audio.dtype, torch.float32)
+    with torch.autocast(device_type=audio.device.type, enabled=False):
+        cost = mahalanobis_cost(audio.to(dtype), text.to(dtype), L.to(dtype))
+        if normalize_cost:
+            cost = cost / cost.max()
+        log_pi = ot_log_plan(cost, epsilon=epsilon, mass=mass, num_iter=num_iter)
     return -log_pi.diagonal().mean()
 
 
