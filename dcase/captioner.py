@@ -262,7 +262,7 @@ class CaptionerTask:
         self.tokenizer = model.tokenizer
         model.mcm_heads.requires_grad_(self.cfg.mcm)  # unused heads: no DDP error, no decay
         if self.cfg.gradient_checkpointing:
-            model.bart.gradient_checkpointing_enable()
+            model.enable_gradient_checkpointing()
         log.info("EnCLAP with %.1f M parameters, MCM %s", model.num_parameters() / 1e6,
                  "on" if self.cfg.mcm else "off")
         return model.train()

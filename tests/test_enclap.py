@@ -210,3 +210,20 @@ def test_tiny_model_overfits_a_batch():
     assert out.loss.item() < 0.05
     m.eval()
     assert m.decode_text(m.generate(codes, mask, clip)) == CAPTIONS[:3]
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    m = _model().train()
+    codes, mask, clip = _batch()
+    labels = m.tokenize(CAPTIONS[:3])
+    grads = []
+    for ckpt in (False, True):
+        if ckpt:
+            m.enable_gradient_checkpointing()
+        m.zero_grad()
+        out = m(codes, mask, clip, labels=labels)
+        out.loss.backward()
+        grads.append((out.loss.detach(), m.bart.model.encoder.layers[0].fc1.weight.grad.clone()))
+    assert m.bart.model.encoder.layers[0].gradient_checkpointing
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    torch.testing.assert_close(grads[0][1], grads[1][1])
