@@ -279,10 +279,8 @@ class CNext(nn.Module):
         x = self.bn0(x.transpose(1, 3)).transpose(1, 3)
         x = x * self._time_mask(stage_len[0], x.shape[2], x.dtype)
         for i in range(4):
-            if i > 0:  # LayerNorm -> 2x2 conv; valid outputs only read valid inputs, no mask needed
-                x = self.downsample_layers[i](x)
-            else:
-                x = self.downsample_layers[0](x)
+            # stem (its padding sees the zeroed tail) or LayerNorm -> 2x2 conv (valid outputs read valid inputs)
+            x = self.downsample_layers[i](x)
             mask = self._time_mask(stage_len[i + 1], x.shape[2], x.dtype)
             for blk in self.stages[i]:
                 x = blk(x, mask)
