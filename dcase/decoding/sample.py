@@ -9,8 +9,8 @@ times and projects cross-attention keys/values on every copy):
   clip attend to them as 30 query rows of one attention call ([B, H, 30, d] x [B, H, S, d]): nothing is copied;
 - self-attention keys/values live in a preallocated cache [B * n, H, T_max, d], written in place each step;
 - the LM head runs only on unfinished samples, and clips whose samples have all ended leave the batch;
-- nucleus filtering partial-sorts the top ``topk_first`` tokens and falls back to a full sort only for rows
-  whose nucleus is wider (so the result is exactly the full-sort result).
+- nucleus filtering partial-sorts the top ``topk_first`` tokens and widens the partial sort (16x, up to a full
+  sort) only for rows whose nucleus is wider (so the result is exactly the full-sort result).
 
 Randomness: clip ``b`` draws its uniforms ``u[b]`` [n, max_new_tokens] from its own generator seeded with
 ``seeds[b]``; sample ``j`` at step ``t`` takes the token at which the cumulative filtered probability (tokens in
@@ -114,23 +114,25 @@ def nucleus_sample(logprobs: torch.Tensor, u: torch.Tensor, top_p: float, temper
     """Draw one token per row: logprobs [R, V], uniforms u [R] (float64 in [0, 1)) -> token ids [R] (long).
 
     Token ``argmin_j {C_j > u * C_K}`` of the descending cumulative kept mass ``C`` (module docstring).
-    Rows whose nucleus fits in the top ``topk_first`` tokens use a partial sort, the others a full sort.
+    Rows whose nucleus fits in the top ``topk_first`` tokens use a partial sort of that width; the others are
+    retried with 16x wider partial sorts while those stay below V / 4, then with a full sort.
     """
     probs = torch.softmax(logprobs.float() / temperature, dim=-1)
     R, V = probs.shape
-    k = min(topk_first, V)
     out = torch.empty(R, dtype=torch.long, device=probs.device)
-    if k < V and top_p < 1.0:
-        vals, idx = probs.topk(k, dim=-1, sorted=True)
+    rest = torch.arange(R, device=probs.device)
+    k = min(topk_first, V) if top_p < 1.0 else V
+    while rest.numel():
+        if k >= V:  # full sort for the rows left
+            vals, idx = probs[rest].sort(dim=-1, descending=True)
+            out[rest] = _pick(vals, idx, u[rest], top_p)
+            break
+        vals, idx = probs[rest].topk(k, dim=-1, sorted=True)
         fits = vals.double().sum(-1) >= top_p  # then the (k+1)-th token has >= top_p mass above it: dropped
-    else:
-        fits = torch.zeros(R, dtype=torch.bool, device=probs.device)
-    if fits.any():
-        out[fits] = _pick(vals[fits], idx[fits], u[fits], top_p)
-    rest = ~fits
-    if rest.any():
-        vals_r, idx_r = probs[rest].sort(dim=-1, descending=True)
-        out[rest] = _pick(vals_r, idx_r, u[rest], top_p)
+        if fits.any():
+            out[rest[fits]] = _pick(vals[fits], idx[fits], u[rest[fits]], top_p)
+        rest = rest[~fits]
+        k = k * 16 if k * 16 <= V // 4 else V  # one wider partial sort, else a full sort
     return out
 
 
