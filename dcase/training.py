@@ -280,6 +280,12 @@ class _Trainer:
         if not torch.cuda.is_available() and mp == "fp16":
             log.warning("fp16 needs a GPU; training in fp32 on CPU (bf16 autocast works on CPU)")
             mp = "no"
+        from accelerate.state import AcceleratorState
+
+        if AcceleratorState._shared_state and AcceleratorState._shared_state.get("_mixed_precision") != mp:
+            # a second fit() in the same process (e.g. pretrain then finetune) with another precision: Accelerate
+            # keeps one global state; drop it but keep the process group (PartialState)
+            AcceleratorState._reset_state(reset_partial_state=False)
         self.acc = Accelerator(
             cpu=not torch.cuda.is_available(),  # without it, torchrun on CPU gives one process (no gloo)
             mixed_precision=mp,
