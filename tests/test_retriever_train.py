@@ -73,8 +73,8 @@ def test_tiny_retriever_learns_and_ranks_task8(tmp_path: Path) -> None:
         data=RetrieverDataConfig(train_manifests=[str(manifest)], train_splits=["development"],
                                  val_manifest=str(manifest), val_split="validation", max_seconds=1.0,
                                  cache_audio=True),
-        train=TrainConfig(output_dir=str(tmp_path / "run"), max_steps=60, batch_size=16, lr=3e-3,
-                          warmup_steps=5, eval_every=60, save_every=60, log_every=20,
+        train=TrainConfig(output_dir=str(tmp_path / "run"), max_steps=40, batch_size=16, lr=3e-3,
+                          warmup_steps=5, eval_every=40, save_every=40, log_every=20,
                           metric_for_best="map_at_10", greater_is_better=True),
     )
     best = train_retriever(cfg)
