@@ -238,3 +238,25 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
     assert m.bart.model.encoder.layers[0].gradient_checkpointing
     torch.testing.assert_close(grads[0][0], grads[1][0])
     torch.testing.assert_close(grads[0][1], grads[1][1])
+
+
+def test_build_from_a_local_bart_directory(tmp_path):
+    """The real-config path (bart_name_or_path): BART weights and tokenizer from a local directory, no hub."""
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    torch.manual_seed(0)
+    bart = BartForConditionalGeneration(BartConfig(
+        vocab_size=300, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=40))
+    bart.save_pretrained(tmp_path / "bart")
+    train_caption_tokenizer(CAPTIONS, 300).save_pretrained(str(tmp_path / "bart"))
+    m = build_enclap(EnCLAPConfig.tiny(bart_name_or_path=str(tmp_path / "bart"), max_codec_positions=38))
+    assert m.config.d_model == 16 and m.config.max_position_embeddings == 40  # taken from the BART checkpoint
+    assert torch.equal(m.bart.model.shared.weight, bart.model.shared.weight)
+    codes, mask, clip = _batch()
+    labels = m.tokenize(CAPTIONS[:3])
+    assert torch.isfinite(m(codes, mask, clip, labels=labels, mcm=True).loss)
+    m.save_pretrained(tmp_path / "enclap")
+    r = EnCLAP.from_pretrained(tmp_path / "enclap")
+    assert r.config == m.config and all(torch.equal(a, b) for a, b in zip(
+        m.state_dict().values(), r.state_dict().values(), strict=True))

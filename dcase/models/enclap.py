@@ -51,6 +51,11 @@ WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
 
 
+_BART_FIELDS = ("vocab_size", "d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads",
+                "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "max_position_embeddings", "dropout",
+                "attention_dropout", "activation_dropout")
+
+
 @dataclass
 class EnCLAPConfig:
     """Model settings. With ``bart_name_or_path`` the BART fields come from that checkpoint (e.g.
@@ -149,7 +154,8 @@ class EnCLAP(nn.Module):
         self.config = config
         if bart is None:
             if config.bart_name_or_path:
-                bart = BartForConditionalGeneration.from_pretrained(config.bart_name_or_path)
+                # fp32 master weights whatever the checkpoint's storage dtype (autocast handles bf16/fp16)
+                bart = BartForConditionalGeneration.from_pretrained(config.bart_name_or_path, dtype=torch.float32)
             else:
                 bart = BartForConditionalGeneration(BartConfig(
                     vocab_size=config.vocab_size, d_model=config.d_model, encoder_layers=config.encoder_layers,
@@ -163,6 +169,9 @@ class EnCLAP(nn.Module):
                 ))
         self.bart = bart
         bc = bart.config
+        # the BART fields of the config describe the BART actually used (e.g. facebook/bart-large's)
+        config = dataclasses.replace(config, **{f: getattr(bc, f) for f in _BART_FIELDS})
+        self.config = config
         # explicit generation defaults (a hub checkpoint's own, e.g. bart-large's beam/no-repeat settings, are
         # replaced): decoding starts with </s>, forces <s> first, stops at </s>; greedy unless told otherwise
         bart.generation_config = GenerationConfig(
