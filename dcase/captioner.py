@@ -256,7 +256,7 @@ class CaptionerTask:
             model = EnCLAP.from_pretrained(self.cfg.init)
             log.info("starting from %s", self.cfg.init)
         else:
-            model = build_enclap(self.cfg.model, (c for caps in self.df["captions"] for c in caps))
+            model = build_enclap(self.cfg.model, tokenizer=self._run_tokenizer())
         self.model_config = model.config
         self.cfg.model = model.config
         self.tokenizer = model.tokenizer
@@ -266,6 +266,30 @@ class CaptionerTask:
         log.info("EnCLAP with %.1f M parameters, MCM %s", model.num_parameters() / 1e6,
                  "on" if self.cfg.mcm else "off")
         return model.train()
+
+    def _run_tokenizer(self) -> Any:
+        """A random-weight run's tokenizer, trained once on the training captions and kept in
+        ``output_dir/tokenizer`` so that a resumed run uses exactly the same one. None with a pretrained BART."""
+        if self.cfg.model.bart_name_or_path:
+            return None
+        import os
+        import shutil
+
+        from accelerate import PartialState
+        from transformers import AutoTokenizer
+
+        from dcase.models.enclap import train_caption_tokenizer
+
+        where = Path(self.cfg.train.output_dir) / "tokenizer"
+        if (where / "tokenizer.json").is_file():
+            return AutoTokenizer.from_pretrained(str(where))
+        tok = train_caption_tokenizer((c for caps in self.df["captions"] for c in caps), self.cfg.model.vocab_size)
+        if PartialState().is_main_process:
+            tmp = where.with_name("tokenizer.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tok.save_pretrained(str(tmp))
+            os.replace(tmp, where)
+        return tok
 
     def train_dataset(self) -> torch.utils.data.Dataset:
         mc = self.model_config

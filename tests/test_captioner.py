@@ -171,3 +171,36 @@ def test_cli_pretrain_then_finetune_tiny(tmp_path):
     res = runner.invoke(app, ["captioner", "finetune", "--config", str(REPO / "configs/demo/captioner_finetune.yaml"),
                               "--init", str(tmp_path / "nope"), *common, "--set", f"train.output_dir={tmp_path / 'x'}"])
     assert res.exit_code == 2 and "nope" in res.output
+
+
+def test_captioner_resume_after_kill_is_bit_exact(tmp_path):
+    """MCM masks (torch RNG), random crops (seed, epoch, item) and the run's tokenizer all survive a kill."""
+    from dcase.captioner import CaptionerTask
+    from dcase.training import fit
+
+    manifest, dac, emb = _corpus(tmp_path, frames=(30, 120))
+
+    class Killed(CaptionerTask):
+        calls = 0
+
+        def loss(self, model, batch):
+            Killed.calls += 1
+            if Killed.calls > 7:
+                raise KeyboardInterrupt("simulated kill")
+            return super().loss(model, batch)
+
+    def cfg(out: Path) -> CaptionerStageConfig:
+        return load_stage_config(REPO / "configs/demo/captioner_pretrain.yaml", [
+            f"data.train_manifests=[{manifest}]", f"data.codec_stores=[{dac}]", f"data.embed_stores=[{emb}]",
+            "data.val_manifest=null", "train.batch_size=4", "train.max_steps=10", "train.save_every=3",
+            "train.eval_every=0", f"train.output_dir={out}", f"model.n_codebooks={N_CB}", f"model.codebook_size={K}",
+            f"model.clip_dim={DIM}", "model.d_model=32", "model.encoder_layers=1", "model.decoder_layers=1",
+            "model.max_codec_positions=50", "model.vocab_size=280", "model.dropout=0.1"])
+
+    fit(CaptionerTask(cfg(tmp_path / "ref")), cfg(tmp_path / "ref").train)
+    with pytest.raises(KeyboardInterrupt):
+        fit(Killed(cfg(tmp_path / "res")), cfg(tmp_path / "res").train)
+    fit(CaptionerTask(cfg(tmp_path / "res")), cfg(tmp_path / "res").train)
+    a = EnCLAP.from_pretrained(tmp_path / "ref" / "last").state_dict()
+    b = EnCLAP.from_pretrained(tmp_path / "res" / "last").state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

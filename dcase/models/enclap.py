@@ -414,17 +414,18 @@ class EnCLAP(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def build_enclap(config: EnCLAPConfig, captions: Iterable[str] | None = None) -> EnCLAP:
-    """A new EnCLAP: BART and its tokenizer from ``bart_name_or_path``, or a random BART with a tokenizer
-    trained on ``captions`` (``vocab_size`` then shrinks to the trained vocabulary)."""
+def build_enclap(config: EnCLAPConfig, captions: Iterable[str] | None = None, tokenizer: Any = None) -> EnCLAP:
+    """A new EnCLAP: BART and its tokenizer from ``bart_name_or_path``, or a random BART with ``tokenizer`` or
+    a tokenizer trained on ``captions`` (``vocab_size`` then shrinks to the tokenizer's vocabulary)."""
     if config.bart_name_or_path:
         from transformers import AutoTokenizer
 
-        return EnCLAP(config, tokenizer=AutoTokenizer.from_pretrained(config.bart_name_or_path))
-    if captions is None:
-        raise ValueError("a random-weight EnCLAP needs captions to train its tokenizer (or set bart_name_or_path)")
-    tok = train_caption_tokenizer(captions, config.vocab_size)
-    return EnCLAP(dataclasses.replace(config, vocab_size=len(tok)), tokenizer=tok)
+        return EnCLAP(config, tokenizer=tokenizer or AutoTokenizer.from_pretrained(config.bart_name_or_path))
+    if tokenizer is None:
+        if captions is None:
+            raise ValueError("a random-weight EnCLAP needs captions to train its tokenizer (or bart_name_or_path)")
+        tokenizer = train_caption_tokenizer(captions, config.vocab_size)
+    return EnCLAP(dataclasses.replace(config, vocab_size=len(tokenizer)), tokenizer=tokenizer)
 
 
 def train_caption_tokenizer(captions: Iterable[str], vocab_size: int) -> Any:
