@@ -167,6 +167,16 @@ def test_cli_pretrain_then_finetune_tiny(tmp_path):
     again = EnCLAP.from_pretrained(ft / "last")
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), ft_model.state_dict().values(),
                                                    strict=True))
+    # quick captions of the validation clips
+    csv = tmp_path / "caps.csv"
+    res = runner.invoke(app, ["captioner", "caption", str(ft / "last"), "--manifest", str(manifest), "--split",
+                              "validation", "--codec-store", str(dac), "--embed-store", str(emb), "--out", str(csv),
+                              "--num-beams", "2"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    import pandas as pd
+
+    caps = pd.read_csv(csv, keep_default_na=False)
+    assert caps["clip_id"].tolist() == ["clip09.wav", "clip10.wav", "clip11.wav"] and len(caps["caption"]) == 3
     # a bad path is a one-line user error
     res = runner.invoke(app, ["captioner", "finetune", "--config", str(REPO / "configs/demo/captioner_finetune.yaml"),
                               "--init", str(tmp_path / "nope"), *common, "--set", f"train.output_dir={tmp_path / 'x'}"])
