@@ -38,7 +38,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -99,7 +99,7 @@ class TrainTask(Protocol):
 
 
 # ----------------------------------------------------------------------------------------------- schedule
-def inverse_sqrt_lambda(warmup_steps: int, timescale: int | None = None):
+def inverse_sqrt_lambda(warmup_steps: int, timescale: int | None = None) -> Callable[[int], float]:
     """Learning-rate multiplier for optimiser update ``s = 0, 1, 2, ...`` (the lr used by the s-th update).
 
     - warm-up ``W > 0``: ``(s + 1) / W`` for ``s < W``, so update ``W - 1`` uses the peak;
