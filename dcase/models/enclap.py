@@ -46,6 +46,7 @@ CLIP_SLOT = 0  # encoder-input slot of the clip embedding
 BOS_SLOT = 1  # encoder-input slot of <s>
 FIRST_CODE_SLOT = 2  # encoder-input slot of codec frame 0
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")  # BART's order: ids 0..4
+BOS_TOKEN_ID, PAD_TOKEN_ID, EOS_TOKEN_ID = (SPECIAL_TOKENS.index(t) for t in ("<s>", "<pad>", "</s>"))
 CONFIG_FILE = "enclap_config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
@@ -164,8 +165,9 @@ class EnCLAP(nn.Module):
                     encoder_ffn_dim=config.encoder_ffn_dim, decoder_ffn_dim=config.decoder_ffn_dim,
                     max_position_embeddings=config.max_position_embeddings, dropout=config.dropout,
                     attention_dropout=config.attention_dropout, activation_dropout=config.activation_dropout,
-                    pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2,
-                    forced_bos_token_id=0, forced_eos_token_id=2,
+                    pad_token_id=PAD_TOKEN_ID, bos_token_id=BOS_TOKEN_ID, eos_token_id=EOS_TOKEN_ID,
+                    decoder_start_token_id=EOS_TOKEN_ID,  # BART starts decoding with </s>, then <s>
+                    forced_bos_token_id=BOS_TOKEN_ID, forced_eos_token_id=EOS_TOKEN_ID,
                 ))
         self.bart = bart
         bc = bart.config
