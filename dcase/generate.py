@@ -14,7 +14,8 @@ beam search for comparison) with one captioner or an ensemble, merge identical t
 and rerank (``final = w_enc * encoder + w_dec * decoder``, fluency filter, argmax per clip: dcase.decoding.rerank).
 
 Resumable: clips are processed in chunks of ``chunk_clips``; each finished chunk is written atomically to
-``<out>.parts/part-<k>.parquet``. A killed run, restarted with the same settings, skips finished chunks
+``<out>.parts/part-<k>.parquet``. Besides ``<out>`` and ``<out stem>.json``, ``<out stem>_run/`` gets the
+resolved config and run info (``write_run_info``). A killed run, restarted with the same settings, skips finished chunks
 (``plan.json`` refuses parts made with other settings). The final table and ``<out stem>.json`` are written
 atomically at the end and the parts folder is removed.
 """
@@ -125,21 +126,23 @@ def _checkpoint_sha(path: str | Path) -> str:
     return sha256_dir(path, "*.safetensors")
 
 
-def store_matches_retriever(store: Any, retriever_path: str | Path) -> bool:
-    """True when an embed store was written by this retriever checkpoint (same weights)."""
+def store_matches_retriever(store: Any, retriever_sha: str) -> bool:
+    """True when an embed store was written by the retriever checkpoint whose weights hash to ``retriever_sha``
+    (``sha256_dir(path, "*.safetensors")``, as recorded in the store's provenance)."""
     prov = getattr(store, "provenance", {}) or {}
-    return prov.get("kind") == "embed" and prov.get("checkpoint_sha256") == _checkpoint_sha(retriever_path)
+    return prov.get("kind") == "embed" and prov.get("checkpoint_sha256") == retriever_sha
 
 
 def clip_audio_embeddings(retriever: Any, retriever_path: str | Path, rows: pd.DataFrame, embed_stores: Any,
-                          how: str = "auto") -> tuple[np.ndarray, str]:
+                          how: str = "auto", retriever_sha: str | None = None) -> tuple[np.ndarray, str]:
     """The retriever's L2-normalised audio embedding of each row: float32 [N, D], and where it came from
     (``store`` when the clip-embedding store was made by this retriever, else ``computed`` from the audio)."""
     from dcase.data.audio import load_clip
     from dcase.features.embed import embed_waves
 
+    sha = retriever_sha or _checkpoint_sha(retriever_path)
     holders = [embed_stores._find(c) if hasattr(embed_stores, "_find") else embed_stores for c in rows["clip_id"]]
-    same = all(h is not None and store_matches_retriever(h, retriever_path) for h in holders)
+    same = all(h is not None and store_matches_retriever(h, sha) for h in holders)
     if how == "store" and not same:
         raise ValueError(f"audio_embedding=store, but the clip-embedding store(s) were not made by {retriever_path} "
                          "(provenance checkpoint_sha256 differs); use auto or compute")
@@ -236,6 +239,8 @@ def generate_candidates(cfg: GenerateConfig, progress: bool = True, overwrite: b
     codes = StoreChain.open(cfg.codec_stores)
     embeds = StoreChain.open(cfg.embed_stores)
     check_coverage(rows, codes, embeds, f"{cfg.manifest}" + (f" split {cfg.split}" if cfg.split else ""))
+    checker, fluency_status = fluency_stage(cfg.fluency_checker, cfg.fluency_backbone, cfg.fluency_threshold,
+                                            cfg.device)  # before the models: a bad checker path fails fast
     models = load_captioners(cfg.captioners, cfg.device)
     if len(models) > 1 and cfg.ensemble == "token":
         from dcase.decoding.ensemble import check_same_tokenizer
@@ -246,8 +251,6 @@ def generate_candidates(cfg: GenerateConfig, progress: bool = True, overwrite: b
         from dcase.models.retriever import Retriever
 
         retriever = Retriever.from_pretrained(cfg.retriever, device=cfg.device)
-    checker, fluency_status = fluency_stage(cfg.fluency_checker, cfg.fluency_backbone, cfg.fluency_threshold,
-                                            cfg.device)
     mc = models[0].config
     max_frames = min(m.config.max_codec_positions for m in models)
     data = CaptionDataset(rows, codes, embeds, mc.n_codebooks, mc.clip_dim, max_frames, random_crop=False,
@@ -298,7 +301,8 @@ def generate_candidates(cfg: GenerateConfig, progress: bool = True, overwrite: b
                     cands[i] = c
             if bar is not None:
                 bar.update(len(ids))
-        part = _chunk_table(idx, cands, rows, clip_ids, retriever, cfg, embeds, checker, audio_src)
+        part = _chunk_table(idx, cands, rows, clip_ids, retriever, cfg, embeds, checker, audio_src,
+                            plan["fingerprint"]["retriever_sha256"])
         with atomic_path(pdir / f"part-{k:05d}.parquet") as tmp:
             part.to_parquet(tmp, index=False)
         new_chunks += 1
@@ -324,6 +328,10 @@ def generate_candidates(cfg: GenerateConfig, progress: bool = True, overwrite: b
         "config": dataclasses.asdict(cfg),
     }
     atomic_write_text(sidecar_path(out), json.dumps(meta, indent=2, default=str))
+    from dcase.config import write_run_info
+
+    write_run_info(out.with_name(out.stem + "_run"), cfg, seed=cfg.sampling.seed,
+                   extra={k: v for k, v in meta.items() if k != "config"})
     shutil.rmtree(pdir, ignore_errors=True)
     log.info("%s: %d candidates for %d clips (fluency filter %s, %d fallback clips)", out, len(table), len(rows),
              fluency_status["fluency_filter"], n_fb)
@@ -331,13 +339,14 @@ def generate_candidates(cfg: GenerateConfig, progress: bool = True, overwrite: b
 
 
 def _chunk_table(idx: Sequence[int], cands: dict[int, list[Candidate]], rows: pd.DataFrame, clip_ids: list[str],
-                 retriever: Any, cfg: GenerateConfig, embeds: Any, checker: Any, audio_src: set[str]
-                 ) -> pd.DataFrame:
+                 retriever: Any, cfg: GenerateConfig, embeds: Any, checker: Any, audio_src: set[str],
+                 plan_sha: str | None = None) -> pd.DataFrame:
     """Rows of one chunk in clip order, with encoder scores and fluency probabilities."""
     texts = [[c.text for c in cands[i]] for i in idx]
     enc: list[np.ndarray | None] = [None] * len(idx)
     if retriever is not None:
-        audio, src = clip_audio_embeddings(retriever, cfg.retriever, rows.iloc[list(idx)], embeds, cfg.audio_embedding)
+        audio, src = clip_audio_embeddings(retriever, cfg.retriever, rows.iloc[list(idx)], embeds, cfg.audio_embedding,
+                                           plan_sha)
         audio_src.add(src)
         enc = encoder_scores(retriever, audio, texts, cfg.text_batch_size)  # type: ignore[assignment]
     recs = []

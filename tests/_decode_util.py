@@ -54,3 +54,11 @@ def write_tone(path: Path, freq: float, seconds: float = 0.5, sr: int = 24000) -
     t = np.arange(int(seconds * sr)) / sr
     sf.write(str(path), (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), sr)
     return path
+
+
+def one_thread():
+    """Generator body of an autouse fixture: tiny models run fastest on one thread (no sync on a busy host)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

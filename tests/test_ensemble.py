@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _decode_util import CAPS, tiny_captioner, tiny_inputs
+from _decode_util import CAPS, one_thread, tiny_captioner, tiny_inputs
 
 from dcase.decoding.ensemble import TokenizerMismatchError, check_same_tokenizer, pool_from_encoder
 from dcase.decoding.sample import (
@@ -19,6 +19,11 @@ from dcase.decoding.sample import (
 
 CFG = SamplingConfig(num_candidates=6, max_new_tokens=10)
 SEEDS = [3, 4]
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    yield from one_thread()
 
 
 def _as_tuples(cands):

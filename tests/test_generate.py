@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _decode_util import CAPS, tiny_captioner, write_tone
+from _decode_util import CAPS, one_thread, tiny_captioner, write_tone
 from typer.testing import CliRunner
 
 from dcase.data.manifest import ManifestRow, write_manifest
-from dcase.decoding.rerank import read_candidates
+from dcase.decoding.rerank import read_candidates, rerank
 from dcase.decoding.sample import SamplingConfig
 from dcase.features.store import ShardWriter, finalize_store
 from dcase.generate import (
@@ -27,6 +27,11 @@ from dcase.generate import (
 
 N_CLIPS = 5
 JOINT = 8
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    yield from one_thread()
 
 
 @pytest.fixture(scope="module")
@@ -113,11 +118,18 @@ def test_generate_reranks_real_candidates(corpus, tmp_path):
     assert [r[0] for r in rows] == [f"clip{i}.wav" for i in range(N_CLIPS)]
     assert rows == [(c, t) for c, t in zip(disk.loc[disk["selected"], "clip_id"], disk.loc[disk["selected"], "text"],
                                           strict=True)]
-    # same seed -> same table; the clip embedding computed from audio gives the same encoder scores
-    again = generate_candidates(_cfg(corpus, tmp_path / "again.parquet", audio_embedding="compute"), progress=False)
-    assert again["text"].tolist() == disk["text"].tolist()
-    np.testing.assert_allclose(again["encoder_score"], disk["encoder_score"], atol=1e-4)
-    assert json.loads(sidecar_path(tmp_path / "again.parquet").read_text())["audio_embedding"] == ["computed"]
+    # the clip embedding computed from the audio equals the store's (same retriever)
+    from dcase.captioner import StoreChain
+    from dcase.generate import clip_audio_embeddings
+    from dcase.models.retriever import Retriever
+
+    ret = Retriever.from_pretrained(corpus / "retriever")
+    rows = pd.read_parquet(corpus / "manifest.parquet")
+    stores = StoreChain.open([corpus / "emb"])
+    from_store, src1 = clip_audio_embeddings(ret, corpus / "retriever", rows, stores, "auto")
+    computed, src2 = clip_audio_embeddings(ret, corpus / "retriever", rows, stores, "compute")
+    assert (src1, src2) == ("store", "computed")
+    np.testing.assert_allclose(computed, from_store, atol=1e-5)
     with pytest.raises(FileExistsError):
         generate_candidates(_cfg(corpus, out), progress=False)
 
@@ -136,10 +148,9 @@ def test_fluency_filter_on_and_fallback(corpus, tmp_path):
         assert grp.loc[grp["selected"], "decoder_score"].item() == grp["decoder_score"].max()
     meta = json.loads(sidecar_path(out).read_text())
     assert meta["fluency_filter"] == "on" and meta["n_fallback_clips"] == N_CLIPS
-    # a threshold between the probabilities: the best candidate passing the filter is chosen
+    # a threshold between the stored probabilities: the best candidate passing the filter is chosen
     thr = float(np.median(t0["fluency_error_prob"]))
-    t1 = generate_candidates(_cfg(corpus, tmp_path / "g.parquet", fluency_checker=str(ckpt), fluency_threshold=thr,
-                                  w_enc=0.0, w_dec=1.0), progress=False)
+    t1 = rerank(t0, 0.0, 1.0, thr)
     for _, grp in t1.groupby("clip_id"):
         ok = grp[grp["fluency_error_prob"] <= thr]
         sel = grp[grp["selected"]]

@@ -8,13 +8,18 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from _decode_util import tiny_captioner, write_tone
+from _decode_util import one_thread, tiny_captioner, write_tone
 from typer.testing import CliRunner
 
 from dcase.generate import load_task6_recipe, placeholder_fields, task6_rows
 from dcase.submission import build_meta, read_meta, validate_task6
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    yield from one_thread()
 
 
 def test_shipped_recipes_mirror_the_report():

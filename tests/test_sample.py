@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _decode_util import tiny_captioner, tiny_inputs
+from _decode_util import one_thread, tiny_captioner, tiny_inputs
 
 from dcase.decoding.sample import (
     SamplingConfig,
@@ -20,6 +20,11 @@ from dcase.decoding.sample import (
     sample_candidates,
     score_sequences,
 )
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    yield from one_thread()
 
 
 def _numpy_nucleus(logits: np.ndarray, p: float, T: float) -> np.ndarray:
