@@ -189,6 +189,8 @@ class SharedKVDecoder:
         """
         B, n, T = tokens.shape
         H, d, D = self.n_heads, self.head_dim, self.d_model
+        if cache is not None and T > 1 and start > 0:
+            raise ValueError("cached decoding takes one token per step after the first call")
         dec = self.decoder
         pos = dec.embed_positions.weight[dec.embed_positions.offset + start:dec.embed_positions.offset + start + T]
         x = dec.embed_tokens(tokens) + pos  # [B, n, T, D]
