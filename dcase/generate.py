@@ -12,6 +12,8 @@ beam search for comparison) with one captioner or an ensemble, merge identical t
   is logged and written to the sidecar JSON);
 
 and rerank (``final = w_enc * encoder + w_dec * decoder``, fluency filter, argmax per clip: dcase.decoding.rerank).
+The table has one extra column, ``token_ids`` (the generated ids of the candidate's first sample, after the decoder
+start token, ``</s>`` included), e.g. for rescoring with other captioners.
 
 Resumable: clips are processed in chunks of ``chunk_clips``; each finished chunk is written atomically to
 ``<out>.parts/part-<k>.parquet``. Besides ``<out>`` and ``<out stem>.json``, ``<out stem>_run/`` gets the
@@ -353,7 +355,8 @@ def _chunk_table(idx: Sequence[int], cands: dict[int, list[Candidate]], rows: pd
     for j, i in enumerate(idx):
         for r, c in enumerate(cands[i]):
             recs.append({"clip_id": clip_ids[i], "text": c.text, "count": c.count, "decoder_score": c.decoder_score,
-                         "encoder_score": float(enc[j][r]) if enc[j] is not None else np.nan})
+                         "encoder_score": float(enc[j][r]) if enc[j] is not None else np.nan,
+                         "token_ids": list(c.token_ids)})
     table = make_candidates(recs)
     if checker is not None:
         table["fluency_error_prob"] = np.asarray(checker.error_probabilities(table["text"].tolist()), np.float64)

@@ -101,6 +101,10 @@ def test_generate_reranks_real_candidates(corpus, tmp_path):
     assert list(pd.unique(disk["clip_id"])) == [f"clip{i}.wav" for i in range(N_CLIPS)]
     assert (disk.groupby("clip_id")["count"].sum() <= 6).all()
     assert not disk.duplicated(["clip_id", "text"]).any()
+    from dcase.models.enclap import EnCLAP
+
+    cap = EnCLAP.from_pretrained(corpus / "cap")
+    assert [cap.decode_text(torch.tensor([list(ids)]))[0] for ids in disk["token_ids"]] == disk["text"].tolist()
     # encoder score = cosine of the retriever embeddings (store vectors made by the same retriever)
     np.testing.assert_allclose(disk["encoder_score"], _independent_cos(corpus, disk), atol=2e-4)
     # selection = argmax of 0.7 * cos + 0.3 * decoder score, per clip
