@@ -7,7 +7,9 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
+import torch
 
 from dcase.data.manifest import ManifestRow, write_manifest
 from dcase.models.cnext import CNextConfig
@@ -65,7 +67,16 @@ def make_corpus(root: Path, per_class_train: int = 8, per_class_test: int = 2) -
     return write_manifest(rows, root / "manifest.parquet") is not None and root / "manifest.parquet"
 
 
-def test_tiny_retriever_learns_and_ranks_task8(tmp_path: Path) -> None:
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from a second thread, and a busy host makes OpenMP spin-waits costly."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_tiny_retriever_learns_and_ranks_task8(tmp_path: Path, one_thread: None) -> None:
     manifest = make_corpus(tmp_path)
     cfg = RetrieverStageConfig(
         model=RetrieverConfig(audio=CNextConfig.tiny(), text=TextTowerConfig(name_or_path="tiny-bert"),
