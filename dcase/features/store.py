@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,8 @@ class ShardWriter:
         self.rank = rank
         self.shard_size = shard_size
         self.buffer: dict[str, np.ndarray] = {}
-        self.stamp = f"{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{os.getpid()}"
+        # unique per writer: a rerun in the same process and second must never overwrite a finished shard
+        self.stamp = f"{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.n_shards = 0
         self.n_written = 0
 
@@ -139,6 +141,8 @@ class ShardWriter:
         from safetensors.numpy import save_file
 
         name = f"part-r{self.rank:03d}-{self.stamp}-{self.n_shards:05d}.safetensors"
+        if (self.dir / name).exists():
+            raise StoreError(f"{self.dir / name}: shard exists; refusing to overwrite finished features")
         with atomic_path(self.dir / name) as tmp:
             save_file(self.buffer, str(tmp), metadata={"rank": str(self.rank), "n": str(len(self.buffer))})
         self.n_shards += 1
