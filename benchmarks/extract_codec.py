@@ -68,11 +68,12 @@ def plain_loop(files: list[tuple[Path, float]], model, out: Path) -> float:
     return time.perf_counter() - t0
 
 
-def pipeline(manifest: Path, codec: str, out: Path, batch_size: int, chunk_seconds: float) -> float:
+def pipeline(manifest: Path, codec: str, out: Path, batch_size: int, chunk_seconds: float, workers: int) -> float:
     from dcase.features.extract import extract_codec
 
     t0 = time.perf_counter()
-    extract_codec(manifest, out, codec, batch_size=batch_size, chunk_seconds=chunk_seconds, progress=False)
+    extract_codec(manifest, out, codec, batch_size=batch_size, chunk_seconds=chunk_seconds, progress=False,
+                  workers=workers)
     return time.perf_counter() - t0
 
 
@@ -82,7 +83,7 @@ def rss_child(args: argparse.Namespace) -> None:
 
     with tempfile.TemporaryDirectory() as td:
         extract_codec(args.rss_child, Path(td) / "s", args.codec, batch_size=args.batch_size,
-                      chunk_seconds=args.chunk_seconds, progress=False)
+                      chunk_seconds=args.chunk_seconds, progress=False, workers=args.workers)
     print(f"RSS_MB {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}")
 
 
@@ -92,7 +93,7 @@ def measure_rss(minutes: float, args: argparse.Namespace, work: Path) -> float:
     files = make_files(d, [minutes * 60.0])
     m = write_manifest_for(files, d / "m.parquet")
     cmd = [sys.executable, __file__, "--rss-child", str(m), "--codec", args.codec, "--batch-size",
-           str(args.batch_size), "--chunk-seconds", str(args.chunk_seconds)]
+           str(args.batch_size), "--chunk-seconds", str(args.chunk_seconds), "--workers", str(args.workers)]
     t0 = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True, check=True)
     line = [ln for ln in res.stdout.splitlines() if ln.startswith("RSS_MB")][-1].split()
@@ -109,6 +110,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--chunk-seconds", type=float, default=10.0)
+    ap.add_argument("--workers", type=int, default=2, help="extraction path: batches at once, 1 thread each")
     ap.add_argument("--long-minutes", type=float, default=10.0)
     ap.add_argument("--short-minutes", type=float, default=1.0)
     ap.add_argument("--skip-rss", action="store_true")
@@ -136,7 +138,7 @@ def main() -> None:
         tp, tb = 0.0, 0.0
         for r in range(args.reps):
             a = plain_loop(files, model, work / f"plain{r}")
-            b = pipeline(manifest, args.codec, work / f"store{r}", args.batch_size, args.chunk_seconds)
+            b = pipeline(manifest, args.codec, work / f"store{r}", args.batch_size, args.chunk_seconds, args.workers)
             tp, tb = tp + a, tb + b
             print(f"  rep {r}: plain loop {total / a:.2f} audio-s/s, extraction {total / b:.2f} audio-s/s, "
                   f"ratio {a / b:.2f}x")
@@ -146,8 +148,11 @@ def main() -> None:
         from dcase.features.store import FeatureStore
 
         store = FeatureStore.open(work / "store0")
-        same = sum(np.array_equal(store[p.name], np.load(work / "plain0" / (p.stem + ".npy"))) for p, _ in files)
-        print(f"codes identical for {same}/{len(files)} files")
+        pairs = [(store[p.name], np.load(work / "plain0" / (p.stem + ".npy"))) for p, _ in files]
+        same = sum(np.array_equal(a, b) for a, b in pairs)
+        agree = sum(int((a == b).sum()) for a, b in pairs) / sum(a.size for a, _ in pairs)
+        print(f"codes identical for {same}/{len(files)} files; {100 * agree:.3f}% of code entries agree "
+              f"(workers={args.workers}: one torch thread per batch vs the loop's {torch.get_num_threads()})")
         if not args.skip_rss:
             print("peak RSS (separate subprocesses):")
             long_rss = measure_rss(args.long_minutes, args, work)

@@ -174,9 +174,12 @@ def test_batched_and_chunked_encoding_equal_lone_encoding():
     # the 1.3 s clip is cut into 0.3 s windows with context; the others are padded inside shared batches
     assert len(codec._windows([codec.n_frames(n) for n in lengths])) > len(lengths)
     got = codec.encode_many(waves)
-    for w, c in zip(waves, got, strict=True):
+    two = codec.encode_many(waves, workers=2)  # batches on 2 one-thread workers (this test runs on one thread)
+    for w, c, c2 in zip(waves, got, two, strict=True):
         assert c.dtype == np.int16
         np.testing.assert_array_equal(c, _lone_codes(codec.model, w))
+        np.testing.assert_array_equal(c2, c)
+    assert torch.get_num_threads() == 1
 
 
 def test_chunking_without_context_would_differ():

@@ -22,6 +22,7 @@ def codec(
     chunk_seconds: float = typer.Option(10.0, "--chunk-seconds", help="Window length for long clips."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unusable clips (listed in skipped.json)."),
     splits: list[str] = typer.Option(None, "--splits", help="Only these splits (repeatable)."),
+    workers: int = typer.Option(1, "--workers", help="CPU: batches encoded at once, one torch thread each."),
 ) -> None:
     """DAC codes (int16 [32, T], 75 frames/s) for every clip of a manifest.
 
@@ -34,7 +35,7 @@ def codec(
     if (codec_name is None) == (codec_config is None):
         raise ValueError("give exactly one of --codec NAME|DIR or --codec-config tiny|full|FILE")
     rep = extract_codec(manifest, out, codec_name or codec_config, batch_size, skip_bad, splits or None,
-                        chunk_seconds)
+                        chunk_seconds, workers=workers)
     typer.echo(f"{out}: {rep.encoded} clips encoded by this process, {rep.already_done} already present, "
                f"{len(rep.skipped)} skipped; {rep.audio_seconds / max(rep.wall_seconds, 1e-9):.1f} audio-s/s")
 

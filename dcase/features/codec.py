@@ -352,11 +352,14 @@ class DacCodec:
                 out.append(_Window(i, max(0, a - ctx), min(t, b + ctx), a, b))
         return out
 
-    def encode_many(self, waves: Sequence[np.ndarray | torch.Tensor]) -> list[np.ndarray]:
+    def encode_many(self, waves: Sequence[np.ndarray | torch.Tensor], workers: int = 1) -> list[np.ndarray]:
         """Encode mono clips [n_i] at ``sample_rate`` -> codes int16 [K, ceil(n_i / hop)] each.
 
         Clips are cut into windows (long clips) and grouped by length into batches of at most
-        ``max_batch_frames`` padded frames, so memory is bounded independently of clip length.
+        ``max_batch_frames`` padded frames, so memory is bounded independently of clip length (times
+        ``workers``). ``workers > 1`` (CPU): that many batches run at once, each on one torch thread. Codes then
+        equal a one-thread lone encoding; against a multi-thread one they can differ where two codewords are
+        within float rounding (convolutions round differently with another thread count).
         """
         tensors = [torch.as_tensor(np.asarray(w, dtype=np.float32)) for w in waves]
         for i, w in enumerate(tensors):
@@ -365,21 +368,38 @@ class DacCodec:
         n_frames = [self.n_frames(w.numel()) for w in tensors]
         windows = sorted(self._windows(n_frames), key=lambda w: w.stop - w.start, reverse=True)
         out = [np.empty((self.n_codebooks, t), dtype=np.int16) for t in n_frames]
+        groups: list[list[_Window]] = []
         i = 0
         while i < len(windows):
-            longest = windows[i].stop - windows[i].start
-            k = max(1, self.max_batch_frames // longest)
-            group = windows[i : i + k]
+            k = max(1, self.max_batch_frames // (windows[i].stop - windows[i].start))
+            groups.append(windows[i : i + k])
             i += k
+        device = next(self.model.parameters()).device
+
+        def run(group: list[_Window]) -> None:
+            longest = group[0].stop - group[0].start
             x = torch.zeros(len(group), longest * self.hop)
             for j, w in enumerate(group):
                 seg = tensors[w.clip][w.start * self.hop : w.stop * self.hop]
                 x[j, : seg.numel()] = seg
             frames = torch.tensor([w.stop - w.start for w in group])
-            device = next(self.model.parameters()).device
             codes = self.encode_padded(x.to(device), frames.to(device)).to(torch.int16).cpu().numpy()
-            for j, w in enumerate(group):
+            for j, w in enumerate(group):  # windows write disjoint frame ranges: safe across workers
                 out[w.clip][:, w.keep_from : w.keep_to] = codes[j, :, w.keep_from - w.start : w.keep_to - w.start]
+
+        if workers <= 1 or len(groups) == 1:
+            for g in groups:
+                run(g)
+            return out
+        from concurrent.futures import ThreadPoolExecutor
+
+        n_threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(workers) as ex:
+                list(ex.map(run, groups))
+        finally:
+            torch.set_num_threads(n_threads)
         return out
 
     def encode(self, wave: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -54,6 +54,7 @@ class ExtractConfig:
     splits: list[str] | None = None
     shard_size: int = 256
     prefetch: int = 2
+    workers: int = 1
 
 
 @dataclass
@@ -231,20 +232,23 @@ def extract_codec(
     chunk_seconds: float = 10.0,
     shard_size: int = 256,
     progress: bool = True,
+    workers: int = 1,
 ) -> ExtractReport:
     """DAC codes (int16 [n_codebooks, T]) for every manifest row into the store ``out``.
 
     ``codec``: ``tiny`` / ``full`` / a DacConfig file (random weights), a DacModel directory, or a hub name.
+    ``workers``: batches encoded at once on one torch thread each (CPU; see ``DacCodec.encode_many``).
     """
     from dcase.features.codec import load_codec
 
     cfg = ExtractConfig("codec", str(manifest), str(out), str(codec), batch_size, chunk_seconds, skip_bad,
-                        list(splits) if splits else None, shard_size)
+                        list(splits) if splits else None, shard_size, workers=workers)
     model = load_codec(codec, chunk_seconds=chunk_seconds)
     model.model.to(process_state().device)
     rows = _read_rows(manifest, splits)
     prov = {"kind": "codec", **model.provenance()}
-    return run_extraction(rows, out, prov, model.encode_many, model.sample_rate, model.hop, cfg, progress)
+    return run_extraction(rows, out, prov, lambda w: model.encode_many(w, workers), model.sample_rate, model.hop,
+                          cfg, progress)
 
 
 def extract_embeddings(
