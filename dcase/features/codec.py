@@ -356,8 +356,8 @@ class DacCodec:
         """Encode mono clips [n_i] at ``sample_rate`` -> codes int16 [K, ceil(n_i / hop)] each.
 
         Clips are cut into windows (long clips) and grouped by length into batches of at most
-        ``max_batch_frames`` padded frames, so memory is bounded independently of clip length (times
-        ``workers``). ``workers > 1`` (CPU): that many batches run at once, each on one torch thread. Codes then
+        ``max_batch_frames`` padded frames in flight (split among ``workers``), so memory is bounded
+        independently of clip length. ``workers > 1`` (CPU): that many batches run at once, each on one torch thread. Codes then
         equal a one-thread lone encoding; against a multi-thread one they can differ where two codewords are
         within float rounding (convolutions round differently with another thread count).
         """
@@ -369,9 +369,10 @@ class DacCodec:
         windows = sorted(self._windows(n_frames), key=lambda w: w.stop - w.start, reverse=True)
         out = [np.empty((self.n_codebooks, t), dtype=np.int16) for t in n_frames]
         groups: list[list[_Window]] = []
+        budget = self.max_batch_frames // max(1, workers)  # frames in flight stay <= max_batch_frames
         i = 0
         while i < len(windows):
-            k = max(1, self.max_batch_frames // (windows[i].stop - windows[i].start))
+            k = max(1, budget // (windows[i].stop - windows[i].start))
             groups.append(windows[i : i + k])
             i += k
         device = next(self.model.parameters()).device
