@@ -24,7 +24,7 @@ def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True
     )
-    for noisy in ("urllib3", "matplotlib", "filelock", "httpx", "fsspec"):
+    for noisy in ("urllib3", "matplotlib", "filelock", "httpx", "fsspec", "faiss.loader"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
