@@ -31,6 +31,7 @@ from typing import Any
 
 from dcase.config import to_dict, write_run_info
 from dcase.io import atomic_write_text
+from dcase.models.enclap import CONFIG_FILE as ENCLAP_CONFIG
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +248,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
         steps.run(f"captioner finetuning (seed {s})", ft_best.is_file, _finetune)
         finetuned.append(Path(ft_best.read_text().strip()))
     soup = out / "soup"
-    steps.run("uniform soup", lambda: (soup / "config.json").is_file(),
+    steps.run("uniform soup", lambda: (soup / ENCLAP_CONFIG).is_file(),
               lambda: soup_checkpoints(finetuned, soup, method="uniform", overwrite=True))
 
     # an untrained captioner of the same shape: the floor the trained ones must clear
@@ -258,7 +259,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
         torch.manual_seed(cfg.seed)
         build_enclap(pcfg.model, captions=[c for cs in df["captions"] for c in cs]).save_pretrained(untrained)
 
-    steps.run("untrained captioner (reference floor)", lambda: (untrained / "config.json").is_file(), _untrained)
+    steps.run("untrained captioner (reference floor)", lambda: (untrained / ENCLAP_CONFIG).is_file(), _untrained)
     untrained_csv = decode_dir / "untrained_greedy.csv"
     steps.run("decode: untrained_greedy", untrained_csv.is_file,
               lambda: _untrained_captions(untrained, manifest, cfg, dac_store, emb_store, untrained_csv))

@@ -1,0 +1,5 @@
+"""``python -m dcase.cli`` = the ``dcase`` command."""
+
+from dcase.cli import main
+
+main()
