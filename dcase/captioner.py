@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dcase.data.manifest import read_manifest
+from dcase.data.manifest import load_captioned_rows, read_manifest
 from dcase.losses import IGNORE_INDEX
 from dcase.models.enclap import EnCLAP, EnCLAPConfig, build_enclap
 from dcase.training import TrainConfig, fit
@@ -186,23 +186,8 @@ def collate_codes(items: Sequence[tuple[np.ndarray, np.ndarray, str]], pad_code:
 
 
 def load_rows(manifests: Sequence[str | Path], splits: Sequence[str] = ()) -> pd.DataFrame:
-    """Concatenate manifests, keep ``splits`` (all if empty) and rows with captions; clip ids must be unique."""
-    if not manifests:
-        raise ValueError("no manifests given (data.train_manifests)")
-    frames = []
-    for m in manifests:
-        df = read_manifest(m)
-        if splits:
-            df = df[df["split"].isin(list(splits))]
-        frames.append(df)
-    df = pd.concat(frames, ignore_index=True)
-    df = df[df["captions"].map(len) > 0].reset_index(drop=True)
-    if len(df) == 0:
-        raise ValueError(f"no captioned rows of splits {list(splits) or 'any'} in {[str(m) for m in manifests]}")
-    dup = df["clip_id"][df["clip_id"].duplicated()].unique().tolist()
-    if dup:
-        raise ValueError(f"clip ids appear more than once across {[str(m) for m in manifests]}: {dup[:5]}")
-    return df
+    """Training rows of ``manifests`` (see ``dcase.data.manifest.load_captioned_rows``)."""
+    return load_captioned_rows(manifests, splits)
 
 
 # ------------------------------------------------------------------------------------------ generation

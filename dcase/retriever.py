@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from dcase.data.audio import load_clip
-from dcase.data.manifest import read_manifest
+from dcase.data.manifest import load_captioned_rows, read_manifest
 from dcase.evaluation.retrieval import (
     AudioIndex,
     IndexConfig,
@@ -137,24 +137,9 @@ class PairDataset(torch.utils.data.Dataset):
         return _fit_min_length(x, self.min_samples), caption
 
 
-def load_rows(manifests: Sequence[str], splits: Sequence[str] = ()) -> pd.DataFrame:
-    """Concatenate manifests, keep ``splits`` (all if empty) and rows that have captions."""
-    if not manifests:
-        raise ValueError("no training manifests given (data.train_manifests)")
-    frames = []
-    for m in manifests:
-        df = read_manifest(m)
-        if splits:
-            df = df[df["split"].isin(list(splits))]
-        frames.append(df)
-    df = pd.concat(frames, ignore_index=True)
-    df = df[df["captions"].map(len) > 0].reset_index(drop=True)
-    if len(df) == 0:
-        raise ValueError(f"no captioned rows of splits {list(splits) or 'any'} in {list(manifests)}")
-    dup = df["clip_id"][df["clip_id"].duplicated()].tolist()
-    if dup:
-        raise ValueError(f"clip ids appear in several training manifests: {dup[:5]}")
-    return df
+def load_rows(manifests: Sequence[str | Path], splits: Sequence[str] = ()) -> pd.DataFrame:
+    """Training rows of ``manifests`` (see ``dcase.data.manifest.load_captioned_rows``)."""
+    return load_captioned_rows(manifests, splits)
 
 
 class RetrieverTask:

@@ -23,16 +23,6 @@ from dcase.data.manifest import ManifestRow, write_manifest
 from dcase.features.store import FeatureStore, ShardWriter, finalize_store
 from dcase.models.enclap import EnCLAP
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread (and much faster on a busy machine: no OpenMP barrier waits)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["a dog barks twice", "rain falls on a roof", "a bell rings loudly"]
 N_CB, K, DIM = 4, 16, 8

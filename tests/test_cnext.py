@@ -30,14 +30,6 @@ def tiny() -> CNext:
     return m.eval()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one torch thread (on a busy 2-core host, 2-thread spin-waits make small ops much slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_slaney_mel_scale_and_filter_areas():
     assert float(hz_to_mel_slaney(torch.tensor(1000.0))) == pytest.approx(15.0)

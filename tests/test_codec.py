@@ -17,16 +17,6 @@ from dcase.features.codec import (
     receptive_field_samples,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one torch thread (on a busy 2-core host, 2-thread spin-waits make small ops much slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 HOP = 320
 
 

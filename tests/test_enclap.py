@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from dcase.losses import IGNORE_INDEX
@@ -15,16 +14,6 @@ from dcase.models.enclap import (
     build_enclap,
     train_caption_tokenizer,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread (and much faster on a busy machine: no OpenMP barrier waits)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 CAPTIONS = ["a dog barks loudly", "birds chirp in the morning", "a car passes by on a wet road",
             "rain falls on a tin roof", "people talk in a busy cafe"]

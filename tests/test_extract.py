@@ -21,15 +21,6 @@ from dcase.features.extract import ExtractError, extract_codec, extract_embeddin
 from dcase.features.store import FeatureStore, verify_store
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one torch thread (on a busy 2-core host, 2-thread spin-waits make small ops much slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _wav(path: Path, x: np.ndarray, sr: int) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, x, sr, subtype="FLOAT")

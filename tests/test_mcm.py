@@ -5,21 +5,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pytest
 import torch
 
 from dcase.losses import IGNORE_INDEX, caption_loss, mcm_codebook_weights, mcm_loss
 from dcase.models.enclap import FIRST_CODE_SLOT, EnCLAPConfig, build_enclap, sample_span_mask
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread (and much faster on a busy machine: no OpenMP barrier waits)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 CAPTIONS = ["a dog barks loudly", "birds chirp in the morning", "a car passes by on a wet road"]
 

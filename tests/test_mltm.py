@@ -10,14 +10,6 @@ from scipy.special import logsumexp
 from dcase.losses import info_nce_loss, mahalanobis_cost, mltm_loss, ot_log_plan
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from a second thread, and a busy host makes OpenMP spin-waits costly."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 def np_sinkhorn_log(C: np.ndarray, eps: float, n_iter: int = 5000) -> np.ndarray:
     """Balanced entropic OT between uniform marginals, log domain: returns log pi."""
     n, m = C.shape

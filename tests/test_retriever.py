@@ -20,14 +20,6 @@ from dcase.models.retriever import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from a second thread, and a busy host makes OpenMP spin-waits costly."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 def _tiny(text_path: str, loss: str = "mltm") -> Retriever:
     torch.manual_seed(0)
     return Retriever.build(RetrieverConfig(audio=CNextConfig.tiny(), text=TextTowerConfig(name_or_path=text_path),

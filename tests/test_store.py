@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from dcase.data.manifest import ManifestRow, write_manifest
 from dcase.features import extract as extract_mod
@@ -22,15 +21,6 @@ from dcase.features.store import (
     verify_store,
     write_provenance,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one torch thread (on a busy 2-core host, 2-thread spin-waits make small ops much slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _corpus(tmp_path, n=6, seconds=(0.4, 0.9, 0.3, 0.7, 0.5, 0.6)):

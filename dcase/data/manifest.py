@@ -183,6 +183,28 @@ def concat_manifests(frames: Iterable[pd.DataFrame], where: str = "combined mani
     return df
 
 
+def load_captioned_rows(manifests: Iterable[str | Path], splits: Iterable[str] = ()) -> pd.DataFrame:
+    """Training rows: concatenate ``manifests``, keep ``splits`` (all if empty) and rows that have captions.
+
+    Clip ids must be unique across the manifests; no captioned row at all is an error naming the manifests.
+    """
+    manifests, splits = [str(m) for m in manifests], list(splits)
+    if not manifests:
+        raise ManifestError("no manifests given (data.train_manifests)")
+    frames = []
+    for m in manifests:
+        df = read_manifest(m)
+        frames.append(df[df["split"].isin(splits)] if splits else df)
+    df = pd.concat(frames, ignore_index=True)
+    df = df[df["captions"].map(len) > 0].reset_index(drop=True)
+    if len(df) == 0:
+        raise ManifestError(f"no captioned rows of splits {splits or 'any'} in {manifests}")
+    dup = df["clip_id"][df["clip_id"].duplicated()].unique().tolist()
+    if dup:
+        raise ManifestError(f"clip ids appear more than once across {manifests}: {dup[:5]}")
+    return df
+
+
 def manifest_hash(df: pd.DataFrame) -> str:
     """A content hash of the clip ids, paths and mixing parameters (what features depend on)."""
     h = hashlib.sha256()
