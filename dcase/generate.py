@@ -9,7 +9,9 @@ beam search for comparison) with one captioner or an ensemble, merge identical t
   candidate. The audio embedding is read from the clip-embedding store when that store was made by the same
   retriever checkpoint (provenance ``checkpoint_sha256``), otherwise computed from the clip's audio;
 - fluency-error probability from the FENSE checker when one is configured (otherwise the filter is off, which
-  is logged and written to the sidecar JSON);
+  is logged and written to the sidecar JSON). By default (``fluency_scope="lazy"``) candidates are checked in
+  final-score order until one is fluent, which selects exactly what checking all of them selects at about one
+  checker batch per clip; ``"all"`` checks every candidate (needed to re-rank later with other weights);
 
 and rerank (``final = w_enc * encoder + w_dec * decoder``, fluency filter, argmax per clip: dcase.decoding.rerank).
 The table has one extra column, ``token_ids`` (the generated ids of the candidate's first sample, after the decoder
@@ -40,6 +42,7 @@ import pandas as pd
 
 from dcase.decoding.rerank import (
     DEFAULT_THRESHOLD,
+    lazy_fluency,
     make_candidates,
     rerank,
     selected_captions,
@@ -74,6 +77,9 @@ class GenerateConfig:
     fluency_checker: str | None = None  # FENSE checker checkpoint (aac-metrics format); None: filter off
     fluency_backbone: str | None = None  # local BERT folder overriding the checker's model_type
     fluency_threshold: float = DEFAULT_THRESHOLD
+    # lazy: check candidates in score order until one is fluent (same selection, ~1 checker batch per clip);
+    # all: check every candidate (needed to re-rank the table later with other weights: dcase tune-rerank)
+    fluency_scope: str = "lazy"
     audio_embedding: str = "auto"  # auto | store | compute: where the retriever's clip embedding comes from
     chunk_clips: int = 64  # clips per resumable part file
     text_batch_size: int = 64
@@ -98,6 +104,8 @@ class GenerateConfig:
             raise ValueError(f"w_enc={self.w_enc} needs a retriever for the encoder score (or set w_enc to 0)")
         if self.w_enc < 0 or self.w_dec < 0:
             raise ValueError(f"reranking weights must be >= 0, got w_enc={self.w_enc}, w_dec={self.w_dec}")
+        if self.fluency_scope not in ("lazy", "all"):
+            raise ValueError(f"fluency_scope must be lazy or all, got {self.fluency_scope!r}")
         if self.audio_embedding not in ("auto", "store", "compute"):
             raise ValueError(f"audio_embedding must be auto, store or compute, got {self.audio_embedding!r}")
         if self.chunk_clips < 1:
@@ -321,6 +329,8 @@ def generate_candidates(cfg: GenerateConfig, progress: bool = True, overwrite: b
     n_fb = int(table.loc[table["selected"], "fallback"].sum())
     meta = {
         **fluency_status,
+        **({"fluency_scope": cfg.fluency_scope,
+            "n_fluency_checked": int(table["fluency_error_prob"].notna().sum())} if checker is not None else {}),
         "audio_embedding": sorted(audio_src) or (["none"] if retriever is None else ["resumed"]),
         "n_clips": len(rows), "n_candidates": len(table), "n_fallback_clips": n_fb,
         "mode": cfg.mode, "ensemble": cfg.ensemble if len(models) > 1 else "none",
@@ -358,7 +368,9 @@ def _chunk_table(idx: Sequence[int], cands: dict[int, list[Candidate]], rows: pd
                          "encoder_score": float(enc[j][r]) if enc[j] is not None else np.nan,
                          "token_ids": list(c.token_ids)})
     table = make_candidates(recs)
-    if checker is not None:
+    if checker is not None and cfg.fluency_scope == "lazy":
+        table = lazy_fluency(table, checker.error_probabilities, cfg.w_enc, cfg.w_dec, cfg.fluency_threshold)
+    elif checker is not None:
         table["fluency_error_prob"] = np.asarray(checker.error_probabilities(table["text"].tolist()), np.float64)
     return table
 

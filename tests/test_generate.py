@@ -14,7 +14,7 @@ from _decode_util import CAPS, one_thread, tiny_captioner, write_tone
 from typer.testing import CliRunner
 
 from dcase.data.manifest import ManifestRow, write_manifest
-from dcase.decoding.rerank import read_candidates, rerank
+from dcase.decoding.rerank import read_candidates, rerank, selected_captions
 from dcase.decoding.sample import SamplingConfig
 from dcase.features.store import ShardWriter, finalize_store
 from dcase.generate import (
@@ -162,6 +162,17 @@ def test_fluency_filter_on_and_fallback(corpus, tmp_path):
             assert not sel["fallback"].item() and sel["decoder_score"].item() == ok["decoder_score"].max()
         else:
             assert sel["fallback"].item()
+    # the default lazy scope checks candidates in score order until a fluent one: the same selection as checking
+    # every candidate, with no more checker work
+    picks = {}
+    for scope in ("lazy", "all"):
+        t = generate_candidates(_cfg(corpus, tmp_path / f"{scope}.parquet", fluency_checker=str(ckpt),
+                                     fluency_threshold=thr, fluency_scope=scope, w_enc=0.0, w_dec=1.0),
+                                progress=False)
+        picks[scope] = (selected_captions(t), int(t["fluency_error_prob"].notna().sum()), t["fallback"].tolist())
+    assert picks["lazy"][0] == picks["all"][0] == selected_captions(t1)
+    assert picks["lazy"][2] == picks["all"][2]
+    assert picks["lazy"][1] <= picks["all"][1] == len(t0)
     with pytest.raises(FluencyCheckerError, match="does not exist"):
         generate_candidates(_cfg(corpus, tmp_path / "h.parquet", fluency_checker=str(tmp_path / "nope.ckpt")),
                             progress=False)

@@ -10,6 +10,7 @@ from dcase.decoding.rerank import (
     CANDIDATE_COLUMNS,
     CandidatesError,
     apply_fluency,
+    lazy_fluency,
     make_candidates,
     plot_tuning,
     read_candidates,
@@ -81,8 +82,14 @@ def test_filter_and_fallback():
 def test_nan_handling():
     df = _random_table(2, with_probs=False)
     assert rerank(df, threshold=0.9)["selected"].sum() == df["clip_id"].nunique()  # all NaN -> filter off
+    # filter on, every other clip fully checked; clip0 has a probability only on its lowest-ranked candidate,
+    # so unchecked candidates rank above its only fluent one: an error naming the clip
     partial = df.copy()
-    partial.loc[0, "fluency_error_prob"] = 0.5
+    partial["fluency_error_prob"] = 0.0
+    clip0 = partial.index[partial["clip_id"] == "clip0.wav"]
+    scores = 0.7 * partial.loc[clip0, "encoder_score"] + 0.3 * partial.loc[clip0, "decoder_score"]
+    partial.loc[clip0, "fluency_error_prob"] = np.nan
+    partial.loc[scores.idxmin(), "fluency_error_prob"] = 0.5
     with pytest.raises(CandidatesError, match="clip0.wav"):
         rerank(partial, threshold=0.9)
     no_enc = df.copy()
@@ -155,3 +162,50 @@ def test_tune_weights_and_plot(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="no references"):
         tune_weights(df, {}, [0.5], metric)
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize(("w_enc", "w_dec", "thr", "batch"), [(0.7, 0.3, 0.9, 4), (0.7, 0.3, 0.3, 2),
+                                                               (0.5, 0.5, 0.6, 1), (1.0, 0.0, 0.05, 3)])
+def test_lazy_fluency_selects_what_the_full_check_selects(seed, w_enc, w_dec, thr, batch):
+    """Checking candidates in score order until one is fluent gives the same selection and fallbacks as checking
+    all of them, with fewer checker calls; unchecked candidates only rank below the selected one."""
+    full = _random_table(seed, n_clips=7, n_cands=9)
+    truth = dict(zip(full["text"], full["fluency_error_prob"], strict=True))
+    asked: list[str] = []
+
+    def checker(texts):
+        asked.extend(texts)
+        return np.array([truth[t] for t in texts])
+
+    lazy = lazy_fluency(full.assign(fluency_error_prob=np.nan), checker, w_enc, w_dec, thr, batch=batch)
+    want = rerank(full, w_enc, w_dec, thr)
+    got = rerank(lazy, w_enc, w_dec, thr)
+    assert selected_captions(got) == selected_captions(want)
+    assert got["fallback"].tolist() == want["fallback"].tolist()
+    assert selected_captions(got) == [(c, t) for c, (t, _) in _expected(full, w_enc, w_dec, thr).items()]
+    assert len(asked) == len(set(asked)) == lazy["fluency_error_prob"].notna().sum()
+    checked = lazy["fluency_error_prob"].notna()
+    assert np.allclose(lazy.loc[checked, "fluency_error_prob"], full.loc[checked, "fluency_error_prob"])
+    for clip, rows in got.groupby("clip_id"):
+        sel_score = rows.loc[rows["selected"], "final_score"].item()
+        unchecked = rows[rows["fluency_error_prob"].isna()]
+        assert (unchecked["final_score"] <= sel_score).all(), clip
+        if rows["fallback"].any():
+            assert unchecked.empty, clip  # a fallback clip had every candidate checked
+
+
+def test_lazy_fluency_checks_one_batch_per_clip_when_the_best_is_fluent():
+    full = _random_table(3, n_clips=5, n_cands=30).assign(fluency_error_prob=0.01)
+    asked: list[str] = []
+
+    def checker(texts):
+        asked.extend(texts)
+        return np.full(len(texts), 0.01)
+
+    lazy = lazy_fluency(full.assign(fluency_error_prob=np.nan), checker, batch=4)
+    assert len(asked) == 5 * 4
+    assert selected_captions(rerank(lazy)) == selected_captions(rerank(full))
+    # re-ranking a lazily checked table with other weights may need unchecked candidates: refused, naming the clip
+    with pytest.raises(CandidatesError, match="fluency-scope all"):
+        rerank(lazy, w_enc=0.0, w_dec=1.0)

@@ -63,6 +63,11 @@ def generate(
     out: Path = typer.Option(None, "--out", "-o", help="Candidates table (.parquet); sidecar <stem>.json."),
     fluency_checker: Path = typer.Option(None, "--fluency-checker", help="FENSE checker checkpoint (else filter off)."),
     fluency_backbone: Path = typer.Option(None, "--fluency-backbone", help="Local BERT folder for the checker."),
+    fluency_scope: str = typer.Option(
+        None, "--fluency-scope",
+        help="lazy (default): check candidates in score order until one is fluent, same selection, ~1 checker "
+        "batch per clip; all: check every candidate (use it for tables you will pass to dcase tune-rerank).",
+    ),
     w_enc: float = typer.Option(None, "--w-enc", help="Encoder (retriever) score weight [0.7]."),
     w_dec: float = typer.Option(None, "--w-dec", help="Decoder (log-likelihood) score weight [0.3]."),
     greedy: bool = typer.Option(False, "--greedy", help="One greedy caption per clip instead of sampling."),
@@ -90,6 +95,7 @@ def generate(
              "embed_stores": [str(p) for p in embed_store] if embed_store else None,
              "out": str(out) if out else None, "fluency_checker": str(fluency_checker) if fluency_checker else None,
              "fluency_backbone": str(fluency_backbone) if fluency_backbone else None, "w_enc": w_enc,
+             "fluency_scope": fluency_scope,
              "w_dec": w_dec, "device": device}
     for k, v in given.items():
         if v is not None:

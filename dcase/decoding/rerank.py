@@ -189,6 +189,46 @@ def final_scores(df: pd.DataFrame, w_enc: float = DEFAULT_W_ENC, w_dec: float = 
     return total
 
 
+def rank_order(df: pd.DataFrame) -> np.ndarray:
+    """Row indices best-first by (final_score desc, count desc, row asc): the order ``rerank`` selects in."""
+    return np.lexsort((np.arange(len(df)), -df["count"].to_numpy(), -df["final_score"].to_numpy()))
+
+
+def lazy_fluency(
+    df: pd.DataFrame,
+    error_probabilities: Any,
+    w_enc: float = DEFAULT_W_ENC,
+    w_dec: float = DEFAULT_W_DEC,
+    threshold: float = DEFAULT_THRESHOLD,
+    batch: int = 4,
+) -> pd.DataFrame:
+    """Fill ``fluency_error_prob`` only where the selection needs it (report §2.3: filter, then rank).
+
+    Per clip, candidates are checked in ``rerank`` order, ``batch`` at a time, until one passes
+    (P(error) <= ``threshold``) or all are checked; the rest stay NaN. ``rerank`` with the same weights and
+    threshold then selects exactly what it selects when every candidate is checked (filtering then taking the
+    argmax = the first fluent candidate in score order), at the cost of about one checker batch per clip instead
+    of one call per candidate. ``error_probabilities``: texts -> float [n] (``FluencyChecker.error_probabilities``).
+    """
+    out = validate_candidates(df)
+    out["final_score"] = final_scores(out, w_enc, w_dec)
+    probs = np.full(len(out), np.nan)
+    clip = out["clip_id"].to_numpy()
+    per_clip: dict[str, list[int]] = {}
+    for i in rank_order(out):
+        per_clip.setdefault(clip[i], []).append(int(i))
+    pending = {c: rows for c, rows in per_clip.items()}
+    while pending:
+        # one checker call for the next batch of every clip still without a fluent candidate
+        take = {c: rows[:batch] for c, rows in pending.items()}
+        idx = [i for rows in take.values() for i in rows]
+        probs[idx] = np.asarray(error_probabilities(out["text"].iloc[idx].tolist()), dtype=np.float64)
+        pending = {c: rows[batch:] for c, rows in pending.items()
+                   if rows[batch:] and not (probs[take[c]] <= threshold).any()}
+    out["fluency_error_prob"] = probs
+    return out
+
+
 def rerank(
     df: pd.DataFrame,
     w_enc: float = DEFAULT_W_ENC,
@@ -207,25 +247,26 @@ def rerank(
     probs = out["fluency_error_prob"].to_numpy(dtype=np.float64)
     filter_on = threshold is not None and not np.isnan(probs).all()
     if filter_on:
-        nan_clips = out.loc[np.isnan(probs), "clip_id"].unique().tolist()
-        if nan_clips:
-            raise CandidatesError(
-                f"fluency_error_prob is missing for some candidates of clips {nan_clips[:10]} while the filter is on"
-            )
         passes = probs <= float(threshold)  # type: ignore[arg-type]
     else:
         passes = np.ones(len(out), dtype=bool)
     out["selected"] = False
     out["fallback"] = False
     sel_idx, fb_clips = [], []
-    order = np.lexsort((np.arange(len(out)), -out["count"].to_numpy(), -out["final_score"].to_numpy()))
-    # `order` ranks all rows best-first; walk it once per clip.
+    order = rank_order(out)
+    # `order` ranks all rows best-first; walk it once per clip. With the filter on, a row without a probability
+    # is allowed only after the clip's first passing row (a lazily checked table, see `lazy_fluency`).
     first_pass: dict[str, int] = {}
     first_any: dict[str, int] = {}
     clip = out["clip_id"].to_numpy()
     for i in order:
         c = clip[i]
         first_any.setdefault(c, int(i))
+        if filter_on and c not in first_pass and np.isnan(probs[i]):
+            raise CandidatesError(
+                f"fluency_error_prob is missing for candidate {out['text'].iloc[i]!r} of clip {c!r}, which ranks above "
+                "every fluent candidate under these weights: score all candidates (dcase generate --fluency-scope all)"
+            )
         if passes[i]:
             first_pass.setdefault(c, int(i))
     for c in pd.unique(clip):
