@@ -216,6 +216,40 @@ def generate_captions(model: EnCLAP, dataset: CaptionDataset, batch_size: int = 
     return out
 
 
+def validation_score(checkpoint: str | Path, manifest: str | Path, split: str = "validation",
+                     codec_stores: Sequence[str | Path] = (), embed_stores: Sequence[str | Path] = (),
+                     metric: str = "cider_d", max_clips: int = 0, batch_size: int = 16, num_beams: int = 1,
+                     max_new_tokens: int = 40) -> float:
+    """``metric`` of a checkpoint's greedy (or beam) captions on the captioned clips of ``split``.
+
+    The built-in evaluator of ``dcase soup --method greedy --evaluator captioner`` (greedy soups rank and keep
+    ingredients by validation score, Wortsman et al. 2022). ``max_clips`` > 0 scores only the first clips.
+    """
+    from dcase.evaluation.captions import evaluate_captions
+
+    if not codec_stores or not embed_stores:
+        raise ValueError("validation_score needs the codec and clip-embedding stores of the manifest's clips")
+    df = read_manifest(manifest, [split])
+    df = df[df["captions"].map(len) > 0].reset_index(drop=True)
+    if max_clips > 0:
+        df = df.head(max_clips)
+    if len(df) == 0:
+        raise ValueError(f"{manifest}: split {split!r} has no captioned clips to score")
+    model = EnCLAP.from_pretrained(checkpoint).eval()
+    codes, embeds = StoreChain.open(codec_stores), StoreChain.open(embed_stores)
+    check_coverage(df, codes, embeds, f"{manifest} split {split}")
+    cfg = model.config
+    ds = CaptionDataset(df, codes, embeds, cfg.n_codebooks, cfg.clip_dim, cfg.max_codec_positions, random_crop=False,
+                        per_caption=False)
+    texts = generate_captions(model, ds, batch_size, num_beams=num_beams, max_new_tokens=max_new_tokens)
+    scores = evaluate_captions(texts, [list(c) for c in df["captions"]], [metric])
+    value = scores.get(metric)
+    if value is None:
+        raise ValueError(f"{metric} cannot be computed here: {scores.missing.get(metric, 'unknown reason')}")
+    log.info("%s: %s %.4f on %d clips of %s", checkpoint, metric, value, len(df), split)
+    return float(value)
+
+
 # --------------------------------------------------------------------------------------------- the task
 class CaptionerTask:
     """``TrainTask`` for EnCLAP (see dcase.training)."""

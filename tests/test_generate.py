@@ -269,3 +269,33 @@ def test_cli_generate_and_tune_rerank(corpus, tmp_path):
     refs = {f"clip{i}.wav": [CAPS[i], CAPS[i + 1]] for i in range(N_CLIPS)}
     want = evaluate_captions(best["text"].tolist(), [refs[c] for c in best["clip_id"]], ["cider_d"])["cider_d"]
     assert grid["cider_d"].iloc[2] == pytest.approx(want)
+
+
+def test_greedy_soup_with_the_builtin_captioner_evaluator(corpus, tmp_path):
+    """dcase soup --method greedy --evaluator captioner: ingredients ranked and kept by validation CIDEr-D of their
+    greedy captions; the soup never scores below its best ingredient, and run.json records the trace."""
+    from dcase.captioner import validation_score
+    from dcase.cli import app
+    from dcase.models.enclap import EnCLAP
+
+    noisy = EnCLAP.from_pretrained(corpus / "cap")
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in noisy.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.5)
+    noisy.save_pretrained(tmp_path / "noisy")
+    kw = dict(manifest=corpus / "manifest.parquet", split="validation", codec_stores=[corpus / "dac"],
+              embed_stores=[corpus / "emb"])
+    s_cap, s_noisy = validation_score(corpus / "cap", **kw), validation_score(tmp_path / "noisy", **kw)
+    assert validation_score(corpus / "cap", **kw) == s_cap  # deterministic: greedy decoding
+    args = ["soup", str(tmp_path / "noisy"), str(corpus / "cap"), "--out", str(tmp_path / "soup"), "--method",
+            "greedy", "--evaluator", "captioner", "--manifest", str(corpus / "manifest.parquet"), "--codec-store",
+            str(corpus / "dac"), "--embed-store", str(corpus / "emb")]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    info = json.loads((tmp_path / "soup" / "run.json").read_text())
+    assert info["method"] == "greedy" and info["trace"]
+    assert validation_score(tmp_path / "soup", **kw) >= max(s_cap, s_noisy) - 1e-9
+    bad = CliRunner().invoke(app, ["soup", str(tmp_path / "noisy"), str(corpus / "cap"), "--out",
+                                   str(tmp_path / "soup2"), "--method", "greedy", "--evaluator", "captioner"])
+    assert bad.exit_code != 0 and "--manifest" in bad.output

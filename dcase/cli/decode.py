@@ -31,22 +31,43 @@ def soup(
     method: str = typer.Option("uniform", "--method", help="uniform | greedy (greedy needs --evaluator)."),
     evaluator: str = typer.Option(
         None, "--evaluator",
-        help="greedy: module:function taking a checkpoint folder and returning its validation score.",
+        help="greedy: 'captioner' (built in: greedy captions of --split scored with --metric) or module:function "
+        "taking a checkpoint folder and returning its validation score.",
     ),
+    manifest: Path = typer.Option(None, "--manifest", "-m", help="--evaluator captioner: manifest with references."),
+    split: str = typer.Option("validation", "--split", help="--evaluator captioner: split to score."),
+    codec_store: list[Path] = typer.Option(None, "--codec-store", help="--evaluator captioner: DAC code store(s)."),
+    embed_store: list[Path] = typer.Option(None, "--embed-store", help="--evaluator captioner: clip-embedding store(s)."),
+    metric: str = typer.Option("cider_d", "--metric", help="--evaluator captioner: metric (cider_d, meteor, ...)."),
+    max_clips: int = typer.Option(0, "--max-clips", help="--evaluator captioner: score only the first N clips."),
     lower_is_better: bool = typer.Option(False, "--lower-is-better", help="greedy: the score is a loss."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
 ) -> None:
     """Average fine-tuned checkpoints of one architecture into a model soup (Wortsman et al. 2022).
 
-    Example: dcase soup runs/ft_seed0/best runs/ft_seed1/best runs/ft_seed2/best --out runs/soup
+    Examples:
+      dcase soup runs/ft_seed0/best runs/ft_seed1/best runs/ft_seed2/best --out runs/soup
+      dcase soup runs/ft_seed*/best --out runs/greedy_soup --method greedy --evaluator captioner
+        --manifest manifests/clotho.parquet --split validation --codec-store features/dac_clotho
+        --embed-store features/emb_clotho
     """
     from dcase.merging import soup_checkpoints
 
     if method not in ("uniform", "greedy"):
         raise ValueError(f"--method must be uniform or greedy, got {method!r}")
     if method == "greedy" and not evaluator:
-        raise ValueError("--method greedy needs --evaluator module:function (checkpoint folder -> score)")
-    fn = _load_evaluator(evaluator) if evaluator else None
+        raise ValueError("--method greedy needs --evaluator captioner (or module:function: checkpoint folder -> score)")
+    if evaluator == "captioner":
+        import functools
+
+        from dcase.captioner import validation_score
+
+        if manifest is None or not codec_store or not embed_store:
+            raise ValueError("--evaluator captioner needs --manifest, --codec-store and --embed-store")
+        fn = functools.partial(validation_score, manifest=manifest, split=split, codec_stores=codec_store,
+                               embed_stores=embed_store, metric=metric, max_clips=max_clips)
+    else:
+        fn = _load_evaluator(evaluator) if evaluator else None
     path = soup_checkpoints(checkpoints, out, method=method, evaluate_fn=fn, greater_is_better=not lower_is_better,
                             overwrite=overwrite)
     typer.echo(str(path))
