@@ -19,7 +19,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from dcase.data.build import BadClips, DataError, dir_index, probe_many, read_table
+from dcase.data.build import BadClips, DataError, dir_index, read_table, rows_from_plan
 from dcase.data.manifest import ManifestRow
 
 log = logging.getLogger(__name__)
@@ -160,13 +160,6 @@ def read_audiocaps(
             used[found] = clip_id
             planned.append((split, clip_id, found, e["caps"]))
 
-    info = probe_many([(c, p) for _, c, p, _ in planned], bad, decode_check, progress,
-                      desc="AudioCaps audio", workers=workers)
-    rows = [
-        ManifestRow(clip_id=clip, audio_path=str(path.absolute()), split=split, source="audiocaps",
-                    duration_s=info[path][0], sample_rate=info[path][1], captions=caps)
-        for split, clip, path, caps in planned
-        if path in info
-    ]
+    rows = rows_from_plan(planned, "audiocaps", bad, decode_check, progress, workers, desc="AudioCaps audio")
     log.info("AudioCaps %s: %d clips (%d skipped)", list(splits), len(rows), len(bad))
     return rows

@@ -138,6 +138,26 @@ def probe_many(
     return out
 
 
+def rows_from_plan(
+    planned: Sequence[tuple[str, str, Path, list[str]]],
+    source: str,
+    bad: BadClips,
+    decode_check: bool,
+    progress: bool,
+    workers: int,
+    desc: str,
+) -> list[ManifestRow]:
+    """Probe the audio of planned (split, clip_id, path, captions) clips and build their manifest rows, in plan
+    order; clips whose audio fails the probe are reported to ``bad`` and left out."""
+    info = probe_many([(c, p) for _, c, p, _ in planned], bad, decode_check, progress, desc=desc, workers=workers)
+    return [
+        ManifestRow(clip_id=clip, audio_path=str(path.absolute()), split=split, source=source,
+                    duration_s=info[path][0], sample_rate=info[path][1], captions=caps)
+        for split, clip, path, caps in planned
+        if path in info
+    ]
+
+
 def dir_index(directory: Path) -> set[str]:
     """Names of the entries of ``directory`` (one listing instead of one stat per clip)."""
     try:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dcase.data.build import BadClips, DataError, dir_index, probe_many, read_table
+from dcase.data.build import BadClips, DataError, dir_index, read_table, rows_from_plan
 from dcase.data.manifest import ManifestRow
 
 log = logging.getLogger(__name__)
@@ -233,13 +233,6 @@ def read_clotho(
         first_split[clip] = split
         unique.append(item)
     planned = unique
-    info = probe_many([(c, p) for _, c, p, _ in planned], bad, decode_check, progress,
-                      desc="Clotho audio", workers=workers)
-    rows = [
-        ManifestRow(clip_id=clip, audio_path=str(path.absolute()), split=split, source="clotho",
-                    duration_s=info[path][0], sample_rate=info[path][1], captions=caps)
-        for split, clip, path, caps in planned
-        if path in info
-    ]
+    rows = rows_from_plan(planned, "clotho", bad, decode_check, progress, workers, desc="Clotho audio")
     log.info("Clotho %s: %d clips (%d skipped)", list(splits), len(rows), len(bad))
     return rows

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dcase.data.build import BadClips, DataError, probe_many, read_table
+from dcase.data.build import BadClips, DataError, read_table, rows_from_plan
 from dcase.data.manifest import ManifestRow
 
 log = logging.getLogger(__name__)
@@ -235,20 +235,13 @@ def read_wavcaps(
         entries = [(s, e) for s, e in entries if min_duration <= e["duration"] <= max_duration]
         report.add(f"keep duration in [{min_duration:g}, {max_duration:g}] s", n, len(entries))
 
-    planned: list[tuple[str, Path, list[str]]] = []
+    planned: list[tuple[str, str, Path, list[str]]] = []
     for source, e in entries:
         found, tried = _resolve_audio(audio_root, source, e["id"], audio_pattern)
         if found is None:
             bad(e["clip_id"], tried, f"audio file not found (entry {e['index']} of {JSON_FILES[source]})")
             continue
-        planned.append((e["clip_id"], found, e["caption"]))
-    info = probe_many([(c, p) for c, p, _ in planned], bad, decode_check, progress,
-                      desc="WavCaps audio", workers=workers)
-    rows = [
-        ManifestRow(clip_id=clip, audio_path=str(path.absolute()), split="train", source="wavcaps",
-                    duration_s=info[path][0], sample_rate=info[path][1], captions=caps)
-        for clip, path, caps in planned
-        if path in info
-    ]
+        planned.append(("train", e["clip_id"], found, e["caption"]))
+    rows = rows_from_plan(planned, "wavcaps", bad, decode_check, progress, workers, desc="WavCaps audio")
     report.add("audio found and readable", len(entries), len(rows))
     return rows, report
