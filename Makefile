@@ -39,6 +39,7 @@ lint: $(VENV)/.installed-dev
 
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check dcase tests benchmarks
+	$(BIN)/ruff format --check dcase tests benchmarks
 	$(BIN)/python -m pytest -q --timeout 900 tests
 
 clean:

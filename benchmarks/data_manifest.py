@@ -64,8 +64,10 @@ def main() -> None:
     print(f"ratio decode / header-only: {t_decode / t_header:.2f}")
     print(f"ratio decode 1 thread / {args.workers} threads: {t_decode / t_decode_n:.2f}")
     if codec_rt is not None:
-        print(f"tiny DAC on {args.codec_clips} synth clips: {codec_rt:.1f}x real time -> "
-              f"{audio_s / codec_rt:.0f} s for this corpus")
+        print(
+            f"tiny DAC on {args.codec_clips} synth clips: {codec_rt:.1f}x real time -> "
+            f"{audio_s / codec_rt:.0f} s for this corpus"
+        )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ tokens, so both approaches sort the whole vocabulary at most steps) and with a p
 64-wide partial sort). The median nucleus size is printed for both.
 
 Candidate texts: the sampled ids mapped onto a word list (random weights have no meaningful tokenizer), 30 words
-per candidate, made distinct (the worst case for reranking: nothing merged, 30 texts checked and embedded). Encoder pass timed separately (the same for both approaches).
+per candidate, made distinct (the worst case for reranking: nothing merged, 30 texts checked and embedded). Encoder
+pass timed separately (the same for both approaches).
 
 Run: HF_HUB_OFFLINE=1 python benchmarks/decode.py [--repeats 2] [--threads 1]
 """
@@ -40,16 +41,30 @@ from pathlib import Path
 import numpy as np
 import torch
 
-WORDS = ("a dog barks while rain falls on the metal roof and birds sing near water running from tap as people "
-         "talk in busy room car passes by engine idles door creaks slams shut wind blows through trees").split()
+WORDS = (
+    "a dog barks while rain falls on the metal roof and birds sing near water running from tap as people "
+    "talk in busy room car passes by engine idles door creaks slams shut wind blows through trees"
+).split()
 
 
 def bart_base_enclap():
     from dcase.models.enclap import EnCLAP, EnCLAPConfig
 
-    cfg = EnCLAPConfig(vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
-                       decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072, dropout=0.0,
-                       n_codebooks=32, codebook_size=1024, clip_dim=768, max_codec_positions=1022)
+    cfg = EnCLAPConfig(
+        vocab_size=50265,
+        d_model=768,
+        encoder_layers=6,
+        decoder_layers=6,
+        encoder_attention_heads=12,
+        decoder_attention_heads=12,
+        encoder_ffn_dim=3072,
+        decoder_ffn_dim=3072,
+        dropout=0.0,
+        n_codebooks=32,
+        codebook_size=1024,
+        clip_dim=768,
+        max_codec_positions=1022,
+    )
     torch.manual_seed(0)
     return EnCLAP(cfg).eval()
 
@@ -68,8 +83,15 @@ def bert_base_checker(tmp: Path):
     ckpt = build_debug_checker(tmp / "checker", WORDS)  # writes the word-level tokenizer into checker/backbone
     bb = tmp / "checker" / "backbone"
     cfg = BertConfig.from_pretrained(str(bb))
-    cfg.update(dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                    max_position_embeddings=512))
+    cfg.update(
+        dict(
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            intermediate_size=3072,
+            max_position_embeddings=512,
+        )
+    )
     cfg.save_pretrained(str(bb))
     torch.manual_seed(0)
     save_checker(build_checker_module(BertModel(cfg), 6, str(bb)), ckpt)
@@ -81,8 +103,14 @@ def minilm_retriever():
     from dcase.models.retriever import Retriever, RetrieverConfig, TextTowerConfig
 
     torch.manual_seed(0)
-    return Retriever(RetrieverConfig(audio=CNextConfig.tiny(), joint_dim=1024, loss="infonce",
-                                     text=TextTowerConfig(name_or_path="all-MiniLM-L6-v2"))).eval()
+    return Retriever(
+        RetrieverConfig(
+            audio=CNextConfig.tiny(),
+            joint_dim=1024,
+            loss="infonce",
+            text=TextTowerConfig(name_or_path="all-MiniLM-L6-v2"),
+        )
+    ).eval()
 
 
 def timed(fn, repeats: int):
@@ -120,8 +148,10 @@ def main() -> None:
     mask = torch.ones(1, args.frames, dtype=torch.bool)
     emb = torch.randn(1, 768, generator=g)
     cfg = SamplingConfig(num_candidates=n, top_p=0.95, temperature=0.5, max_new_tokens=L, min_new_tokens=L)
-    print(f"EnCLAP BART-base size: {model.num_parameters() / 1e6:.1f} M parameters; 1 clip of {args.frames} frames; "
-          f"{n} candidates x {L} tokens; {torch.get_num_threads()} threads")
+    print(
+        f"EnCLAP BART-base size: {model.num_parameters() / 1e6:.1f} M parameters; 1 clip of {args.frames} frames; "
+        f"{n} candidates x {L} tokens; {torch.get_num_threads()} threads"
+    )
 
     with torch.no_grad():
         t_enc, (enc, enc_mask) = timed(lambda: model.encode(codes, mask, emb), args.repeats)
@@ -132,8 +162,16 @@ def main() -> None:
 
         def reference():
             torch.manual_seed(0)
-            return model.generate_from_encoder(hid, enc_mask, do_sample=True, top_p=0.95, temperature=0.5,
-                                               num_return_sequences=n, max_new_tokens=L, min_new_tokens=L)
+            return model.generate_from_encoder(
+                hid,
+                enc_mask,
+                do_sample=True,
+                top_p=0.95,
+                temperature=0.5,
+                num_return_sequences=n,
+                max_new_tokens=L,
+                min_new_tokens=L,
+            )
 
         def side_by_side():
             """Alternate the two approaches so load drift on the shared machine hits both."""
@@ -166,8 +204,10 @@ def main() -> None:
         sb = sb_flat
 
         # synthetic distinct 30-word texts (worst case: every candidate distinct, all checked and embedded)
-        texts = [" ".join(WORDS[(int(i) + 7 * t + 13 * j) % len(WORDS)] for t, i in enumerate(sb.tokens[0, j, 1:]))
-                 for j in range(n)]
+        texts = [
+            " ".join(WORDS[(int(i) + 7 * t + 13 * j) % len(WORDS)] for t, i in enumerate(sb.tokens[0, j, 1:]))
+            for j in range(n)
+        ]
         assert len(set(texts)) == n
         with tempfile.TemporaryDirectory() as tmp:
             checker = bert_base_checker(Path(tmp))
@@ -177,16 +217,30 @@ def main() -> None:
             def rerank_all():
                 probs = checker.error_probabilities(texts)
                 text = retriever.embed_text(texts).numpy()
-                table = make_candidates({"clip_id": "clip.wav", "text": t, "decoder_score": float(s),
-                                         "encoder_score": float(c), "fluency_error_prob": float(p)}
-                                        for t, s, c, p in zip(texts, sb.scores[0], text @ audio, probs, strict=True))
+                table = make_candidates(
+                    {
+                        "clip_id": "clip.wav",
+                        "text": t,
+                        "decoder_score": float(s),
+                        "encoder_score": float(c),
+                        "fluency_error_prob": float(p),
+                    }
+                    for t, s, c, p in zip(texts, sb.scores[0], text @ audio, probs, strict=True)
+                )
                 return rerank(table, 0.7, 0.3, 0.9)
 
             def rerank_lazy():  # the default: check in score order until a fluent candidate (same selection)
                 text = retriever.embed_text(texts).numpy()
-                table = make_candidates({"clip_id": "clip.wav", "text": t, "decoder_score": float(s),
-                                         "encoder_score": float(c), "fluency_error_prob": float("nan")}
-                                        for t, s, c in zip(texts, sb.scores[0], text @ audio, strict=True))
+                table = make_candidates(
+                    {
+                        "clip_id": "clip.wav",
+                        "text": t,
+                        "decoder_score": float(s),
+                        "encoder_score": float(c),
+                        "fluency_error_prob": float("nan"),
+                    }
+                    for t, s, c in zip(texts, sb.scores[0], text @ audio, strict=True)
+                )
                 table = lazy_fluency(table, checker.error_probabilities, 0.7, 0.3, 0.9)
                 return rerank(table, 0.7, 0.3, 0.9)
 
@@ -195,8 +249,9 @@ def main() -> None:
             def dynamic_padding():  # what the FENSE format's fixed 64-token padding costs (information only)
                 from dcase.decoding.fluency import preprocess_texts
 
-                b = checker.tokenizer(preprocess_texts(texts), truncation=True, padding=True, max_length=64,
-                                      return_tensors="pt")
+                b = checker.tokenizer(
+                    preprocess_texts(texts), truncation=True, padding=True, max_length=64, return_tensors="pt"
+                )
                 keys = ("input_ids", "attention_mask", "token_type_ids")
                 return checker.model(**{k: v for k, v in b.items() if k in keys}).float().sigmoid()[:, -1].numpy()
 
@@ -208,8 +263,9 @@ def main() -> None:
             n_checked = int(table_lazy["fluency_error_prob"].notna().sum())
         seqs = [[sb.tokens[0, j, :L].tolist() for j in range(n)]]
         t_tf, _ = timed(lambda: score_sequences(model, hid, enc_mask, seqs), args.repeats)
-        t_hf_score, _ = timed(lambda: model.sequence_logprobs(hid.expand(n, -1, -1), enc_mask.expand(n, -1),
-                                                              sb.tokens[0]), args.repeats)
+        t_hf_score, _ = timed(
+            lambda: model.sequence_logprobs(hid.expand(n, -1, -1), enc_mask.expand(n, -1), sb.tokens[0]), args.repeats
+        )
     assert table["selected"].sum() == 1
     assert table_lazy.loc[table_lazy["selected"], "text"].item() == table.loc[table["selected"], "text"].item()
 
@@ -238,8 +294,10 @@ def main() -> None:
     print(f"  retriever text embedding / sampling:                {t_txt / t_ours:6.1%}")
     print(f"  same overhead vs sampling with the peaked layer:    {t_rr / t_ours_pk:6.1%}")
     print(f"lazy overhead vs sampling with the peaked layer:      {t_lazy / t_ours_pk:6.1%}")
-    print(f"sampling + reranking per clip, ours: {t_enc + t_ours + t_rr:.2f} s; "
-          f"reference sampling alone: {t_enc + t_ref:.2f} s")
+    print(
+        f"sampling + reranking per clip, ours: {t_enc + t_ours + t_rr:.2f} s; "
+        f"reference sampling alone: {t_enc + t_ref:.2f} s"
+    )
     np.testing.assert_array_less(0, t_ours)
 
 

@@ -72,8 +72,9 @@ def pipeline(manifest: Path, codec: str, out: Path, batch_size: int, chunk_secon
     from dcase.features.extract import extract_codec
 
     t0 = time.perf_counter()
-    extract_codec(manifest, out, codec, batch_size=batch_size, chunk_seconds=chunk_seconds, progress=False,
-                  workers=workers)
+    extract_codec(
+        manifest, out, codec, batch_size=batch_size, chunk_seconds=chunk_seconds, progress=False, workers=workers
+    )
     return time.perf_counter() - t0
 
 
@@ -82,8 +83,15 @@ def rss_child(args: argparse.Namespace) -> None:
     from dcase.features.extract import extract_codec
 
     with tempfile.TemporaryDirectory() as td:
-        extract_codec(args.rss_child, Path(td) / "s", args.codec, batch_size=args.batch_size,
-                      chunk_seconds=args.chunk_seconds, progress=False, workers=args.workers)
+        extract_codec(
+            args.rss_child,
+            Path(td) / "s",
+            args.codec,
+            batch_size=args.batch_size,
+            chunk_seconds=args.chunk_seconds,
+            progress=False,
+            workers=args.workers,
+        )
     print(f"RSS_MB {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}")
 
 
@@ -92,8 +100,20 @@ def measure_rss(minutes: float, args: argparse.Namespace, work: Path) -> float:
     d.mkdir()
     files = make_files(d, [minutes * 60.0])
     m = write_manifest_for(files, d / "m.parquet")
-    cmd = [sys.executable, __file__, "--rss-child", str(m), "--codec", args.codec, "--batch-size",
-           str(args.batch_size), "--chunk-seconds", str(args.chunk_seconds), "--workers", str(args.workers)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--rss-child",
+        str(m),
+        "--codec",
+        args.codec,
+        "--batch-size",
+        str(args.batch_size),
+        "--chunk-seconds",
+        str(args.chunk_seconds),
+        "--workers",
+        str(args.workers),
+    ]
     t0 = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True, check=True)
     line = [ln for ln in res.stdout.splitlines() if ln.startswith("RSS_MB")][-1].split()
@@ -140,10 +160,14 @@ def main() -> None:
             a = plain_loop(files, model, work / f"plain{r}")
             b = pipeline(manifest, args.codec, work / f"store{r}", args.batch_size, args.chunk_seconds, args.workers)
             tp, tb = tp + a, tb + b
-            print(f"  rep {r}: plain loop {total / a:.2f} audio-s/s, extraction {total / b:.2f} audio-s/s, "
-                  f"ratio {a / b:.2f}x")
-        print(f"THROUGHPUT plain {args.reps * total / tp:.2f} audio-s/s | extraction {args.reps * total / tb:.2f} "
-              f"audio-s/s | ratio {tp / tb:.2f}x")
+            print(
+                f"  rep {r}: plain loop {total / a:.2f} audio-s/s, extraction {total / b:.2f} audio-s/s, "
+                f"ratio {a / b:.2f}x"
+            )
+        print(
+            f"THROUGHPUT plain {args.reps * total / tp:.2f} audio-s/s | extraction {args.reps * total / tb:.2f} "
+            f"audio-s/s | ratio {tp / tb:.2f}x"
+        )
         # the two paths must agree on the codes
         from dcase.features.store import FeatureStore
 
@@ -151,8 +175,10 @@ def main() -> None:
         pairs = [(store[p.name], np.load(work / "plain0" / (p.stem + ".npy"))) for p, _ in files]
         same = sum(np.array_equal(a, b) for a, b in pairs)
         agree = sum(int((a == b).sum()) for a, b in pairs) / sum(a.size for a, _ in pairs)
-        print(f"codes identical for {same}/{len(files)} files; {100 * agree:.3f}% of code entries agree "
-              f"(workers={args.workers}: one torch thread per batch vs the loop's {torch.get_num_threads()})")
+        print(
+            f"codes identical for {same}/{len(files)} files; {100 * agree:.3f}% of code entries agree "
+            f"(workers={args.workers}: one torch thread per batch vs the loop's {torch.get_num_threads()})"
+        )
         if not args.skip_rss:
             print("peak RSS (separate subprocesses):")
             long_rss = measure_rss(args.long_minutes, args, work)

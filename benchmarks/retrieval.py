@@ -57,8 +57,10 @@ def main() -> None:
     q = chunk(-1, args.queries, centres, args.sigma, args.seed)
     n_chunks = (args.n + args.chunk - 1) // args.chunk
     sizes = [min(args.chunk, args.n - i * args.chunk) for i in range(n_chunks)]
-    print(f"collection {args.n} x {args.dim} float32 ({args.n * args.dim * 4 / 2**30:.1f} GiB), {args.queries} "
-          f"queries, {args.clusters} clusters, sigma {args.sigma}, {args.threads} threads, faiss {faiss.__version__}")
+    print(
+        f"collection {args.n} x {args.dim} float32 ({args.n * args.dim * 4 / 2**30:.1f} GiB), {args.queries} "
+        f"queries, {args.clusters} clusters, sigma {args.sigma}, {args.threads} threads, faiss {faiss.__version__}"
+    )
 
     # exact search, streamed over the chunks
     t_exact = 0.0
@@ -79,8 +81,11 @@ def main() -> None:
     t0 = time.perf_counter()
     quant = faiss.IndexFlatIP(args.dim)
     index = faiss.IndexIVFFlat(quant, args.dim, args.nlist, faiss.METRIC_INNER_PRODUCT)
-    train = np.concatenate([chunk(i, size, centres, args.sigma, args.seed)
-                            for i, size in enumerate(sizes)][: max(1, args.train // args.chunk)])[: args.train]
+    train = np.concatenate(
+        [chunk(i, size, centres, args.sigma, args.seed) for i, size in enumerate(sizes)][
+            : max(1, args.train // args.chunk)
+        ]
+    )[: args.train]
     index.train(train)
     del train
     t_train = time.perf_counter() - t0
@@ -95,8 +100,10 @@ def main() -> None:
         _, ids = index.search(q, 10)
         dt = time.perf_counter() - t0
         recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, best_i, strict=True)])
-        print(f"  nprobe {nprobe:4d}: {dt:.3f} s for {args.queries} queries ({t_exact / dt:.1f}x faster than "
-              f"exact), recall@10 vs exact {recall:.4f}")
+        print(
+            f"  nprobe {nprobe:4d}: {dt:.3f} s for {args.queries} queries ({t_exact / dt:.1f}x faster than "
+            f"exact), recall@10 vs exact {recall:.4f}"
+        )
 
 
 if __name__ == "__main__":

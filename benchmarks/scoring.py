@@ -54,8 +54,9 @@ def main() -> None:
     _, t_bleu = _timed(lambda: [bleu(tc, tr, n=n) for n in range(1, 5)])
     _, t_rouge = _timed(lambda: rouge_l(tc, tr))
     (c_ptb, _), t_cider = _timed(lambda: cider_d(tc, tr))
-    (sc, sr), t_simple = _timed(lambda: ([simple_tokenize(c) for c in cands],
-                                         [[simple_tokenize(r) for r in rs] for rs in mrefs]))
+    (sc, sr), t_simple = _timed(
+        lambda: ([simple_tokenize(c) for c in cands], [[simple_tokenize(r) for r in rs] for rs in mrefs])
+    )
     c_simple, _ = cider_d(sc, sr)
     c_ptb, c_simple = float(c_ptb["cider_d"]), float(c_simple["cider_d"])
 
@@ -71,9 +72,17 @@ def main() -> None:
     print(f"CIDEr-D PTB {c_ptb:.6f}  fallback {c_simple:.6f}  relative difference {abs(c_simple - c_ptb) / c_ptb:.3%}")
 
     rng = np.random.default_rng(0)
-    rows = [{"clip_id": f"c{c}", "text": f"caption {c} {j}", "decoder_score": rng.normal(),
-             "encoder_score": rng.uniform(), "fluency_error_prob": rng.uniform()}
-            for c in range(1045) for j in range(30)]
+    rows = [
+        {
+            "clip_id": f"c{c}",
+            "text": f"caption {c} {j}",
+            "decoder_score": rng.normal(),
+            "encoder_score": rng.uniform(),
+            "fluency_error_prob": rng.uniform(),
+        }
+        for c in range(1045)
+        for j in range(30)
+    ]
     table = make_candidates(rows)
     _, t_rr = _timed(lambda: rerank(table))
     print(f"rerank 1045 clips x 30 candidates    {t_rr:7.2f} s")

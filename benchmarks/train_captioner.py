@@ -47,10 +47,21 @@ def run_variant(variant: str, steps: int, threads: int, batch: int, frames: int,
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    cfg = EnCLAPConfig(vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
-                       decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072,
-                       max_position_embeddings=1024, n_codebooks=32, codebook_size=1024, clip_dim=768,
-                       max_codec_positions=1022)
+    cfg = EnCLAPConfig(
+        vocab_size=50265,
+        d_model=768,
+        encoder_layers=6,
+        decoder_layers=6,
+        encoder_attention_heads=12,
+        decoder_attention_heads=12,
+        encoder_ffn_dim=3072,
+        decoder_ffn_dim=3072,
+        max_position_embeddings=1024,
+        n_codebooks=32,
+        codebook_size=1024,
+        clip_dim=768,
+        max_codec_positions=1022,
+    )
     model = EnCLAP(cfg).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01)
     codes = torch.randint(0, 1024, (batch, 32, frames))
@@ -75,9 +86,15 @@ def run_variant(variant: str, steps: int, threads: int, batch: int, frames: int,
         step()
     dt = (time.perf_counter() - t0) / steps
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"variant": variant, "step_s": dt, "samples_per_s": batch / dt, "peak_rss_gib": peak_kib / 2**20,
-            "flops_per_step": fc.get_total_flops(), "gflops_per_s": fc.get_total_flops() / dt / 1e9,
-            "params_m": model.num_parameters() / 1e6}
+    return {
+        "variant": variant,
+        "step_s": dt,
+        "samples_per_s": batch / dt,
+        "peak_rss_gib": peak_kib / 2**20,
+        "flops_per_step": fc.get_total_flops(),
+        "gflops_per_s": fc.get_total_flops() / dt / 1e9,
+        "params_m": model.num_parameters() / 1e6,
+    }
 
 
 def main() -> None:
@@ -95,28 +112,43 @@ def main() -> None:
     peak = matmul_peak(a.threads)
     res = {}
     for v in VARIANTS:
-        cmd = [sys.executable, __file__, "--variant", v, *sum(([f"--{k}", str(getattr(a, k))] for k in (
-            "steps", "threads", "batch", "frames", "tokens")), [])]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True,
-                             env={**os.environ, "OMP_NUM_THREADS": str(a.threads)})
+        cmd = [
+            sys.executable,
+            __file__,
+            "--variant",
+            v,
+            *sum(([f"--{k}", str(getattr(a, k))] for k in ("steps", "threads", "batch", "frames", "tokens")), []),
+        ]
+        out = subprocess.run(
+            cmd, check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(a.threads)}
+        )
         res[v] = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"matmul peak (fp32 2048^2, {a.threads} threads): {peak:.1f} GFLOP/s")
-    print(f"BART-base EnCLAP, batch {a.batch} x {a.frames} frames x 32 codebooks, {a.tokens}-token captions, "
-          f"MCM on, {a.steps} timed steps")
+    print(
+        f"BART-base EnCLAP, batch {a.batch} x {a.frames} frames x 32 codebooks, {a.tokens}-token captions, "
+        f"MCM on, {a.steps} timed steps"
+    )
     for v in VARIANTS:
         r = res[v]
-        print(f"  MCM heads on {v:6s} frames: {r['samples_per_s']:.3f} samples/s ({r['step_s']:.1f} s/step), "
-              f"peak RSS {r['peak_rss_gib']:.2f} GiB, {r['flops_per_step'] / 1e12:.2f} TFLOP/step, "
-              f"{r['gflops_per_s']:.1f} GFLOP/s = {r['gflops_per_s'] / peak:.0%} of matmul peak")
+        print(
+            f"  MCM heads on {v:6s} frames: {r['samples_per_s']:.3f} samples/s ({r['step_s']:.1f} s/step), "
+            f"peak RSS {r['peak_rss_gib']:.2f} GiB, {r['flops_per_step'] / 1e12:.2f} TFLOP/step, "
+            f"{r['gflops_per_s']:.1f} GFLOP/s = {r['gflops_per_s'] / peak:.0%} of matmul peak"
+        )
     m, al = res["masked"], res["all"]
-    print(f"masked vs all positions: speed x{m['samples_per_s'] / al['samples_per_s']:.2f}, "
-          f"peak memory {m['peak_rss_gib'] / al['peak_rss_gib']:.0%}, "
-          f"FLOPs {m['flops_per_step'] / al['flops_per_step']:.0%}")
+    print(
+        f"masked vs all positions: speed x{m['samples_per_s'] / al['samples_per_s']:.2f}, "
+        f"peak memory {m['peak_rss_gib'] / al['peak_rss_gib']:.0%}, "
+        f"FLOPs {m['flops_per_step'] / al['flops_per_step']:.0%}"
+    )
     ref_sps, ref_gib, quiet_peak = 0.23, 13.5, 185.0
-    print(f"vs the reference implementation (all-position MCM heads; 0.23 samples/s, 13.5 GiB on this machine kind "
-          f"when quiet, fp32 matmul peak ~{quiet_peak:.0f} GFLOP/s): peak memory {m['peak_rss_gib'] / ref_gib:.0%}; "
-          f"speed x{m['samples_per_s'] / ref_sps:.2f} raw at today's matmul peak {peak:.0f} GFLOP/s "
-          f"(x{m['samples_per_s'] * quiet_peak / peak / ref_sps:.2f} if scaled to a quiet host: an estimate)")
+    print(
+        f"vs the reference implementation (all-position MCM heads; 0.23 samples/s, 13.5 GiB on this machine kind "
+        f"when quiet, fp32 matmul peak ~{quiet_peak:.0f} GFLOP/s): peak memory {m['peak_rss_gib'] / ref_gib:.0%}; "
+        f"speed x{m['samples_per_s'] / ref_sps:.2f} raw at today's matmul peak {peak:.0f} GFLOP/s "
+        f"(x{m['samples_per_s'] * quiet_peak / peak / ref_sps:.2f} if scaled to a quiet host: an estimate)"
+    )
+
 
 if __name__ == "__main__":
     main()

@@ -52,8 +52,7 @@ class CaptionerStageConfig:
 
     model: EnCLAPConfig = field(default_factory=EnCLAPConfig)
     data: CaptionerDataConfig = field(default_factory=CaptionerDataConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(metric_for_best="cider_d",
-                                                                   greater_is_better=True))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(metric_for_best="cider_d", greater_is_better=True))
     mcm: bool = True  # masked codec modelling (pretraining); off for finetuning
     init: str | None = None  # EnCLAP checkpoint to start from (its model config replaces ``model``)
     gradient_checkpointing: bool = False
@@ -110,14 +109,17 @@ class StoreChain(Mapping[str, np.ndarray]):
         return sum(1 for _ in self)
 
 
-def check_coverage(df: pd.DataFrame, codes: Mapping[str, np.ndarray], embeds: Mapping[str, np.ndarray],
-                   where: str) -> None:
+def check_coverage(
+    df: pd.DataFrame, codes: Mapping[str, np.ndarray], embeds: Mapping[str, np.ndarray], where: str
+) -> None:
     """Every clip of ``df`` must be in both stores; raises ValueError naming the missing clips."""
     for name, store in (("codec", codes), ("embedding", embeds)):
         missing = [c for c in df["clip_id"] if c not in store]
         if missing:
-            raise ValueError(f"{where}: {len(missing)} clip(s) have no {name} features, e.g. {missing[:5]}; "
-                             f"run `dcase extract` for them")
+            raise ValueError(
+                f"{where}: {len(missing)} clip(s) have no {name} features, e.g. {missing[:5]}; "
+                f"run `dcase extract` for them"
+            )
 
 
 class CaptionDataset(torch.utils.data.Dataset):
@@ -128,9 +130,18 @@ class CaptionDataset(torch.utils.data.Dataset):
     ``max_frames`` (drawn from (seed, epoch, index)); otherwise the head is kept.
     """
 
-    def __init__(self, df: pd.DataFrame, codes: Mapping[str, np.ndarray], embeds: Mapping[str, np.ndarray],
-                 n_codebooks: int, clip_dim: int, max_frames: int, random_crop: bool, seed: int = 0,
-                 per_caption: bool = True) -> None:
+    def __init__(
+        self,
+        df: pd.DataFrame,
+        codes: Mapping[str, np.ndarray],
+        embeds: Mapping[str, np.ndarray],
+        n_codebooks: int,
+        clip_dim: int,
+        max_frames: int,
+        random_crop: bool,
+        seed: int = 0,
+        per_caption: bool = True,
+    ) -> None:
         self.codes, self.embeds = codes, embeds
         self.n_codebooks, self.clip_dim, self.max_frames = n_codebooks, clip_dim, max_frames
         self.random_crop, self.seed, self.epoch = random_crop, seed, 0
@@ -157,22 +168,24 @@ class CaptionDataset(torch.utils.data.Dataset):
         clip_id = self.clip_ids[i]
         codes = np.asarray(self.codes[clip_id])
         if codes.ndim != 2 or codes.shape[0] != self.n_codebooks or codes.shape[1] == 0:
-            raise ValueError(f"clip {clip_id!r}: codec features have shape {codes.shape}, expected "
-                             f"[{self.n_codebooks}, T > 0] (model.n_codebooks)")
+            raise ValueError(
+                f"clip {clip_id!r}: codec features have shape {codes.shape}, expected "
+                f"[{self.n_codebooks}, T > 0] (model.n_codebooks)"
+            )
         emb = np.asarray(self.embeds[clip_id], dtype=np.float32)
         if emb.shape != (self.clip_dim,):
-            raise ValueError(f"clip {clip_id!r}: clip embedding has shape {emb.shape}, expected "
-                             f"({self.clip_dim},) (model.clip_dim)")
+            raise ValueError(
+                f"clip {clip_id!r}: clip embedding has shape {emb.shape}, expected ({self.clip_dim},) (model.clip_dim)"
+            )
         T = codes.shape[1]
         start = 0
         if T > self.max_frames and self.random_crop:
             rng = np.random.default_rng([self.seed, self.epoch, idx])
             start = int(rng.integers(0, T - self.max_frames + 1))
-        return codes[:, start:start + self.max_frames].astype(np.int64), emb, caption
+        return codes[:, start : start + self.max_frames].astype(np.int64), emb, caption
 
 
-def collate_codes(items: Sequence[tuple[np.ndarray, np.ndarray, str]], pad_code: int
-                  ) -> dict[str, torch.Tensor]:
+def collate_codes(items: Sequence[tuple[np.ndarray, np.ndarray, str]], pad_code: int) -> dict[str, torch.Tensor]:
     """-> codes [B, N, L] (``pad_code`` after each clip), codes_mask [B, L] bool, clip_emb [B, D]."""
     L = max(c.shape[1] for c, _, _ in items)
     N = items[0][0].shape[0]
@@ -192,8 +205,14 @@ def load_rows(manifests: Sequence[str | Path], splits: Sequence[str] = ()) -> pd
 
 # ------------------------------------------------------------------------------------------ generation
 @torch.no_grad()
-def generate_captions(model: EnCLAP, dataset: CaptionDataset, batch_size: int = 16,
-                      indices: Sequence[int] | None = None, progress: bool = False, **gen_kwargs: Any) -> list[str]:
+def generate_captions(
+    model: EnCLAP,
+    dataset: CaptionDataset,
+    batch_size: int = 16,
+    indices: Sequence[int] | None = None,
+    progress: bool = False,
+    **gen_kwargs: Any,
+) -> list[str]:
     """Captions for the items ``indices`` (default: all) of ``dataset``, in that order; batches are formed
     by length. ``gen_kwargs`` go to ``EnCLAP.generate`` (e.g. ``num_beams``, ``max_new_tokens``)."""
     device = next(model.parameters()).device
@@ -207,19 +226,28 @@ def generate_captions(model: EnCLAP, dataset: CaptionDataset, batch_size: int = 
 
         starts = tqdm(starts, desc="generate", unit="batch")
     for s in starts:
-        js = order[s:s + batch_size]
+        js = order[s : s + batch_size]
         batch = collate_codes([dataset[indices[j]] for j in js], model.config.pad_code)
-        ids = model.generate(batch["codes"].to(device), batch["codes_mask"].to(device), batch["clip_emb"].to(device),
-                             **gen_kwargs)
+        ids = model.generate(
+            batch["codes"].to(device), batch["codes_mask"].to(device), batch["clip_emb"].to(device), **gen_kwargs
+        )
         for j, text in zip(js, model.decode_text(ids), strict=True):
             out[j] = text
     return out
 
 
-def validation_score(checkpoint: str | Path, manifest: str | Path, split: str = "validation",
-                     codec_stores: Sequence[str | Path] = (), embed_stores: Sequence[str | Path] = (),
-                     metric: str = "cider_d", max_clips: int = 0, batch_size: int = 16, num_beams: int = 1,
-                     max_new_tokens: int = 40) -> float:
+def validation_score(
+    checkpoint: str | Path,
+    manifest: str | Path,
+    split: str = "validation",
+    codec_stores: Sequence[str | Path] = (),
+    embed_stores: Sequence[str | Path] = (),
+    metric: str = "cider_d",
+    max_clips: int = 0,
+    batch_size: int = 16,
+    num_beams: int = 1,
+    max_new_tokens: int = 40,
+) -> float:
     """``metric`` of a checkpoint's greedy (or beam) captions on the captioned clips of ``split``.
 
     The built-in evaluator of ``dcase soup --method greedy --evaluator captioner`` (greedy soups rank and keep
@@ -239,8 +267,9 @@ def validation_score(checkpoint: str | Path, manifest: str | Path, split: str = 
     codes, embeds = StoreChain.open(codec_stores), StoreChain.open(embed_stores)
     check_coverage(df, codes, embeds, f"{manifest} split {split}")
     cfg = model.config
-    ds = CaptionDataset(df, codes, embeds, cfg.n_codebooks, cfg.clip_dim, cfg.max_codec_positions, random_crop=False,
-                        per_caption=False)
+    ds = CaptionDataset(
+        df, codes, embeds, cfg.n_codebooks, cfg.clip_dim, cfg.max_codec_positions, random_crop=False, per_caption=False
+    )
     texts = generate_captions(model, ds, batch_size, num_beams=num_beams, max_new_tokens=max_new_tokens)
     scores = evaluate_captions(texts, [list(c) for c in df["captions"]], [metric])
     value = scores.get(metric)
@@ -254,9 +283,14 @@ def validation_score(checkpoint: str | Path, manifest: str | Path, split: str = 
 class CaptionerTask:
     """``TrainTask`` for EnCLAP (see dcase.training)."""
 
-    def __init__(self, cfg: CaptionerStageConfig, codes: Mapping[str, np.ndarray] | None = None,
-                 embeds: Mapping[str, np.ndarray] | None = None, val_codes: Mapping[str, np.ndarray] | None = None,
-                 val_embeds: Mapping[str, np.ndarray] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: CaptionerStageConfig,
+        codes: Mapping[str, np.ndarray] | None = None,
+        embeds: Mapping[str, np.ndarray] | None = None,
+        val_codes: Mapping[str, np.ndarray] | None = None,
+        val_embeds: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
         """Stores default to ``cfg.data.codec_stores`` / ``embed_stores`` (validation uses the same)."""
         self.cfg = cfg
         self.codes = codes if codes is not None else StoreChain.open(cfg.data.codec_stores)
@@ -282,8 +316,7 @@ class CaptionerTask:
         model.mcm_heads.requires_grad_(self.cfg.mcm)  # unused heads: no DDP error, no decay
         if self.cfg.gradient_checkpointing:
             model.enable_gradient_checkpointing()
-        log.info("EnCLAP with %.1f M parameters, MCM %s", model.num_parameters() / 1e6,
-                 "on" if self.cfg.mcm else "off")
+        log.info("EnCLAP with %.1f M parameters, MCM %s", model.num_parameters() / 1e6, "on" if self.cfg.mcm else "off")
         return model.train()
 
     def _run_tokenizer(self) -> Any:
@@ -312,8 +345,16 @@ class CaptionerTask:
 
     def train_dataset(self) -> torch.utils.data.Dataset:
         mc = self.model_config
-        self._train = CaptionDataset(self.df, self.codes, self.embeds, mc.n_codebooks, mc.clip_dim,
-                                     mc.max_codec_positions, random_crop=True, seed=self.cfg.train.seed)
+        self._train = CaptionDataset(
+            self.df,
+            self.codes,
+            self.embeds,
+            mc.n_codebooks,
+            mc.clip_dim,
+            mc.max_codec_positions,
+            random_crop=True,
+            seed=self.cfg.train.seed,
+        )
         log.info("captioner training on %d clips, %d captions", len(self.df), len(self._train))
         return self._train
 
@@ -322,8 +363,13 @@ class CaptionerTask:
 
     def collate(self, items: list) -> dict[str, torch.Tensor]:
         batch = collate_codes(items, self.model_config.pad_code)
-        enc = self.tokenizer([c for _, _, c in items], padding=True, truncation=True,
-                             max_length=self.model_config.max_caption_tokens, return_tensors="pt")
+        enc = self.tokenizer(
+            [c for _, _, c in items],
+            padding=True,
+            truncation=True,
+            max_length=self.model_config.max_caption_tokens,
+            return_tensors="pt",
+        )
         batch["labels"] = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, IGNORE_INDEX)
         return batch
 
@@ -342,11 +388,26 @@ class CaptionerTask:
             if len(df) == 0:
                 raise ValueError(f"{d.val_manifest}: no captioned rows in split {d.val_split!r}")
             check_coverage(df, self.val_codes, self.val_embeds, f"validation data ({d.val_manifest})")
-            pairs = CaptionDataset(df, self.val_codes, self.val_embeds, mc.n_codebooks, mc.clip_dim,
-                                   mc.max_codec_positions, random_crop=False)
+            pairs = CaptionDataset(
+                df,
+                self.val_codes,
+                self.val_embeds,
+                mc.n_codebooks,
+                mc.clip_dim,
+                mc.max_codec_positions,
+                random_crop=False,
+            )
             gen_df = df.iloc[: d.val_max_clips] if d.val_max_clips else df
-            clips = CaptionDataset(gen_df, self.val_codes, self.val_embeds, mc.n_codebooks, mc.clip_dim,
-                                   mc.max_codec_positions, random_crop=False, per_caption=False)
+            clips = CaptionDataset(
+                gen_df,
+                self.val_codes,
+                self.val_embeds,
+                mc.n_codebooks,
+                mc.clip_dim,
+                mc.max_codec_positions,
+                random_crop=False,
+                per_caption=False,
+            )
             self._val = (gen_df.reset_index(drop=True), pairs, clips)
         return self._val
 
@@ -365,7 +426,7 @@ class CaptionerTask:
         lengths = pairs.lengths()
         order = sorted(range(rank, len(pairs), world), key=lambda i: lengths[i])
         for s in range(0, len(order), self.cfg.eval_batch_size):
-            batch = self.collate([pairs[i] for i in order[s:s + self.cfg.eval_batch_size]])
+            batch = self.collate([pairs[i] for i in order[s : s + self.cfg.eval_batch_size]])
             batch = {k: v.to(device) for k, v in batch.items()}
             logits = model(batch["codes"], batch["codes_mask"], batch["clip_emb"], labels=batch["labels"]).logits
             keep = batch["labels"] != IGNORE_INDEX
@@ -375,8 +436,14 @@ class CaptionerTask:
         metrics: dict[str, float] = {"loss": float(tot[0] / tot[1].clamp(min=1))}
         # generation on this process's share of the clips, gathered in clip order
         ids = list(range(rank, len(clips), world))
-        texts = generate_captions(model, clips, self.cfg.eval_batch_size, indices=ids,
-                                  num_beams=self.cfg.eval_num_beams, max_new_tokens=self.cfg.eval_max_new_tokens)
+        texts = generate_captions(
+            model,
+            clips,
+            self.cfg.eval_batch_size,
+            indices=ids,
+            num_beams=self.cfg.eval_num_beams,
+            max_new_tokens=self.cfg.eval_max_new_tokens,
+        )
         pairs_done = list(zip(ids, texts, strict=True))
         gathered = gather_object(pairs_done) if world > 1 else pairs_done
         cands = [t for _, t in sorted(gathered)]
@@ -400,14 +467,18 @@ class CaptionerTask:
         model.save_pretrained(path)
 
 
-def train_captioner(cfg: CaptionerStageConfig, codes: Mapping[str, np.ndarray] | None = None,
-                    embeds: Mapping[str, np.ndarray] | None = None) -> Path:
+def train_captioner(
+    cfg: CaptionerStageConfig,
+    codes: Mapping[str, np.ndarray] | None = None,
+    embeds: Mapping[str, np.ndarray] | None = None,
+) -> Path:
     """Pretrain (``cfg.mcm``) or finetune (``cfg.init``, usually MCM off) EnCLAP; returns the best checkpoint."""
     return fit(CaptionerTask(cfg, codes, embeds), cfg.train)
 
 
-def load_stage_config(path: str | Path | None, overrides: Sequence[str] = (), init: str | None = None,
-                      mcm: bool | None = None) -> CaptionerStageConfig:
+def load_stage_config(
+    path: str | Path | None, overrides: Sequence[str] = (), init: str | None = None, mcm: bool | None = None
+) -> CaptionerStageConfig:
     """The stage config from YAML + ``--set`` overrides (+ ``--init``)."""
     from dcase.config import load_config
 

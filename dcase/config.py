@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import platform
 import subprocess
 import types
 import typing
@@ -20,6 +19,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from dcase.env import package_versions
+from dcase.errors import InputError
 from dcase.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config file or override does not match the config dataclass."""
 
 
@@ -108,15 +109,14 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     unknown = sorted(set(data) - set(types_))
     if unknown:
         where = f" in '{prefix}'" if prefix else ""
-        raise ConfigError(
-            f"unknown config key(s) {unknown}{where} of {cls.__name__}; valid keys: {sorted(types_)}"
-        )
+        raise ConfigError(f"unknown config key(s) {unknown}{where} of {cls.__name__}; valid keys: {sorted(types_)}")
     kwargs = {k: _coerce(v, types_[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
     return cls(**kwargs)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A plain, YAML-serialisable dict of a (nested) dataclass config."""
+
     def conv(v: Any) -> Any:
         if dataclasses.is_dataclass(v) and not isinstance(v, type):
             return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
@@ -204,7 +204,10 @@ def git_hash(cwd: str | Path | None = None) -> str | None:
         if sha.returncode != 0:
             return None
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True,
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
             timeout=10,
         )
         return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
@@ -212,23 +215,9 @@ def git_hash(cwd: str | Path | None = None) -> str | None:
         return None
 
 
-def package_versions(names: Iterable[str] = (
-    "dcase", "torch", "transformers", "accelerate", "sentence-transformers", "aac-metrics", "numpy",
-    "pandas", "faiss-cpu", "pot", "soundfile", "soxr",
-)) -> dict[str, str | None]:
-    from importlib import metadata
-
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for n in names:
-        try:
-            out[n] = metadata.version(n)
-        except metadata.PackageNotFoundError:
-            out[n] = None
-    return out
-
-
-def write_run_info(run_dir: str | Path, config: Any, seed: int | None = None, extra: Mapping[str, Any] | None = None
-                   ) -> Path:
+def write_run_info(
+    run_dir: str | Path, config: Any, seed: int | None = None, extra: Mapping[str, Any] | None = None
+) -> Path:
     """Write ``config.yaml`` (resolved config) and ``run.json`` (seed, git hash, versions) into ``run_dir``."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from dcase.config import to_dict, write_run_info
+from dcase.errors import MissingInputError
 from dcase.io import atomic_write_text
 from dcase.models.enclap import CONFIG_FILE as ENCLAP_CONFIG
 
@@ -62,9 +63,21 @@ class DemoConfig:
     max_new_tokens: int = 30
     w_enc: float = 0.7
     w_dec: float = 0.3
-    metrics: list[str] = field(default_factory=lambda: [
-        "bleu_1", "bleu_4", "meteor", "rouge_l", "cider_d", "spice", "spider", "spider_fl", "fense", "sbert_sim",
-        "vocab"])
+    metrics: list[str] = field(
+        default_factory=lambda: [
+            "bleu_1",
+            "bleu_4",
+            "meteor",
+            "rouge_l",
+            "cider_d",
+            "spice",
+            "spider",
+            "spider_fl",
+            "fense",
+            "sbert_sim",
+            "vocab",
+        ]
+    )
 
 
 def _config_path(name: str) -> Path:
@@ -72,7 +85,7 @@ def _config_path(name: str) -> Path:
     if not path.is_absolute() and not path.exists():
         path = REPO_CONFIGS / name
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"demo stage config {name} not found (looked in {REPO_CONFIGS}); run the demo from a checkout of the "
             "dcase repository, or give absolute paths in configs/demo.yaml"
         )
@@ -121,8 +134,11 @@ def _plot(comparison: dict[str, dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(comparison)
-    keys = [k for k in ("cider_d", "meteor", "rouge_l", "bleu_4") if any(
-        isinstance(comparison[n].get("scores", {}).get(k), float) for n in names)]
+    keys = [
+        k
+        for k in ("cider_d", "meteor", "rouge_l", "bleu_4")
+        if any(isinstance(comparison[n].get("scores", {}).get(k), float) for n in names)
+    ]
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.2), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
         vals = [comparison[n]["scores"].get(key) or 0.0 for n in names]
@@ -177,14 +193,30 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
 
     # 1-2. data ---------------------------------------------------------------------------------------------
-    steps.run("synth corpus", lambda: (corpus / INFO_JSON).is_file(),
-              lambda: make_synth_corpus(corpus, cfg.clips, cfg.seed, n_retrieval=max(MIN_TASK8_CLIPS, cfg.clips // 20),
-                                        overwrite=True, progress=True))
+    steps.run(
+        "synth corpus",
+        lambda: (corpus / INFO_JSON).is_file(),
+        lambda: make_synth_corpus(
+            corpus,
+            cfg.clips,
+            cfg.seed,
+            n_retrieval=max(MIN_TASK8_CLIPS, cfg.clips // 20),
+            overwrite=True,
+            progress=True,
+        ),
+    )
 
     def _manifests() -> None:
         clotho = build_manifest("clotho", corpus, out / "manifest_clotho.parquet", overwrite=True, progress=True)
-        mixup = build_manifest("clotho-mixup", corpus / MIXUP_JSON, out / "manifest_mixup.parquet",
-                               clotho_root=corpus, seed=cfg.seed, overwrite=True, progress=True)
+        mixup = build_manifest(
+            "clotho-mixup",
+            corpus / MIXUP_JSON,
+            out / "manifest_mixup.parquet",
+            clotho_root=corpus,
+            seed=cfg.seed,
+            overwrite=True,
+            progress=True,
+        )
         write_manifest(concat_manifests([clotho.frame, mixup.frame]), manifest)
 
     steps.run("manifests", manifest.is_file, _manifests)
@@ -196,10 +228,19 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
     ret_best = ret_dir / "best_checkpoint.txt"
 
     def _retriever() -> None:
-        rcfg = load_config(RetrieverStageConfig, _config_path(cfg.retriever_config), [
-            f"data.train_manifests=[{manifest}]", "data.train_splits=[development]",
-            f"data.val_manifest={manifest}", "data.val_split=validation", f"train.output_dir={ret_dir}",
-            f"train.seed={cfg.seed}", *cfg.retriever_overrides])
+        rcfg = load_config(
+            RetrieverStageConfig,
+            _config_path(cfg.retriever_config),
+            [
+                f"data.train_manifests=[{manifest}]",
+                "data.train_splits=[development]",
+                f"data.val_manifest={manifest}",
+                "data.val_split=validation",
+                f"train.output_dir={ret_dir}",
+                f"train.seed={cfg.seed}",
+                *cfg.retriever_overrides,
+            ],
+        )
         best = train_retriever(rcfg)
         atomic_write_text(ret_best, str(best))
 
@@ -208,18 +249,28 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
 
     # 4-5. features ------------------------------------------------------------------------------------------
     emb_store, dac_store = feats / "emb", feats / "dac"
-    steps.run("clip embeddings", lambda: (emb_store / "index.json").is_file(),
-              lambda: extract_embeddings(manifest, emb_store, retriever, progress=True))
-    steps.run("DAC codes", lambda: (dac_store / "index.json").is_file(),
-              lambda: extract_codec(manifest, dac_store, codec=cfg.codec, progress=True))
+    steps.run(
+        "clip embeddings",
+        lambda: (emb_store / "index.json").is_file(),
+        lambda: extract_embeddings(manifest, emb_store, retriever, progress=True),
+    )
+    steps.run(
+        "DAC codes",
+        lambda: (dac_store / "index.json").is_file(),
+        lambda: extract_codec(manifest, dac_store, codec=cfg.codec, progress=True),
+    )
     codec_prov = FeatureStore.open(dac_store).provenance
     emb = FeatureStore.open(emb_store)
     clip_dim = int(next(iter(emb.values())).shape[0])
     feature_overrides = [
         f"model.n_codebooks={codec_prov['n_codebooks']}",
         f"model.codebook_size={codec_prov['extractor_config']['codebook_size']}",
-        f"model.clip_dim={clip_dim}", f"data.codec_stores=[{dac_store}]", f"data.embed_stores=[{emb_store}]",
-        f"data.val_manifest={manifest}", "data.val_split=validation", f"data.train_manifests=[{manifest}]",
+        f"model.clip_dim={clip_dim}",
+        f"data.codec_stores=[{dac_store}]",
+        f"data.embed_stores=[{emb_store}]",
+        f"data.val_manifest={manifest}",
+        "data.val_split=validation",
+        f"data.train_manifests=[{manifest}]",
     ]
 
     # 6-8. captioner -----------------------------------------------------------------------------------------
@@ -227,9 +278,17 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
     pre_best = pre_dir / "best_checkpoint.txt"
 
     def _pretrain() -> None:
-        pcfg = load_stage_config(_config_path(cfg.pretrain_config), [
-            *feature_overrides, "data.train_splits=[development,train]", f"train.output_dir={pre_dir}",
-            f"train.seed={cfg.seed}", *cfg.captioner_overrides, *cfg.pretrain_overrides])
+        pcfg = load_stage_config(
+            _config_path(cfg.pretrain_config),
+            [
+                *feature_overrides,
+                "data.train_splits=[development,train]",
+                f"train.output_dir={pre_dir}",
+                f"train.seed={cfg.seed}",
+                *cfg.captioner_overrides,
+                *cfg.pretrain_overrides,
+            ],
+        )
         atomic_write_text(pre_best, str(train_captioner(pcfg)))
 
     steps.run("captioner pretraining (MCM)", pre_best.is_file, _pretrain)
@@ -239,17 +298,29 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
         ft_best = ft_dir / "best_checkpoint.txt"
 
         def _finetune(ft_dir: Path = ft_dir, ft_best: Path = ft_best, s: int = s) -> None:
-            fcfg = load_stage_config(_config_path(cfg.finetune_config), [
-                *feature_overrides, "data.train_splits=[development]", f"train.output_dir={ft_dir}",
-                f"train.seed={s}", *cfg.captioner_overrides, *cfg.finetune_overrides],
-                init=pre_best.read_text().strip(), mcm=False)
+            fcfg = load_stage_config(
+                _config_path(cfg.finetune_config),
+                [
+                    *feature_overrides,
+                    "data.train_splits=[development]",
+                    f"train.output_dir={ft_dir}",
+                    f"train.seed={s}",
+                    *cfg.captioner_overrides,
+                    *cfg.finetune_overrides,
+                ],
+                init=pre_best.read_text().strip(),
+                mcm=False,
+            )
             atomic_write_text(ft_best, str(train_captioner(fcfg)))
 
         steps.run(f"captioner finetuning (seed {s})", ft_best.is_file, _finetune)
         finetuned.append(Path(ft_best.read_text().strip()))
     soup = out / "soup"
-    steps.run("uniform soup", lambda: (soup / ENCLAP_CONFIG).is_file(),
-              lambda: soup_checkpoints(finetuned, soup, method="uniform", overwrite=True))
+    steps.run(
+        "uniform soup",
+        lambda: (soup / ENCLAP_CONFIG).is_file(),
+        lambda: soup_checkpoints(finetuned, soup, method="uniform", overwrite=True),
+    )
 
     # an untrained captioner of the same shape: the floor the trained ones must clear
     untrained = runs / "captioner_untrained"
@@ -261,16 +332,27 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
 
     steps.run("untrained captioner (reference floor)", lambda: (untrained / ENCLAP_CONFIG).is_file(), _untrained)
     untrained_csv = decode_dir / "untrained_greedy.csv"
-    steps.run("decode: untrained_greedy", untrained_csv.is_file,
-              lambda: _untrained_captions(untrained, manifest, cfg, dac_store, emb_store, untrained_csv))
+    steps.run(
+        "decode: untrained_greedy",
+        untrained_csv.is_file,
+        lambda: _untrained_captions(untrained, manifest, cfg, dac_store, emb_store, untrained_csv),
+    )
 
     # 9. decoding ----------------------------------------------------------------------------------------------
     def gen(name: str, captioners: list[Path], mode: str) -> Path:
         path = decode_dir / f"{name}.parquet"
         gcfg = GenerateConfig(
-            captioners=[str(c) for c in captioners], retriever=str(retriever), manifest=str(manifest),
-            split=cfg.eval_split, codec_stores=[str(dac_store)], embed_stores=[str(emb_store)], out=str(path),
-            mode=mode, w_enc=cfg.w_enc, w_dec=cfg.w_dec)
+            captioners=[str(c) for c in captioners],
+            retriever=str(retriever),
+            manifest=str(manifest),
+            split=cfg.eval_split,
+            codec_stores=[str(dac_store)],
+            embed_stores=[str(emb_store)],
+            out=str(path),
+            mode=mode,
+            w_enc=cfg.w_enc,
+            w_dec=cfg.w_dec,
+        )
         gcfg.sampling.num_candidates = cfg.num_candidates
         gcfg.sampling.top_p = cfg.top_p
         gcfg.sampling.temperature = cfg.temperature
@@ -288,22 +370,40 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
 
     # 10. submissions ------------------------------------------------------------------------------------------
     eval_audio = corpus / "clotho_audio_files" / cfg.eval_split
-    t6 = {1: ("single_sampled_reranked", "Demo single", "DemoSgl"), 2: ("soup_sampled_reranked", "Demo soup",
-                                                                        "DemoSoup")}
+    t6 = {
+        1: ("single_sampled_reranked", "Demo single", "DemoSgl"),
+        2: ("soup_sampled_reranked", "Demo soup", "DemoSoup"),
+    }
     t6_files: list[tuple[Path, Path]] = []
     for idx, (system, name, abbr) in t6.items():
         csv_path, meta_path = sub / f"Demo_Synth_task6_{idx}.output.csv", sub / f"Demo_Synth_task6_{idx}.meta.yaml"
 
-        def _t6(system: str = system, csv_path: Path = csv_path, meta_path: Path = meta_path, idx: int = idx,
-                name: str = name, abbr: str = abbr) -> None:
+        def _t6(
+            system: str = system,
+            csv_path: Path = csv_path,
+            meta_path: Path = meta_path,
+            idx: int = idx,
+            name: str = name,
+            abbr: str = abbr,
+        ) -> None:
             write_task6(task6_rows(systems[system]), csv_path, overwrite=True, audio_dir=eval_audio)
-            meta = build_meta({
-                "lastname": "Demo", "institute": "Synth", "index": idx, "name": name, "abbreviation": abbr,
-                "data": ["dcase synthetic corpus (development split + mixup pairs)"],
-                "ensemble_num_systems": 1 if idx == 1 else len(finetuned),
-                "description": {"decoding": f"nucleus sampling p={cfg.top_p} T={cfg.temperature}, "
-                                f"{cfg.num_candidates} candidates; rerank {cfg.w_enc} cos + {cfg.w_dec} loglik"},
-                "source_code": "dcase demo"}, task=6)
+            meta = build_meta(
+                {
+                    "lastname": "Demo",
+                    "institute": "Synth",
+                    "index": idx,
+                    "name": name,
+                    "abbreviation": abbr,
+                    "data": ["dcase synthetic corpus (development split + mixup pairs)"],
+                    "ensemble_num_systems": 1 if idx == 1 else len(finetuned),
+                    "description": {
+                        "decoding": f"nucleus sampling p={cfg.top_p} T={cfg.temperature}, "
+                        f"{cfg.num_candidates} candidates; rerank {cfg.w_enc} cos + {cfg.w_dec} loglik"
+                    },
+                    "source_code": "dcase demo",
+                },
+                task=6,
+            )
             write_meta(meta, meta_path, overwrite=True)
 
         steps.run(f"task6 submission {idx}", csv_path.is_file, _t6)
@@ -313,17 +413,45 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
 
     def _t8() -> None:
         rows = rank_task8([retriever], corpus / "test_retrieval_audio", corpus / "retrieval_captions.csv")
-        write_task8(rows, t8_csv, overwrite=True, audio_dir=corpus / "test_retrieval_audio",
-                    references=corpus / "retrieval_captions.csv")
-        write_meta(build_meta({"lastname": "Demo", "institute": "Synth", "index": 1, "name": "Demo retriever",
-                               "abbreviation": "DemoRet", "data": ["dcase synthetic corpus (development split)"],
-                               "source_code": "dcase demo"}, task=8), t8_meta, overwrite=True)
+        write_task8(
+            rows,
+            t8_csv,
+            overwrite=True,
+            audio_dir=corpus / "test_retrieval_audio",
+            references=corpus / "retrieval_captions.csv",
+        )
+        write_meta(
+            build_meta(
+                {
+                    "lastname": "Demo",
+                    "institute": "Synth",
+                    "index": 1,
+                    "name": "Demo retriever",
+                    "abbreviation": "DemoRet",
+                    "data": ["dcase synthetic corpus (development split)"],
+                    "source_code": "dcase demo",
+                },
+                task=8,
+            ),
+            t8_meta,
+            overwrite=True,
+        )
 
     steps.run("task8 submission", t8_csv.is_file, _t8)
     package = sub / "package"
-    steps.run("package", lambda: package.is_dir(), lambda: package_submission(
-        package, task6=t6_files, task8=[(t8_csv, t8_meta)], overwrite=True, audio_dir6=eval_audio,
-        audio_dir8=corpus / "test_retrieval_audio", references8=corpus / "retrieval_captions.csv"))
+    steps.run(
+        "package",
+        lambda: package.is_dir(),
+        lambda: package_submission(
+            package,
+            task6=t6_files,
+            task8=[(t8_csv, t8_meta)],
+            overwrite=True,
+            audio_dir6=eval_audio,
+            audio_dir8=corpus / "test_retrieval_audio",
+            references8=corpus / "retrieval_captions.csv",
+        ),
+    )
 
     # 11. scores -----------------------------------------------------------------------------------------------
     t_score = time.perf_counter()
@@ -331,19 +459,29 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
     for name, path in systems.items():
         sidecar = json.loads(path.with_suffix(".json").read_text()) if path.with_suffix(".json").is_file() else {}
         rows = _read_rows_csv(path) if path.suffix == ".csv" else task6_rows(path)
-        comparison[name] = {"scores": _score(rows, refs, cfg.metrics),
-                            "fluency_filter": sidecar.get("fluency_filter", sidecar.get("fluency", "off"))}
+        comparison[name] = {
+            "scores": _score(rows, refs, cfg.metrics),
+            "fluency_filter": sidecar.get("fluency_filter", sidecar.get("fluency", "off")),
+        }
     n_eval_clips = len(refs)
     retrieval = evaluate_retrievers([retriever], manifest, cfg.eval_split)
     ret_scores = retrieval["models"][next(iter(retrieval["models"]))]
     task8_scores = score_task8_files(t8_csv, corpus / RETRIEVAL_TRUTH_CSV)
     scores: dict[str, Any] = {
-        "task6": {"split": cfg.eval_split, "clips": n_eval_clips, "systems": comparison,
-                  "submitted": {str(p.name): n for p, (n, _, _) in zip([c for c, _ in t6_files], t6.values(),
-                                                                        strict=True)}},
-        "task8": {"split": cfg.eval_split, "queries": retrieval["queries"], "items": retrieval["items"],
-                  "metrics": ret_scores, "chance_map_at_10": _chance_map_at_10(retrieval["items"]),
-                  "retrieval_audio_csv": {"file": t8_csv.name, **task8_scores}},
+        "task6": {
+            "split": cfg.eval_split,
+            "clips": n_eval_clips,
+            "systems": comparison,
+            "submitted": {str(p.name): n for p, (n, _, _) in zip([c for c, _ in t6_files], t6.values(), strict=True)},
+        },
+        "task8": {
+            "split": cfg.eval_split,
+            "queries": retrieval["queries"],
+            "items": retrieval["items"],
+            "metrics": ret_scores,
+            "chance_map_at_10": _chance_map_at_10(retrieval["items"]),
+            "retrieval_audio_csv": {"file": t8_csv.name, **task8_scores},
+        },
         "fluency_filter": "off: no FENSE error-detector checkpoint is available offline (dcase.decoding.fluency)",
         "timings_s": steps.timings,
         "demo_config": to_dict(cfg),
@@ -356,8 +494,9 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
     return scores
 
 
-def _untrained_captions(ckpt: Path, manifest: Path, cfg: DemoConfig, dac_store: Path, emb_store: Path,
-                        out_csv: Path) -> None:
+def _untrained_captions(
+    ckpt: Path, manifest: Path, cfg: DemoConfig, dac_store: Path, emb_store: Path, out_csv: Path
+) -> None:
     """Greedy captions of a random-weight captioner on the held-out split. Such a decoder mostly emits special
     tokens (decoded as an empty string), so they are suppressed and ``UNTRAINED_MIN_TOKENS`` tokens forced:
     the floor is then a real, scoreable caption rather than an empty one."""
@@ -368,13 +507,28 @@ def _untrained_captions(ckpt: Path, manifest: Path, cfg: DemoConfig, dac_store: 
 
     model = EnCLAP.from_pretrained(ckpt).eval()
     df = read_manifest(manifest, [cfg.eval_split])
-    ds = CaptionDataset(df, StoreChain.open([dac_store]), StoreChain.open([emb_store]), model.config.n_codebooks,
-                        model.config.clip_dim, model.config.max_codec_positions, random_crop=False,
-                        per_caption=False)
+    ds = CaptionDataset(
+        df,
+        StoreChain.open([dac_store]),
+        StoreChain.open([emb_store]),
+        model.config.n_codebooks,
+        model.config.clip_dim,
+        model.config.max_codec_positions,
+        random_crop=False,
+        per_caption=False,
+    )
     tok = model.tokenizer
     special = [i for i in tok.all_special_ids if i != tok.eos_token_id]
-    texts = generate_captions(model, ds, max_new_tokens=cfg.max_new_tokens, min_new_tokens=UNTRAINED_MIN_TOKENS,
-                              suppress_tokens=special, forced_bos_token_id=None, do_sample=False, num_beams=1)
+    texts = generate_captions(
+        model,
+        ds,
+        max_new_tokens=cfg.max_new_tokens,
+        min_new_tokens=UNTRAINED_MIN_TOKENS,
+        suppress_tokens=special,
+        forced_bos_token_id=None,
+        do_sample=False,
+        num_beams=1,
+    )
     write_task6(list(zip(df["clip_id"].astype(str), texts, strict=True)), out_csv, overwrite=True)
 
 
@@ -409,7 +563,9 @@ def summary_lines(scores: dict[str, Any]) -> list[str]:
         lines.append(f"  {k}: not computed ({why})")
     t8 = scores["task8"]
     m = t8["metrics"]
-    lines.append(f"Task 8 ({t8['queries']} queries x {t8['items']} clips): mAP@10 {m['map_at_10']:.3f} "
-                 f"R@1 {m['r_at_1']:.3f} R@10 {m['r_at_10']:.3f} (chance mAP@10 {t8['chance_map_at_10']:.3f})")
+    lines.append(
+        f"Task 8 ({t8['queries']} queries x {t8['items']} clips): mAP@10 {m['map_at_10']:.3f} "
+        f"R@1 {m['r_at_1']:.3f} R@10 {m['r_at_10']:.3f} (chance mAP@10 {t8['chance_map_at_10']:.3f})"
+    )
     lines.append(f"Wall time: {sum(v for v in scores['timings_s'].values()):.0f} s over all steps")
     return lines

@@ -21,8 +21,11 @@ PACKAGES: tuple[str, ...] = (
     "safetensors",
     "tokenizers",
     "faiss-cpu",
+    "pot",
     "numpy",
     "pandas",
+    "soundfile",
+    "soxr",
 )
 
 

@@ -49,6 +49,7 @@ from dcase.decoding.rerank import (
     write_candidates,
 )
 from dcase.decoding.sample import Candidate, SamplingConfig, clip_seed
+from dcase.errors import MissingInputError, OutputExistsError
 from dcase.io import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -122,8 +123,10 @@ def load_captioners(paths: Sequence[str | Path], device: str = "cpu") -> list[An
     for p, m in zip(paths[1:], models[1:], strict=True):
         a, b = models[0].config, m.config
         if (a.n_codebooks, a.clip_dim) != (b.n_codebooks, b.clip_dim):
-            raise ValueError(f"{p}: n_codebooks/clip_dim {b.n_codebooks}/{b.clip_dim} differ from {paths[0]}'s "
-                             f"{a.n_codebooks}/{a.clip_dim}: the ensemble cannot share feature stores")
+            raise ValueError(
+                f"{p}: n_codebooks/clip_dim {b.n_codebooks}/{b.clip_dim} differ from {paths[0]}'s "
+                f"{a.n_codebooks}/{a.clip_dim}: the ensemble cannot share feature stores"
+            )
     for p, m in zip(paths, models, strict=True):
         if m.tokenizer is None:
             raise ValueError(f"{p}: captioner checkpoint has no tokenizer/ folder")
@@ -143,8 +146,14 @@ def store_matches_retriever(store: Any, retriever_sha: str) -> bool:
     return prov.get("kind") == "embed" and prov.get("checkpoint_sha256") == retriever_sha
 
 
-def clip_audio_embeddings(retriever: Any, retriever_path: str | Path, rows: pd.DataFrame, embed_stores: Any,
-                          how: str = "auto", retriever_sha: str | None = None) -> tuple[np.ndarray, str]:
+def clip_audio_embeddings(
+    retriever: Any,
+    retriever_path: str | Path,
+    rows: pd.DataFrame,
+    embed_stores: Any,
+    how: str = "auto",
+    retriever_sha: str | None = None,
+) -> tuple[np.ndarray, str]:
     """The retriever's L2-normalised audio embedding of each row: float32 [N, D], and where it came from
     (``store`` when the clip-embedding store was made by this retriever, else ``computed`` from the audio)."""
     from dcase.data.audio import load_clip
@@ -154,8 +163,10 @@ def clip_audio_embeddings(retriever: Any, retriever_path: str | Path, rows: pd.D
     holders = [embed_stores._find(c) if hasattr(embed_stores, "_find") else embed_stores for c in rows["clip_id"]]
     same = all(h is not None and store_matches_retriever(h, sha) for h in holders)
     if how == "store" and not same:
-        raise ValueError(f"audio_embedding=store, but the clip-embedding store(s) were not made by {retriever_path} "
-                         "(provenance checkpoint_sha256 differs); use auto or compute")
+        raise ValueError(
+            f"audio_embedding=store, but the clip-embedding store(s) were not made by {retriever_path} "
+            "(provenance checkpoint_sha256 differs); use auto or compute"
+        )
     if how != "compute" and same:
         emb = np.stack([np.asarray(embed_stores[c], dtype=np.float32) for c in rows["clip_id"]])
         src = "store"
@@ -169,8 +180,9 @@ def clip_audio_embeddings(retriever: Any, retriever_path: str | Path, rows: pd.D
     return emb.astype(np.float32), src
 
 
-def encoder_scores(retriever: Any, audio_emb: np.ndarray, texts_per_clip: Sequence[Sequence[str]],
-                   batch_size: int = 64) -> list[np.ndarray]:
+def encoder_scores(
+    retriever: Any, audio_emb: np.ndarray, texts_per_clip: Sequence[Sequence[str]], batch_size: int = 64
+) -> list[np.ndarray]:
     """Cosine(audio embedding of clip b, text embedding of each candidate of clip b): per clip float64 [n_b]."""
     flat = [t for ts in texts_per_clip for t in ts]
     if not flat:
@@ -179,13 +191,14 @@ def encoder_scores(retriever: Any, audio_emb: np.ndarray, texts_per_clip: Sequen
     text = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
     out, i = [], 0
     for b, ts in enumerate(texts_per_clip):
-        out.append((text[i:i + len(ts)] @ audio_emb[b]).astype(np.float64))
+        out.append((text[i : i + len(ts)] @ audio_emb[b]).astype(np.float64))
         i += len(ts)
     return out
 
 
-def candidates_for_batch(models: Sequence[Any], batch: dict, cfg: GenerateConfig, seeds: Sequence[int]
-                         ) -> list[list[Candidate]]:
+def candidates_for_batch(
+    models: Sequence[Any], batch: dict, cfg: GenerateConfig, seeds: Sequence[int]
+) -> list[list[Candidate]]:
     """Candidates of one batch of clips (codes/codes_mask/clip_emb tensors) under ``cfg.mode`` / ``cfg.ensemble``."""
     from dcase.decoding.ensemble import beam_candidates, pool_from_encoder
     from dcase.decoding.sample import batch_candidates, encode_batch, sample_from_encoder
@@ -194,11 +207,13 @@ def candidates_for_batch(models: Sequence[Any], batch: dict, cfg: GenerateConfig
     encoded = encode_batch(models, batch["codes"].to(dev), batch["codes_mask"].to(dev), batch["clip_emb"].to(dev))
     greedy = cfg.mode == "greedy"
     if len(models) > 1 and cfg.ensemble == "pool":
-        return pool_from_encoder(models, encoded, cfg.sampling, seeds, greedy=greedy,
-                                 beams=cfg.num_beams if cfg.mode == "beam" else 0)
+        return pool_from_encoder(
+            models, encoded, cfg.sampling, seeds, greedy=greedy, beams=cfg.num_beams if cfg.mode == "beam" else 0
+        )
     if cfg.mode == "beam":
-        return beam_candidates(models[0], encoded[0], cfg.num_beams, cfg.sampling.max_new_tokens,
-                               cfg.sampling.min_new_tokens)
+        return beam_candidates(
+            models[0], encoded[0], cfg.num_beams, cfg.sampling.max_new_tokens, cfg.sampling.min_new_tokens
+        )
     sb = sample_from_encoder(models, encoded, cfg.sampling, seeds, greedy=greedy)
     return batch_candidates(models[0], sb)
 
@@ -206,8 +221,9 @@ def candidates_for_batch(models: Sequence[Any], batch: dict, cfg: GenerateConfig
 # --------------------------------------------------------------------------------------------- the stage
 def _fingerprint(cfg: GenerateConfig, clip_ids: list[str]) -> dict[str, Any]:
     """What the parts depend on (compared on resume)."""
-    keep = {k: v for k, v in dataclasses.asdict(cfg).items()
-            if k not in ("out", "chunk_clips", "device", "text_batch_size")}
+    keep = {
+        k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "chunk_clips", "device", "text_batch_size")
+    }
     keep["sampling"] = {k: v for k, v in keep["sampling"].items() if k != "batch_clips"}
     keep["captioner_sha256"] = [_checkpoint_sha(p) for p in cfg.captioners]
     keep["retriever_sha256"] = _checkpoint_sha(cfg.retriever) if cfg.retriever else None
@@ -226,8 +242,9 @@ def sidecar_path(out: str | Path) -> Path:
     return out.with_suffix(".json")
 
 
-def generate_candidates(cfg: GenerateConfig, progress: bool = True, overwrite: bool = False,
-                        stop_after_chunks: int | None = None) -> pd.DataFrame:
+def generate_candidates(
+    cfg: GenerateConfig, progress: bool = True, overwrite: bool = False, stop_after_chunks: int | None = None
+) -> pd.DataFrame:
     """Run the stage (module docstring); returns the reranked candidates table written to ``cfg.out``.
 
     ``stop_after_chunks`` stops after that many newly finished chunks (used to test resuming) and returns the
@@ -242,15 +259,16 @@ def generate_candidates(cfg: GenerateConfig, progress: bool = True, overwrite: b
     cfg.check()
     out = Path(cfg.out)
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+        raise OutputExistsError(f"{out} exists; pass overwrite=True (CLI: --overwrite) to replace it")
     t0 = time.perf_counter()
     rows = read_manifest(cfg.manifest, [cfg.split] if cfg.split else None)
     clip_ids = rows["clip_id"].astype(str).tolist()
     codes = StoreChain.open(cfg.codec_stores)
     embeds = StoreChain.open(cfg.embed_stores)
     check_coverage(rows, codes, embeds, f"{cfg.manifest}" + (f" split {cfg.split}" if cfg.split else ""))
-    checker, fluency_status = fluency_stage(cfg.fluency_checker, cfg.fluency_backbone, cfg.fluency_threshold,
-                                            cfg.device)  # before the models: a bad checker path fails fast
+    checker, fluency_status = fluency_stage(
+        cfg.fluency_checker, cfg.fluency_backbone, cfg.fluency_threshold, cfg.device
+    )  # before the models: a bad checker path fails fast
     models = load_captioners(cfg.captioners, cfg.device)
     if len(models) > 1 and cfg.ensemble == "token":
         from dcase.decoding.ensemble import check_same_tokenizer
@@ -263,20 +281,26 @@ def generate_candidates(cfg: GenerateConfig, progress: bool = True, overwrite: b
         retriever = Retriever.from_pretrained(cfg.retriever, device=cfg.device)
     mc = models[0].config
     max_frames = min(m.config.max_codec_positions for m in models)
-    data = CaptionDataset(rows, codes, embeds, mc.n_codebooks, mc.clip_dim, max_frames, random_crop=False,
-                          per_caption=False)
+    data = CaptionDataset(
+        rows, codes, embeds, mc.n_codebooks, mc.clip_dim, max_frames, random_crop=False, per_caption=False
+    )
 
     pdir = parts_dir(out)
     plan = {"fingerprint": _fingerprint(cfg, clip_ids), "chunk_clips": cfg.chunk_clips}
     if (pdir / PLAN).is_file():
         old = json.loads((pdir / PLAN).read_text())
         if old != plan:
-            diff = sorted(k for k in set(old["fingerprint"]) | set(plan["fingerprint"])
-                          if old["fingerprint"].get(k) != plan["fingerprint"].get(k))
+            diff = sorted(
+                k
+                for k in set(old["fingerprint"]) | set(plan["fingerprint"])
+                if old["fingerprint"].get(k) != plan["fingerprint"].get(k)
+            )
             if old.get("chunk_clips") != plan["chunk_clips"]:
                 diff.append("chunk_clips")
-            raise ValueError(f"{pdir} holds parts of a run with other settings ({diff}); delete it or rerun with "
-                             "the same settings to resume")
+            raise ValueError(
+                f"{pdir} holds parts of a run with other settings ({diff}); delete it or rerun with "
+                "the same settings to resume"
+            )
     else:
         pdir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(pdir / PLAN, json.dumps(plan, indent=1))
@@ -288,8 +312,9 @@ def generate_candidates(cfg: GenerateConfig, progress: bool = True, overwrite: b
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(rows), initial=sum(len(chunks[k]) for k in done), unit="clip", desc="generate",
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=len(rows), initial=sum(len(chunks[k]) for k in done), unit="clip", desc="generate", dynamic_ncols=True
+        )
     lengths = data.lengths()
     audio_src: set[str] = set()
     new_chunks = 0
@@ -299,20 +324,32 @@ def generate_candidates(cfg: GenerateConfig, progress: bool = True, overwrite: b
         order = sorted(idx, key=lambda i: lengths[i])
         cands: dict[int, list[Candidate]] = {}
         for s in range(0, len(order), cfg.sampling.batch_clips):
-            ids = order[s:s + cfg.sampling.batch_clips]
+            ids = order[s : s + cfg.sampling.batch_clips]
             batch = collate_codes([data[i] for i in ids], mc.pad_code)
             seeds = [clip_seed(cfg.sampling.seed, clip_ids[i]) for i in ids]
             with torch.no_grad():
                 for i, c in zip(ids, candidates_for_batch(models, batch, cfg, seeds), strict=True):
                     if not c:
-                        raise ValueError(f"clip {clip_ids[i]!r}: every sample decoded to an empty caption (the "
-                                         "captioner ends at once; check the checkpoint, or raise "
-                                         "sampling.min_new_tokens)")
+                        raise ValueError(
+                            f"clip {clip_ids[i]!r}: every sample decoded to an empty caption (the "
+                            "captioner ends at once; check the checkpoint, or raise "
+                            "sampling.min_new_tokens)"
+                        )
                     cands[i] = c
             if bar is not None:
                 bar.update(len(ids))
-        part = _chunk_table(idx, cands, rows, clip_ids, retriever, cfg, embeds, checker, audio_src,
-                            plan["fingerprint"]["retriever_sha256"])
+        part = _chunk_table(
+            idx,
+            cands,
+            rows,
+            clip_ids,
+            retriever,
+            cfg,
+            embeds,
+            checker,
+            audio_src,
+            plan["fingerprint"]["retriever_sha256"],
+        )
         with atomic_path(pdir / f"part-{k:05d}.parquet") as tmp:
             part.to_parquet(tmp, index=False)
         new_chunks += 1
@@ -322,51 +359,85 @@ def generate_candidates(cfg: GenerateConfig, progress: bool = True, overwrite: b
             return part
     if bar is not None:
         bar.close()
-    table = pd.concat([pd.read_parquet(pdir / f"part-{k:05d}.parquet") for k in range(len(chunks))],
-                      ignore_index=True)
+    table = pd.concat([pd.read_parquet(pdir / f"part-{k:05d}.parquet") for k in range(len(chunks))], ignore_index=True)
     table = rerank(table, cfg.w_enc, cfg.w_dec, cfg.fluency_threshold if checker is not None else None)
     write_candidates(table, out)
     n_fb = int(table.loc[table["selected"], "fallback"].sum())
     meta = {
         **fluency_status,
-        **({"fluency_scope": cfg.fluency_scope,
-            "n_fluency_checked": int(table["fluency_error_prob"].notna().sum())} if checker is not None else {}),
+        **(
+            {"fluency_scope": cfg.fluency_scope, "n_fluency_checked": int(table["fluency_error_prob"].notna().sum())}
+            if checker is not None
+            else {}
+        ),
         "audio_embedding": sorted(audio_src) or (["none"] if retriever is None else ["resumed"]),
-        "n_clips": len(rows), "n_candidates": len(table), "n_fallback_clips": n_fb,
-        "mode": cfg.mode, "ensemble": cfg.ensemble if len(models) > 1 else "none",
+        "n_clips": len(rows),
+        "n_candidates": len(table),
+        "n_fallback_clips": n_fb,
+        "mode": cfg.mode,
+        "ensemble": cfg.ensemble if len(models) > 1 else "none",
         "decoder_score": "mean over captioners of the length-normalised log-likelihood (temperature 1)",
         "encoder_score": "cosine(retriever audio embedding, retriever text embedding)" if retriever else "off",
-        "w_enc": cfg.w_enc, "w_dec": cfg.w_dec, "seconds": round(time.perf_counter() - t0, 3),
+        "w_enc": cfg.w_enc,
+        "w_dec": cfg.w_dec,
+        "seconds": round(time.perf_counter() - t0, 3),
         "config": dataclasses.asdict(cfg),
     }
     atomic_write_text(sidecar_path(out), json.dumps(meta, indent=2, default=str))
     from dcase.config import write_run_info
 
-    write_run_info(out.with_name(out.stem + "_run"), cfg, seed=cfg.sampling.seed,
-                   extra={k: v for k, v in meta.items() if k != "config"})
+    write_run_info(
+        out.with_name(out.stem + "_run"),
+        cfg,
+        seed=cfg.sampling.seed,
+        extra={k: v for k, v in meta.items() if k != "config"},
+    )
     shutil.rmtree(pdir, ignore_errors=True)
-    log.info("%s: %d candidates for %d clips (fluency filter %s, %d fallback clips)", out, len(table), len(rows),
-             fluency_status["fluency_filter"], n_fb)
+    log.info(
+        "%s: %d candidates for %d clips (fluency filter %s, %d fallback clips)",
+        out,
+        len(table),
+        len(rows),
+        fluency_status["fluency_filter"],
+        n_fb,
+    )
     return table
 
 
-def _chunk_table(idx: Sequence[int], cands: dict[int, list[Candidate]], rows: pd.DataFrame, clip_ids: list[str],
-                 retriever: Any, cfg: GenerateConfig, embeds: Any, checker: Any, audio_src: set[str],
-                 plan_sha: str | None = None) -> pd.DataFrame:
+def _chunk_table(
+    idx: Sequence[int],
+    cands: dict[int, list[Candidate]],
+    rows: pd.DataFrame,
+    clip_ids: list[str],
+    retriever: Any,
+    cfg: GenerateConfig,
+    embeds: Any,
+    checker: Any,
+    audio_src: set[str],
+    plan_sha: str | None = None,
+) -> pd.DataFrame:
     """Rows of one chunk in clip order, with encoder scores and fluency probabilities."""
     texts = [[c.text for c in cands[i]] for i in idx]
     enc: list[np.ndarray | None] = [None] * len(idx)
     if retriever is not None:
-        audio, src = clip_audio_embeddings(retriever, cfg.retriever, rows.iloc[list(idx)], embeds, cfg.audio_embedding,
-                                           plan_sha)
+        audio, src = clip_audio_embeddings(
+            retriever, cfg.retriever, rows.iloc[list(idx)], embeds, cfg.audio_embedding, plan_sha
+        )
         audio_src.add(src)
         enc = encoder_scores(retriever, audio, texts, cfg.text_batch_size)  # type: ignore[assignment]
     recs = []
     for j, i in enumerate(idx):
         for r, c in enumerate(cands[i]):
-            recs.append({"clip_id": clip_ids[i], "text": c.text, "count": c.count, "decoder_score": c.decoder_score,
-                         "encoder_score": float(enc[j][r]) if enc[j] is not None else np.nan,
-                         "token_ids": list(c.token_ids)})
+            recs.append(
+                {
+                    "clip_id": clip_ids[i],
+                    "text": c.text,
+                    "count": c.count,
+                    "decoder_score": c.decoder_score,
+                    "encoder_score": float(enc[j][r]) if enc[j] is not None else np.nan,
+                    "token_ids": list(c.token_ids),
+                }
+            )
     table = make_candidates(recs)
     if checker is not None and cfg.fluency_scope == "lazy":
         table = lazy_fluency(table, checker.error_probabilities, cfg.w_enc, cfg.w_dec, cfg.fluency_threshold)
@@ -398,9 +469,14 @@ def read_reference_map(path: str | Path) -> dict[str, list[str]]:
     return read_references(path)
 
 
-def tune_rerank_weights(candidates: str | Path | pd.DataFrame, references: str | Path | dict, out_dir: str | Path,
-                        weights: Sequence[float], metric: str = "cider_d", threshold: float | None = None
-                        ) -> dict[str, float]:
+def tune_rerank_weights(
+    candidates: str | Path | pd.DataFrame,
+    references: str | Path | dict,
+    out_dir: str | Path,
+    weights: Sequence[float],
+    metric: str = "cider_d",
+    threshold: float | None = None,
+) -> dict[str, float]:
     """Grid search of ``w_enc`` (``w_dec = 1 - w_enc``) on a validation candidates table: writes
     ``tuning.csv`` and ``tuning.png`` into ``out_dir`` and returns the best row. The fluency filter applies
     (``threshold``, default 0.9) when the table has fluency probabilities."""
@@ -495,21 +571,29 @@ def placeholder_fields(meta: dict) -> list[str]:
 
 def audio_dir_manifest(audio_dir: str | Path, out: str | Path, split: str = "evaluation") -> pd.DataFrame:
     """A caption-less manifest of the audio files directly in ``audio_dir`` (clip_id = file name)."""
-    from dcase.data.audio import audio_info
+    from dcase.data.audio import AUDIO_EXTENSIONS, audio_info, is_audio_file
     from dcase.data.manifest import write_manifest
-    from dcase.submission import AUDIO_EXTENSIONS
 
     d = Path(audio_dir)
     if not d.is_dir():
-        raise FileNotFoundError(f"audio folder {d} does not exist")
-    files = sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+        raise MissingInputError(f"audio folder {d} does not exist")
+    files = sorted(p for p in d.iterdir() if p.is_file() and is_audio_file(p.name))
     if not files:
-        raise FileNotFoundError(f"{d}: no audio files ({', '.join(AUDIO_EXTENSIONS)})")
+        raise MissingInputError(f"{d}: no audio files ({', '.join(AUDIO_EXTENSIONS)})")
     recs = []
     for p in files:
         dur, sr = audio_info(p)
-        recs.append({"clip_id": p.name, "audio_path": str(p.resolve()), "split": split, "source": "clotho",
-                     "duration_s": dur, "sample_rate": sr, "captions": []})
+        recs.append(
+            {
+                "clip_id": p.name,
+                "audio_path": str(p.resolve()),
+                "split": split,
+                "source": "clotho",
+                "duration_s": dur,
+                "sample_rate": sr,
+                "captions": [],
+            }
+        )
     return write_manifest(recs, out)
 
 
@@ -531,31 +615,41 @@ def recipe_captioners(recipe: Task6Recipe, work_dir: str | Path, root: str | Pat
         if c in soups:
             spec = soups[c]
             if spec.method != "uniform":
-                raise ValueError(f"soup {c!r}: recipes build uniform soups; build a {spec.method} soup with "
-                                 "`dcase soup --method greedy` and list its folder as a captioner")
+                raise ValueError(
+                    f"soup {c!r}: recipes build uniform soups; build a {spec.method} soup with "
+                    "`dcase soup --method greedy` and list its folder as a captioner"
+                )
             target = Path(work_dir) / "soups" / c
             if not (target / "enclap_config.json").is_file():
                 ingredients = [_resolve(base, p) for p in spec.ingredients]
                 missing = [str(p) for p in ingredients if not p.is_dir()]
                 if missing:
-                    raise FileNotFoundError(f"soup {c!r}: ingredient checkpoint(s) not found: {missing}")
+                    raise MissingInputError(f"soup {c!r}: ingredient checkpoint(s) not found: {missing}")
                 soup_checkpoints(ingredients, target, overwrite=True)
             out.append(target)
         else:
             p = _resolve(base, c)
             if not (p / "enclap_config.json").is_file():
-                raise FileNotFoundError(f"recipe {recipe.name!r}: captioner checkpoint {p} not found "
-                                        "(set the recipe root with --root or --set root=DIR)")
+                raise MissingInputError(
+                    f"recipe {recipe.name!r}: captioner checkpoint {p} not found "
+                    "(set the recipe root with --root or --set root=DIR)"
+                )
             out.append(p)
     if not out:
         raise ValueError(f"recipe {recipe.name!r} lists no captioners")
     return out
 
 
-def run_task6_recipe(recipe: Task6Recipe, audio_dir: str | Path, out_csv: str | Path,
-                     meta_out: str | Path | None = None, work_dir: str | Path | None = None,
-                     root: str | Path | None = None, overwrite: bool = False, progress: bool = True
-                     ) -> tuple[Path, Path | None]:
+def run_task6_recipe(
+    recipe: Task6Recipe,
+    audio_dir: str | Path,
+    out_csv: str | Path,
+    meta_out: str | Path | None = None,
+    work_dir: str | Path | None = None,
+    root: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> tuple[Path, Path | None]:
     """Everything ``dcase submit task6`` does: manifest of ``audio_dir`` -> codec + clip-embedding stores
     (extracted when missing, resumable) -> soups -> candidates -> Task 6 CSV (validated) + meta YAML."""
     from dcase.features.extract import extract_codec, extract_embeddings
@@ -564,12 +658,15 @@ def run_task6_recipe(recipe: Task6Recipe, audio_dir: str | Path, out_csv: str | 
     out_csv = Path(out_csv)
     for p in (out_csv, meta_out):
         if p is not None and Path(p).exists() and not overwrite:
-            raise FileExistsError(f"{p} exists; pass --overwrite to replace it")
+            raise OutputExistsError(f"{p} exists; pass --overwrite to replace it")
     meta = build_meta(recipe.meta, 6) if meta_out is not None else None  # fail early on bad meta
     bad = placeholder_fields(recipe.meta)
     if bad:
-        log.warning("recipe %r: meta fields %s still hold template placeholders; fill them in before packaging",
-                    recipe.name, bad)
+        log.warning(
+            "recipe %r: meta fields %s still hold template placeholders; fill them in before packaging",
+            recipe.name,
+            bad,
+        )
     base = Path(root if root is not None else recipe.root)
     work = Path(work_dir) if work_dir is not None else out_csv.with_name(out_csv.stem + "_work")
     work.mkdir(parents=True, exist_ok=True)
@@ -583,14 +680,23 @@ def run_task6_recipe(recipe: Task6Recipe, audio_dir: str | Path, out_csv: str | 
     extract_embeddings(manifest, embed_store, _resolve(base, recipe.clip_embedder), progress=progress)
     captioners = recipe_captioners(recipe, work, base)
     cfg = GenerateConfig(
-        captioners=[str(p) for p in captioners], ensemble=recipe.ensemble,
-        retriever=str(_resolve(base, recipe.retriever)) if recipe.retriever else None, manifest=str(manifest),
-        codec_stores=[str(codec_store)], embed_stores=[str(embed_store)], out=str(work / "candidates.parquet"),
-        mode=recipe.mode, num_beams=recipe.num_beams, sampling=recipe.sampling, w_enc=recipe.w_enc,
+        captioners=[str(p) for p in captioners],
+        ensemble=recipe.ensemble,
+        retriever=str(_resolve(base, recipe.retriever)) if recipe.retriever else None,
+        manifest=str(manifest),
+        codec_stores=[str(codec_store)],
+        embed_stores=[str(embed_store)],
+        out=str(work / "candidates.parquet"),
+        mode=recipe.mode,
+        num_beams=recipe.num_beams,
+        sampling=recipe.sampling,
+        w_enc=recipe.w_enc,
         w_dec=recipe.w_dec,
         fluency_checker=str(_resolve(base, recipe.fluency_checker)) if recipe.fluency_checker else None,
         fluency_backbone=str(_resolve(base, recipe.fluency_backbone)) if recipe.fluency_backbone else None,
-        fluency_threshold=recipe.fluency_threshold, chunk_clips=recipe.chunk_clips)
+        fluency_threshold=recipe.fluency_threshold,
+        chunk_clips=recipe.chunk_clips,
+    )
     table = generate_candidates(cfg, progress=progress, overwrite=True)
     write_task6(task6_rows(table), out_csv, overwrite=overwrite, audio_dir=audio_dir)
     validate_task6(out_csv, audio_dir)
@@ -600,7 +706,25 @@ def run_task6_recipe(recipe: Task6Recipe, audio_dir: str | Path, out_csv: str | 
     return out_csv, meta_path
 
 
-__all__ = ["GenerateConfig", "MODES", "candidates_for_batch", "clip_audio_embeddings", "encoder_scores",
-           "generate_candidates", "load_captioners", "parts_dir", "sidecar_path", "store_matches_retriever",
-           "task6_rows", "tune_rerank_weights", "read_reference_map", "Task6Recipe", "SoupSpec", "audio_dir_manifest", "load_task6_recipe", "placeholder_fields",
-           "recipe_captioners", "run_task6_recipe"]
+__all__ = [
+    "GenerateConfig",
+    "MODES",
+    "candidates_for_batch",
+    "clip_audio_embeddings",
+    "encoder_scores",
+    "generate_candidates",
+    "load_captioners",
+    "parts_dir",
+    "sidecar_path",
+    "store_matches_retriever",
+    "task6_rows",
+    "tune_rerank_weights",
+    "read_reference_map",
+    "Task6Recipe",
+    "SoupSpec",
+    "audio_dir_manifest",
+    "load_task6_recipe",
+    "placeholder_fields",
+    "recipe_captioners",
+    "run_task6_recipe",
+]

@@ -22,8 +22,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["caption_loss", "info_nce_loss", "mahalanobis_cost", "mcm_codebook_weights", "mcm_loss", "mltm_loss",
-           "ot_log_plan"]
+__all__ = [
+    "caption_loss",
+    "info_nce_loss",
+    "mahalanobis_cost",
+    "mcm_codebook_weights",
+    "mcm_loss",
+    "mltm_loss",
+    "ot_log_plan",
+]
 
 
 # ------------------------------------------------------------------------------------------------- m-LTM
@@ -39,8 +46,9 @@ def mahalanobis_cost(audio: torch.Tensor, text: torch.Tensor, L: torch.Tensor, e
     return sq.clamp_min(eps).sqrt()
 
 
-def ot_log_plan(cost: torch.Tensor, epsilon: float = 0.03, mass: float = 1.0, num_iter: int = 100,
-                stop_thr: float = 1e-9) -> torch.Tensor:
+def ot_log_plan(
+    cost: torch.Tensor, epsilon: float = 0.03, mass: float = 1.0, num_iter: int = 100, stop_thr: float = 1e-9
+) -> torch.Tensor:
     """Log of the entropic OT plan between uniform marginals: cost [Na, Nt] -> log pi [Na, Nt].
 
     ``mass == 1``: balanced entropic OT, ``ot.sinkhorn(..., method="sinkhorn_log")``; the log plan is rebuilt
@@ -58,17 +66,26 @@ def ot_log_plan(cost: torch.Tensor, epsilon: float = 0.03, mass: float = 1.0, nu
     if not 0.0 < mass <= 1.0:
         raise ValueError(f"transported mass must be in (0, 1], got {mass}")
     if mass >= 1.0:
-        _, log = ot.sinkhorn(a, b, cost, epsilon, method="sinkhorn_log", numItermax=num_iter, stopThr=stop_thr,
-                             log=True, warn=False)
+        _, log = ot.sinkhorn(
+            a, b, cost, epsilon, method="sinkhorn_log", numItermax=num_iter, stopThr=stop_thr, log=True, warn=False
+        )
         return log["log_u"][:, None] - cost / epsilon + log["log_v"][None, :]
     m = torch.tensor(mass, dtype=cost.dtype, device=cost.device)
-    plan = ot.partial.entropic_partial_wasserstein(a, b, cost, epsilon, m=m, method="sinkhorn_log",
-                                                   numItermax=num_iter, stopThr=stop_thr)
+    plan = ot.partial.entropic_partial_wasserstein(
+        a, b, cost, epsilon, m=m, method="sinkhorn_log", numItermax=num_iter, stopThr=stop_thr
+    )
     return plan.clamp_min(torch.finfo(cost.dtype).tiny).log()
 
 
-def mltm_loss(audio: torch.Tensor, text: torch.Tensor, L: torch.Tensor, epsilon: float = 0.03, mass: float = 1.0,
-              num_iter: int = 100, normalize_cost: bool = True) -> torch.Tensor:
+def mltm_loss(
+    audio: torch.Tensor,
+    text: torch.Tensor,
+    L: torch.Tensor,
+    epsilon: float = 0.03,
+    mass: float = 1.0,
+    num_iter: int = 100,
+    normalize_cost: bool = True,
+) -> torch.Tensor:
     """m-LTM loss for a batch of matching pairs: audio [B, D], text [B, D] (L2-normalised), L [D, D] -> scalar.
 
     ``-sum_ij (I_ij / B) log pi_ij`` with ``pi`` the entropic (partial if ``mass < 1``) OT plan of the
@@ -116,8 +133,11 @@ def mcm_loss(logits: list[torch.Tensor], targets: list[torch.Tensor]) -> tuple[t
         raise ValueError(f"mcm_loss: {len(logits)} logit tensors for {len(targets)} target tensors")
     device = logits[0].device
     weights = mcm_codebook_weights(len(logits), device)
-    ce = [F.cross_entropy(lg.float(), t, ignore_index=IGNORE_INDEX, reduction="sum")
-          / (t != IGNORE_INDEX).sum().clamp(min=1) for lg, t in zip(logits, targets, strict=True)]
+    ce = [
+        F.cross_entropy(lg.float(), t, ignore_index=IGNORE_INDEX, reduction="sum")
+        / (t != IGNORE_INDEX).sum().clamp(min=1)
+        for lg, t in zip(logits, targets, strict=True)
+    ]
     per_codebook = torch.stack(ce)
     return (weights * per_codebook).sum(), per_codebook.detach()
 
@@ -127,5 +147,9 @@ def caption_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: fl
 
     logits [B, T, V]; labels [B, T] with ``IGNORE_INDEX`` at padding. Label smoothing applies here only.
     """
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                           ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing)
+    return F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]),
+        labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        label_smoothing=label_smoothing,
+    )

@@ -25,13 +25,15 @@ from typing import Any
 
 import torch
 
+from dcase.errors import InputError, MissingInputError, OutputExistsError
+
 log = logging.getLogger(__name__)
 
 StateDict = Mapping[str, torch.Tensor]
 IGNORED_CONFIG_KEYS: frozenset[str] = frozenset({"_name_or_path", "transformers_version", "_commit_hash"})
 
 
-class SoupError(ValueError):
+class SoupError(InputError):
     """Ingredients cannot be averaged; the message names the differing key."""
 
 
@@ -123,9 +125,7 @@ def uniform_soup(state_dicts: Sequence[StateDict]) -> dict[str, torch.Tensor]:
         else:
             for i, sd in enumerate(state_dicts[1:], start=1):
                 if not torch.equal(sd[k].cpu(), t.cpu()):
-                    raise SoupError(
-                        f"integer buffer {k!r} differs between ingredient 0 and {i}; it cannot be averaged"
-                    )
+                    raise SoupError(f"integer buffer {k!r} differs between ingredient 0 and {i}; it cannot be averaged")
             out[k] = t.detach().cpu().clone()
     return out
 
@@ -180,7 +180,7 @@ def greedy_soup(
 def _weight_files(d: Path) -> list[str]:
     names = sorted(p.name for p in d.glob("*.safetensors"))
     if not names:
-        raise FileNotFoundError(f"{d}: no *.safetensors weights (expected a save_pretrained directory)")
+        raise MissingInputError(f"{d}: no *.safetensors weights (expected a save_pretrained directory)")
     return names
 
 
@@ -194,7 +194,7 @@ def load_checkpoint_dir(d: str | Path) -> tuple[dict[str, dict[str, torch.Tensor
 
     d = Path(d)
     if not d.is_dir():
-        raise FileNotFoundError(f"checkpoint directory {d} does not exist")
+        raise MissingInputError(f"checkpoint directory {d} does not exist")
     weights = {name: load_file(str(d / name)) for name in _weight_files(d)}
     configs = {name: json.loads((d / name).read_text(encoding="utf-8")) for name in _config_files(d)}
     return weights, configs
@@ -246,7 +246,7 @@ def soup_checkpoints(
         raise ValueError(f"a soup needs at least 2 ingredients, got {len(dirs)}")
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (CLI: --overwrite)")
+        raise OutputExistsError(f"{out} exists and is not empty; pass overwrite=True (CLI: --overwrite)")
     if any(out.resolve() == d.resolve() for d in dirs):
         raise ValueError(f"{out} is one of the ingredients")
     loaded = [load_checkpoint_dir(d) for d in dirs]

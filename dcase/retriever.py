@@ -25,8 +25,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dcase.data.audio import load_clip
+from dcase.data.audio import AUDIO_EXTENSIONS, is_audio_file, load_clip
 from dcase.data.manifest import load_captioned_rows, read_manifest
+from dcase.errors import MissingInputError, OutputExistsError
 from dcase.evaluation.retrieval import (
     AudioIndex,
     IndexConfig,
@@ -41,7 +42,6 @@ from dcase.training import TrainConfig, fit
 log = logging.getLogger(__name__)
 
 MODES = ("cosine", "sinkhorn")
-AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
 
 
 # ----------------------------------------------------------------------------------------------- configs
@@ -65,8 +65,7 @@ class RetrieverStageConfig:
 
     model: RetrieverConfig = field(default_factory=RetrieverConfig)
     data: RetrieverDataConfig = field(default_factory=RetrieverDataConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(metric_for_best="map_at_10",
-                                                                   greater_is_better=True))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(metric_for_best="map_at_10", greater_is_better=True))
     init: str | None = None  # retriever checkpoint to finetune (its model config replaces ``model``)
     eval_batch_size: int = 16
 
@@ -109,8 +108,9 @@ class PairDataset(torch.utils.data.Dataset):
     training resumes exactly.
     """
 
-    def __init__(self, df: pd.DataFrame, cache: AudioCache, max_seconds: float, min_samples: int, seed: int = 0
-                 ) -> None:
+    def __init__(
+        self, df: pd.DataFrame, cache: AudioCache, max_seconds: float, min_samples: int, seed: int = 0
+    ) -> None:
         self.rows = list(df.itertuples(index=False))
         self.cache, self.seed, self.epoch = cache, seed, 0
         self.n_crop = int(round(max_seconds * cache.sample_rate))
@@ -132,7 +132,7 @@ class PairDataset(torch.utils.data.Dataset):
         x = self.cache.get(row)
         if len(x) > self.n_crop:
             off = int(rng.integers(0, len(x) - self.n_crop + 1))
-            x = x[off:off + self.n_crop]
+            x = x[off : off + self.n_crop]
         caption = row.captions[int(rng.integers(0, len(row.captions)))]
         return _fit_min_length(x, self.min_samples), caption
 
@@ -175,10 +175,19 @@ class RetrieverTask:
 
     def collate(self, items: list) -> dict[str, torch.Tensor]:
         waves, lengths = _pad([w for w, _ in items])
-        enc = self.tokenizer([c for _, c in items], padding=True, truncation=True,
-                             max_length=self.cfg.model.text.max_length, return_tensors="pt")
-        return {"waves": waves, "lengths": lengths, "input_ids": enc["input_ids"],
-                "attention_mask": enc["attention_mask"]}
+        enc = self.tokenizer(
+            [c for _, c in items],
+            padding=True,
+            truncation=True,
+            max_length=self.cfg.model.text.max_length,
+            return_tensors="pt",
+        )
+        return {
+            "waves": waves,
+            "lengths": lengths,
+            "input_ids": enc["input_ids"],
+            "attention_mask": enc["attention_mask"],
+        }
 
     def loss(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         out = model(batch["waves"], batch["lengths"], batch["input_ids"], batch["attention_mask"])
@@ -218,8 +227,14 @@ def train_retriever(cfg: RetrieverStageConfig) -> Path:
 
 
 # ------------------------------------------------------------------------------------------- embedding
-def embed_rows(model: Retriever, rows: Sequence[Any], batch_size: int = 16, max_seconds: float | None = 30.0,
-               cache: AudioCache | None = None, progress: bool = True) -> np.ndarray:
+def embed_rows(
+    model: Retriever,
+    rows: Sequence[Any],
+    batch_size: int = 16,
+    max_seconds: float | None = 30.0,
+    cache: AudioCache | None = None,
+    progress: bool = True,
+) -> np.ndarray:
     """Joint audio embeddings of manifest rows (or objects with clip_id/audio_path): -> float32 [N, D].
 
     Clips are batched by length (less padding); each clip is embedded whole (up to ``max_seconds``).
@@ -237,15 +252,21 @@ def embed_rows(model: Retriever, rows: Sequence[Any], batch_size: int = 16, max_
 
         it = tqdm(it, desc="embed audio", unit="batch")
     for s in it:
-        idx = order[s:s + batch_size]
+        idx = order[s : s + batch_size]
         waves, lengths = _pad([_fit_min_length(cache.get(rows[i]), n_min) for i in idx])
         out[idx] = model.embed_audio(waves, lengths).cpu().numpy()
     model.train(was_training)
     return out
 
 
-def score_matrix(model: Retriever, text_emb: np.ndarray, audio_emb: np.ndarray, mode: str = "cosine",
-                 index: AudioIndex | None = None, epsilon: float | None = None) -> np.ndarray:
+def score_matrix(
+    model: Retriever,
+    text_emb: np.ndarray,
+    audio_emb: np.ndarray,
+    mode: str = "cosine",
+    index: AudioIndex | None = None,
+    epsilon: float | None = None,
+) -> np.ndarray:
     """Similarity of every query to every item: text [Q, D], audio [N, D] -> [Q, N] (higher = better).
 
     ``cosine``: inner products, through ``index`` (faiss; a full search, k = N) when given;
@@ -284,15 +305,25 @@ def _fingerprint(model: Retriever, source: Retriever | str | Path) -> str:
     return h.hexdigest()
 
 
-def audio_index(model: Retriever, source: Retriever | str | Path, rows: Sequence[Any], batch_size: int = 16,
-                max_seconds: float | None = 30.0, cache_dir: str | Path | None = None,
-                index_cfg: IndexConfig | None = None, progress: bool = True,
-                cache: AudioCache | None = None) -> AudioIndex:
+def audio_index(
+    model: Retriever,
+    source: Retriever | str | Path,
+    rows: Sequence[Any],
+    batch_size: int = 16,
+    max_seconds: float | None = 30.0,
+    cache_dir: str | Path | None = None,
+    index_cfg: IndexConfig | None = None,
+    progress: bool = True,
+    cache: AudioCache | None = None,
+) -> AudioIndex:
     """The faiss index of ``rows``' audio embeddings under ``model``; persisted in ``cache_dir`` (reused when
     the checkpoint, the clip list and the truncation match)."""
     ids = [str(r.clip_id) for r in rows]
-    key = {"retriever": _fingerprint(model, source), "clips": hashlib.sha256("\n".join(
-        f"{r.clip_id}\t{r.audio_path}" for r in rows).encode()).hexdigest(), "max_seconds": max_seconds}
+    key = {
+        "retriever": _fingerprint(model, source),
+        "clips": hashlib.sha256("\n".join(f"{r.clip_id}\t{r.audio_path}" for r in rows).encode()).hexdigest(),
+        "max_seconds": max_seconds,
+    }
     where = None
     if cache_dir is not None:
         where = Path(cache_dir) / hashlib.sha256(repr(sorted(key.items())).encode()).hexdigest()[:16]
@@ -320,8 +351,14 @@ def clotho_queries(df: pd.DataFrame) -> tuple[list[str], np.ndarray]:
     return texts, np.asarray(relevant, dtype=np.int64)
 
 
-def evaluate_clotho(model: Retriever, df: pd.DataFrame, mode: str = "cosine", batch_size: int = 16,
-                    cache: AudioCache | None = None, progress: bool = True) -> dict[str, float]:
+def evaluate_clotho(
+    model: Retriever,
+    df: pd.DataFrame,
+    mode: str = "cosine",
+    batch_size: int = 16,
+    cache: AudioCache | None = None,
+    progress: bool = True,
+) -> dict[str, float]:
     """Text-to-audio mAP@10, R@1/5/10 of one retriever on the clips of ``df`` (see ``clotho_queries``)."""
     rows = list(df.itertuples(index=False))
     texts, relevant = clotho_queries(df)
@@ -330,9 +367,16 @@ def evaluate_clotho(model: Retriever, df: pd.DataFrame, mode: str = "cosine", ba
     return retrieval_metrics(score_matrix(model, text, audio, mode), relevant)
 
 
-def evaluate_retrievers(retrievers: Sequence[Retriever | str | Path], manifest: str | Path, split: str,
-                        mode: str = "cosine", batch_size: int = 16, max_seconds: float | None = 30.0,
-                        cache_dir: str | Path | None = None, device: str = "cpu") -> dict[str, Any]:
+def evaluate_retrievers(
+    retrievers: Sequence[Retriever | str | Path],
+    manifest: str | Path,
+    split: str,
+    mode: str = "cosine",
+    batch_size: int = 16,
+    max_seconds: float | None = 30.0,
+    cache_dir: str | Path | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
     """Metrics of each retriever and of their ensemble (z-scored mean) on ``split`` of ``manifest``."""
     df = read_manifest(manifest, [split])
     df = df[df["captions"].map(len) > 0].reset_index(drop=True)
@@ -344,10 +388,17 @@ def evaluate_retrievers(retrievers: Sequence[Retriever | str | Path], manifest: 
         idx = audio_index(model, r, rows, batch_size, max_seconds, cache_dir)
         sim = score_matrix(model, model.embed_text(texts).numpy(), idx.embeddings, mode, index=idx)
         per_model[str(r) if not isinstance(r, Retriever) else f"model{len(per_model)}"] = retrieval_metrics(
-            sim, relevant)
+            sim, relevant
+        )
         sims.append(sim)
-    result: dict[str, Any] = {"manifest": str(manifest), "split": split, "mode": mode, "queries": len(texts),
-                              "items": len(rows), "models": per_model}
+    result: dict[str, Any] = {
+        "manifest": str(manifest),
+        "split": split,
+        "mode": mode,
+        "queries": len(texts),
+        "items": len(rows),
+        "models": per_model,
+    }
     result["ensemble"] = retrieval_metrics(ensemble_similarity(sims), relevant)
     return result
 
@@ -367,9 +418,9 @@ def collection_rows(audio: str | Path) -> list[Any]:
 
     path = Path(audio)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in AUDIO_EXTENSIONS)
+        files = sorted(p for p in path.iterdir() if p.is_file() and is_audio_file(p.name))
         if not files:
-            raise FileNotFoundError(f"{path}: no audio files ({', '.join(AUDIO_EXTENSIONS)})")
+            raise MissingInputError(f"{path}: no audio files ({', '.join(AUDIO_EXTENSIONS)})")
         return [_AudioFile(p.name, str(p), audio_info(p)[0]) for p in files]
     return list(read_manifest(path).itertuples(index=False))
 
@@ -378,7 +429,7 @@ def read_task8_captions(path: str | Path) -> list[str]:
     """Queries of a DCASE Task 8 ``retrieval_captions.csv`` (column ``caption``), in file order."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"captions file not found: {path}")
+        raise MissingInputError(f"captions file not found: {path}")
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or "caption" not in reader.fieldnames:
@@ -390,10 +441,17 @@ def read_task8_captions(path: str | Path) -> list[str]:
     return caps
 
 
-def rank_task8(retrievers: Sequence[Retriever | str | Path], audio: str | Path | Sequence[Any],
-               captions: str | Path | Sequence[str], mode: str = "cosine", k: int = 10, batch_size: int = 16,
-               max_seconds: float | None = 30.0, cache_dir: str | Path | None = None, device: str = "cpu"
-               ) -> list[tuple[str, list[str]]]:
+def rank_task8(
+    retrievers: Sequence[Retriever | str | Path],
+    audio: str | Path | Sequence[Any],
+    captions: str | Path | Sequence[str],
+    mode: str = "cosine",
+    k: int = 10,
+    batch_size: int = 16,
+    max_seconds: float | None = 30.0,
+    cache_dir: str | Path | None = None,
+    device: str = "cpu",
+) -> list[tuple[str, list[str]]]:
     """Rank the audio collection for every caption: -> [(caption, [k distinct file names, best first])],
     one row per query in input order. Several retrievers are ensembled (z-scored mean of similarities)."""
     if not retrievers:
@@ -432,7 +490,7 @@ class Task8Recipe:
         out = [Path(p) if Path(p).is_absolute() else root / p for p in self.retrievers]
         missing = [str(p) for p in out if not (p / "retriever_config.json").is_file()]
         if missing:
-            raise FileNotFoundError(f"recipe {self.name!r}: retriever checkpoint(s) not found: {missing}")
+            raise MissingInputError(f"recipe {self.name!r}: retriever checkpoint(s) not found: {missing}")
         return out
 
 
@@ -447,19 +505,34 @@ def load_task8_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Task8R
     return rec
 
 
-def run_task8_recipe(recipe: Task8Recipe, audio: str | Path, captions: str | Path, out: str | Path,
-                     meta_out: str | Path | None = None, root: str | Path | None = None,
-                     cache_dir: str | Path | None = None, overwrite: bool = False, device: str = "cpu"
-                     ) -> tuple[Path, Path | None]:
+def run_task8_recipe(
+    recipe: Task8Recipe,
+    audio: str | Path,
+    captions: str | Path,
+    out: str | Path,
+    meta_out: str | Path | None = None,
+    root: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    overwrite: bool = False,
+    device: str = "cpu",
+) -> tuple[Path, Path | None]:
     """Rank with the recipe's retrievers, write the validated Task 8 CSV (and the meta YAML if asked)."""
     from dcase.submission import build_meta, write_meta, write_task8
 
     paths = recipe.paths(root)
     for p in (out, meta_out):
         if p is not None and Path(p).exists() and not overwrite:
-            raise FileExistsError(f"{p} exists; pass --overwrite to replace it")
-    rows = rank_task8(paths, audio, captions, mode=recipe.mode, batch_size=recipe.batch_size,
-                      max_seconds=recipe.max_seconds, cache_dir=cache_dir, device=device)
+            raise OutputExistsError(f"{p} exists; pass --overwrite to replace it")
+    rows = rank_task8(
+        paths,
+        audio,
+        captions,
+        mode=recipe.mode,
+        batch_size=recipe.batch_size,
+        max_seconds=recipe.max_seconds,
+        cache_dir=cache_dir,
+        device=device,
+    )
     audio_dir = audio if Path(audio).is_dir() else None
     csv_path = write_task8(rows, out, overwrite=overwrite, audio_dir=audio_dir, references=captions)
     meta_path = None

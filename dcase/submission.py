@@ -33,6 +33,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from dcase.data.audio import is_audio_file
+from dcase.errors import InputError, MissingInputError, OutputExistsError
 from dcase.io import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -40,14 +42,15 @@ log = logging.getLogger(__name__)
 TASK6_COLUMNS: tuple[str, str] = ("file_name", "caption_predicted")
 TASK8_TOP_K = 10
 TASK8_COLUMNS: tuple[str, ...] = ("caption", *(f"fname_{i}" for i in range(1, TASK8_TOP_K + 1)))
-AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".mp3", ".ogg")
 MAX_ABBREVIATION = 10
 MAX_SYSTEMS_PER_TASK = 4
-LABEL_RE = re.compile(r"^(?P<lastname>[A-Za-z][A-Za-z\-]*)_(?P<institute>[A-Za-z0-9\-]+)_task(?P<task>6|8)_(?P<n>[1-4])$")
+LABEL_RE = re.compile(
+    r"^(?P<lastname>[A-Za-z][A-Za-z\-]*)_(?P<institute>[A-Za-z0-9\-]+)_task(?P<task>6|8)_(?P<n>[1-4])$"
+)
 _MAX_LISTED = 10
 
 
-class SubmissionError(ValueError):
+class SubmissionError(InputError):
     """A submission file breaks the official format; the message names the file and the offending rows."""
 
 
@@ -60,7 +63,7 @@ def _problems(path: str | Path, problems: list[str]) -> SubmissionError:
 def _write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[str]], overwrite: bool) -> Path:
     path = Path(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+        raise OutputExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="") as f:
             w = csv.writer(f, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
@@ -73,7 +76,7 @@ def _read_csv(path: str | Path, header: Sequence[str]) -> list[list[str]]:
     """Rows (without header) of a CSV whose header must equal ``header`` exactly; every row must have its width."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"submission file {path} does not exist")
+        raise MissingInputError(f"submission file {path} does not exist")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
@@ -101,8 +104,8 @@ def audio_names(audio_dir: str | Path) -> set[str]:
     """File names of the audio files directly in ``audio_dir`` (the names a submission must use)."""
     d = Path(audio_dir)
     if not d.is_dir():
-        raise FileNotFoundError(f"audio folder {d} does not exist")
-    return {p.name for p in d.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS}
+        raise MissingInputError(f"audio folder {d} does not exist")
+    return {p.name for p in d.iterdir() if p.is_file() and is_audio_file(p.name)}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -176,7 +179,7 @@ def read_queries(path: str | Path) -> tuple[list[str], list[str] | None]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"query/reference file {path} does not exist")
+        raise MissingInputError(f"query/reference file {path} does not exist")
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
     cap_cols = [c for c in df.columns if re.fullmatch(r"caption_\d+", str(c))]
     if "caption" in df.columns:
@@ -399,7 +402,7 @@ def write_meta(meta: Mapping[str, Any], path: str | Path, overwrite: bool = Fals
     validate_meta(meta)
     path = Path(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+        raise OutputExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
     atomic_write_text(path, yaml.safe_dump(dict(meta), sort_keys=False, allow_unicode=True))
     return path
 
@@ -407,7 +410,7 @@ def write_meta(meta: Mapping[str, Any], path: str | Path, overwrite: bool = Fals
 def read_meta(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"meta file {path} does not exist")
+        raise MissingInputError(f"meta file {path} does not exist")
     meta = yaml.safe_load(path.read_text(encoding="utf-8"))
     if not isinstance(meta, dict):
         raise ValueError(f"{path}: not a YAML mapping")
@@ -452,7 +455,7 @@ def package_submission(
     for task, _, _, label in plan:
         folder = out_dir / f"task{task}" / label
         if folder.exists() and not overwrite:
-            raise FileExistsError(f"{folder} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+            raise OutputExistsError(f"{folder} exists; pass overwrite=True (CLI: --overwrite) to replace it")
     written = []
     for task, csv_path, meta_d, label in plan:
         folder = out_dir / f"task{task}" / label

@@ -130,8 +130,16 @@ class BucketBatchSampler:
     Deterministic for (seed, epoch); ``start_batch`` skips batches already consumed (exact resume).
     """
 
-    def __init__(self, n_items: int, batch_size: int, lengths: Sequence[int] | None = None, seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0, bucket_size: int = 50) -> None:
+    def __init__(
+        self,
+        n_items: int,
+        batch_size: int,
+        lengths: Sequence[int] | None = None,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        bucket_size: int = 50,
+    ) -> None:
         if n_items <= 0:
             raise ValueError("the training dataset is empty")
         if lengths is not None and len(lengths) != n_items:
@@ -159,16 +167,16 @@ class BucketBatchSampler:
             chunk = g * self.bucket_size
             parts = []
             for i in range(0, total, chunk):
-                part = perm[i:i + chunk]
+                part = perm[i : i + chunk]
                 parts.append(part[np.argsort(-self.lengths[part], kind="stable")])
             perm = np.concatenate(parts)
-        batches = [perm[i:i + g] for i in range(0, total, g)]
+        batches = [perm[i : i + g] for i in range(0, total, g)]
         order = rng.permutation(len(batches))
         return [batches[i] for i in order]
 
     def __iter__(self) -> Iterator[list[int]]:
-        for gb in self.global_batches(self.epoch)[self.start_batch:]:
-            yield gb[self.rank * self.batch_size:(self.rank + 1) * self.batch_size].tolist()
+        for gb in self.global_batches(self.epoch)[self.start_batch :]:
+            yield gb[self.rank * self.batch_size : (self.rank + 1) * self.batch_size].tolist()
 
 
 # -------------------------------------------------------------------------------------------- state files
@@ -234,8 +242,13 @@ class _Progress:
     best: list | None = None  # [[metric, step, path], ...] best first
 
     def to_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                "samples": self.samples, "best": self.best or []}
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "samples": self.samples,
+            "best": self.best or [],
+        }
 
 
 # ---------------------------------------------------------------------------------------------------- fit
@@ -296,15 +309,20 @@ class _Trainer:
         self.dataset = task.train_dataset()
         lengths = task.item_lengths()
         self.sampler = BucketBatchSampler(
-            len(self.dataset), cfg.batch_size, lengths, seed=cfg.seed, num_replicas=self.acc.num_processes,
-            rank=self.acc.process_index, bucket_size=cfg.bucket_size,
+            len(self.dataset),
+            cfg.batch_size,
+            lengths,
+            seed=cfg.seed,
+            num_replicas=self.acc.num_processes,
+            rank=self.acc.process_index,
+            bucket_size=cfg.bucket_size,
         )
-        opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
-                                eps=cfg.eps)
+        opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
         self.model, self.opt = self.acc.prepare(model, opt)
         # not prepared: Accelerate would step it once per process
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, inverse_sqrt_lambda(cfg.warmup_steps,
-                                                                                     cfg.lr_timescale))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, inverse_sqrt_lambda(cfg.warmup_steps, cfg.lr_timescale)
+        )
         self.prog = _Progress(best=[])
 
     # ------------------------------------------------------------------ state
@@ -326,8 +344,12 @@ class _Trainer:
             save_model(self.acc.unwrap_model(self.model), str(tmp / "model.safetensors"))
             opt_t, opt_m = _optimizer_to_files(self.opt.optimizer if hasattr(self.opt, "optimizer") else self.opt)
             save_file(opt_t, str(tmp / "optimizer.safetensors"))
-            trainer = {"progress": self.prog.to_dict(), "scheduler": self.sched.state_dict(), "optimizer": opt_m,
-                       "num_processes": self.acc.num_processes}
+            trainer = {
+                "progress": self.prog.to_dict(),
+                "scheduler": self.sched.state_dict(),
+                "optimizer": opt_m,
+                "num_processes": self.acc.num_processes,
+            }
             if self.acc.scaler is not None:
                 trainer["scaler"] = self.acc.scaler.state_dict()
             atomic_write_text(tmp / "trainer.json", json.dumps(trainer))
@@ -348,22 +370,29 @@ class _Trainer:
             return False
         trainer = json.loads((d / "trainer.json").read_text())
         if trainer["num_processes"] != self.acc.num_processes:
-            raise ValueError(f"{d}: saved with {trainer['num_processes']} processes, resuming with "
-                             f"{self.acc.num_processes}; the data order would differ")
+            raise ValueError(
+                f"{d}: saved with {trainer['num_processes']} processes, resuming with "
+                f"{self.acc.num_processes}; the data order would differ"
+            )
         load_model(self.acc.unwrap_model(self.model), str(d / "model.safetensors"), device=str(self.acc.device))
         inner = self.opt.optimizer if hasattr(self.opt, "optimizer") else self.opt
-        _optimizer_from_files(inner, load_file(str(d / "optimizer.safetensors"), device=str(self.acc.device)),
-                              trainer["optimizer"])
+        _optimizer_from_files(
+            inner, load_file(str(d / "optimizer.safetensors"), device=str(self.acc.device)), trainer["optimizer"]
+        )
         self.sched.load_state_dict(trainer["scheduler"])
         if self.acc.scaler is not None and "scaler" in trainer:
             self.acc.scaler.load_state_dict(trainer["scaler"])
         p = trainer["progress"]
         self.prog = _Progress(p["step"], p["epoch"], p["batch_in_epoch"], p["samples"], p["best"])
         rank = self.acc.process_index
-        _set_rng_state(load_file(str(d / f"rng_{rank}.safetensors")),
-                       json.loads((d / f"rng_{rank}.json").read_text()))
-        log.info("resumed from %s at update %d (epoch %d, batch %d)", d, self.prog.step, self.prog.epoch,
-                 self.prog.batch_in_epoch)
+        _set_rng_state(load_file(str(d / f"rng_{rank}.safetensors")), json.loads((d / f"rng_{rank}.json").read_text()))
+        log.info(
+            "resumed from %s at update %d (epoch %d, batch %d)",
+            d,
+            self.prog.step,
+            self.prog.epoch,
+            self.prog.batch_in_epoch,
+        )
         return True
 
     # ------------------------------------------------------------ checkpoints
@@ -383,8 +412,7 @@ class _Trainer:
         log.info("update %d eval: %s", self.prog.step, metrics)
         if cfg.metric_for_best not in metrics or metrics[cfg.metric_for_best] is None:
             if metrics:
-                log.warning("metric_for_best %r not among evaluation metrics %s", cfg.metric_for_best,
-                            sorted(metrics))
+                log.warning("metric_for_best %r not among evaluation metrics %s", cfg.metric_for_best, sorted(metrics))
             return
         value = float(metrics[cfg.metric_for_best])
         best = list(self.prog.best or [])
@@ -400,14 +428,22 @@ class _Trainer:
             os.replace(tmp, path)
         best.append([value, self.prog.step, str(path)])
         best.sort(key=lambda r: (sign * r[0], r[1]))
-        for _, _, p in best[cfg.keep_best:]:
+        for _, _, p in best[cfg.keep_best :]:
             if self.acc.is_main_process:
                 shutil.rmtree(p, ignore_errors=True)
         self.prog.best = best[: cfg.keep_best]
         if self.acc.is_main_process:
-            atomic_write_text(self.out / "best.json", json.dumps(
-                {"metric": cfg.metric_for_best, "greater_is_better": cfg.greater_is_better,
-                 "checkpoints": [{"value": v, "step": s, "path": p} for v, s, p in self.prog.best]}, indent=2))
+            atomic_write_text(
+                self.out / "best.json",
+                json.dumps(
+                    {
+                        "metric": cfg.metric_for_best,
+                        "greater_is_better": cfg.greater_is_better,
+                        "checkpoints": [{"value": v, "step": s, "path": p} for v, s, p in self.prog.best],
+                    },
+                    indent=2,
+                ),
+            )
         self.acc.wait_for_everyone()
 
     def save_last(self) -> Path:
@@ -429,7 +465,9 @@ class _Trainer:
             if hasattr(self.dataset, "set_epoch"):
                 self.dataset.set_epoch(self.prog.epoch)
             loader = torch.utils.data.DataLoader(
-                self.dataset, batch_sampler=self.sampler, collate_fn=self.task.collate,
+                self.dataset,
+                batch_sampler=self.sampler,
+                collate_fn=self.task.collate,
                 num_workers=self.cfg.num_workers,
                 generator=torch.Generator().manual_seed(self.cfg.seed + self.prog.epoch),  # keeps global RNG
             )
@@ -443,9 +481,17 @@ class _Trainer:
         cfg, acc = self.cfg, self.acc
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
-            write_run_info(self.out, cfg, seed=cfg.seed, extra={
-                "num_processes": acc.num_processes, "device": str(acc.device),
-                "mixed_precision": acc.mixed_precision, "task": type(self.task).__name__})
+            write_run_info(
+                self.out,
+                cfg,
+                seed=cfg.seed,
+                extra={
+                    "num_processes": acc.num_processes,
+                    "device": str(acc.device),
+                    "mixed_precision": acc.mixed_precision,
+                    "task": type(self.task).__name__,
+                },
+            )
         acc.wait_for_everyone()
         self.load_state()
         max_steps = cfg.max_steps
@@ -472,7 +518,8 @@ class _Trainer:
                     if not torch.isfinite(loss):
                         raise FloatingPointError(
                             f"non-finite loss {loss.item()} at update {self.prog.step} (epoch {self.prog.epoch}, "
-                            f"batch {self.prog.batch_in_epoch}); lower the lr or check the inputs")
+                            f"batch {self.prog.batch_in_epoch}); lower the lr or check the inputs"
+                        )
                     acc.backward(loss / cfg.grad_accum)
                 window.setdefault("loss", []).append(float(loss.detach()))
                 for k, v in parts.items():
@@ -494,8 +541,13 @@ class _Trainer:
                     t = torch.tensor(list(means.values()), device=acc.device, dtype=torch.float64)
                     means = dict(zip(means, acc.reduce(t, "mean").tolist(), strict=True))
                 dt = time.perf_counter() - t0
-                rec = {"step": step, "epoch": self.prog.epoch, "lr": lr,
-                       "samples_per_s": (self.prog.samples - n0) / max(dt, 1e-9), **means}
+                rec = {
+                    "step": step,
+                    "epoch": self.prog.epoch,
+                    "lr": lr,
+                    "samples_per_s": (self.prog.samples - n0) / max(dt, 1e-9),
+                    **means,
+                }
                 self._log(rec)
                 if bar is not None:
                     bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{lr:.2e}")

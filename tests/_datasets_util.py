@@ -10,8 +10,9 @@ import numpy as np
 import soundfile as sf
 
 
-def write_tone(path: Path, seconds: float = 0.25, sr: int = 16000, freq: float = 440.0, fmt: str = "WAV",
-               subtype: str = "PCM_16") -> Path:
+def write_tone(
+    path: Path, seconds: float = 0.25, sr: int = 16000, freq: float = 440.0, fmt: str = "WAV", subtype: str = "PCM_16"
+) -> Path:
     """A sine of ``seconds`` at ``sr``; returns the path (parents created)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     n = int(round(seconds * sr))
@@ -41,8 +42,9 @@ def write_corrupt(path: Path) -> Path:
     return path
 
 
-def write_csv(path: Path, header: list[str], rows: list[list[str]], delimiter: str = ",",
-              encoding: str = "utf-8") -> Path:
+def write_csv(
+    path: Path, header: list[str], rows: list[list[str]], delimiter: str = ",", encoding: str = "utf-8"
+) -> Path:
     """A CSV with proper quoting (fields with commas, quotes or newlines are quoted)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()

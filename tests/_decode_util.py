@@ -9,8 +9,14 @@ import torch
 
 from dcase.models.enclap import EnCLAP, EnCLAPConfig, build_enclap
 
-CAPS = ["a dog barks loudly", "rain falls on the metal roof", "a bird sings while a car passes by",
-        "people talk in a busy room", "water runs from a tap", "a door creaks and slams shut"]
+CAPS = [
+    "a dog barks loudly",
+    "rain falls on the metal roof",
+    "a bird sings while a car passes by",
+    "people talk in a busy room",
+    "water runs from a tap",
+    "a door creaks and slams shut",
+]
 
 
 def word_tokens(tok) -> list[int]:
@@ -43,7 +49,7 @@ def tiny_inputs(model: EnCLAP, B: int = 3, L: int = 20, seed: int = 0):
     codes = torch.randint(0, c.codebook_size, (B, c.n_codebooks, L), generator=g)
     mask = torch.ones(B, L, dtype=torch.bool)
     if B > 1:
-        mask[1, L // 2:] = False
+        mask[1, L // 2 :] = False
     emb = torch.randn(B, c.clip_dim, generator=g)
     return codes, mask, emb
 

@@ -36,8 +36,17 @@ def _corpus(tmp: Path, n: int = 12, frames=(30, 90)) -> tuple[Path, Path, Path]:
         k = i % 3
         cid = f"clip{i:02d}.wav"
         split = "development" if i < n - 3 else "validation"
-        rows.append(ManifestRow(clip_id=cid, audio_path=str(tmp / cid), split=split, source="synth",
-                                duration_s=1.0, sample_rate=24000, captions=[CLASSES[k], CLASSES[k]]))
+        rows.append(
+            ManifestRow(
+                clip_id=cid,
+                audio_path=str(tmp / cid),
+                split=split,
+                source="synth",
+                duration_s=1.0,
+                sample_rate=24000,
+                captions=[CLASSES[k], CLASSES[k]],
+            )
+        )
         T = int(rng.integers(*frames))
         base = (np.arange(T) * (k + 1)) % K
         codes[cid] = np.stack([(base + n_) % K for n_ in range(N_CB)]).astype(np.int16)
@@ -69,7 +78,7 @@ def test_dataset_items_crops_and_collate(tmp_path):
     for epoch in range(6):
         ds.set_epoch(epoch)
         c, _, _ = ds[long_idx]
-        start = next(s for s in range(src.shape[1] - 39) if np.array_equal(src[:, s:s + 40], c))
+        start = next(s for s in range(src.shape[1] - 39) if np.array_equal(src[:, s : s + 40], c))
         starts.add(start)
         assert np.array_equal(ds[long_idx][0], c)  # deterministic within an epoch
     assert len(starts) > 1  # a different random crop per epoch
@@ -114,20 +123,64 @@ def test_cli_pretrain_then_finetune_tiny(tmp_path):
 
     manifest, dac, emb = _corpus(tmp_path)
     common = [
-        "--set", f"data.train_manifests=[{manifest}]", "--set", "data.train_splits=[development]",
-        "--set", f"data.codec_stores=[{dac}]", "--set", f"data.embed_stores=[{emb}]",
-        "--set", f"data.val_manifest={manifest}", "--set", "data.val_max_clips=3",
-        "--set", "eval_metrics=[cider_d]", "--set", "train.batch_size=4", "--set", "train.log_every=2",
-        "--set", "train.eval_every=4", "--set", "train.save_every=4",
+        "--set",
+        f"data.train_manifests=[{manifest}]",
+        "--set",
+        "data.train_splits=[development]",
+        "--set",
+        f"data.codec_stores=[{dac}]",
+        "--set",
+        f"data.embed_stores=[{emb}]",
+        "--set",
+        f"data.val_manifest={manifest}",
+        "--set",
+        "data.val_max_clips=3",
+        "--set",
+        "eval_metrics=[cider_d]",
+        "--set",
+        "train.batch_size=4",
+        "--set",
+        "train.log_every=2",
+        "--set",
+        "train.eval_every=4",
+        "--set",
+        "train.save_every=4",
     ]
-    model = ["--set", f"model.n_codebooks={N_CB}", "--set", f"model.codebook_size={K}", "--set",
-             f"model.clip_dim={DIM}", "--set", "model.d_model=32", "--set", "model.encoder_layers=1",
-             "--set", "model.decoder_layers=1", "--set", "model.max_codec_positions=64",
-             "--set", "model.vocab_size=280"]
+    model = [
+        "--set",
+        f"model.n_codebooks={N_CB}",
+        "--set",
+        f"model.codebook_size={K}",
+        "--set",
+        f"model.clip_dim={DIM}",
+        "--set",
+        "model.d_model=32",
+        "--set",
+        "model.encoder_layers=1",
+        "--set",
+        "model.decoder_layers=1",
+        "--set",
+        "model.max_codec_positions=64",
+        "--set",
+        "model.vocab_size=280",
+    ]
     runner = CliRunner()
     pt = tmp_path / "pt"
-    res = runner.invoke(app, ["captioner", "pretrain", "--config", str(REPO / "configs/demo/captioner_pretrain.yaml"),
-                              *common, *model, "--set", f"train.output_dir={pt}", "--set", "train.max_steps=8"])
+    res = runner.invoke(
+        app,
+        [
+            "captioner",
+            "pretrain",
+            "--config",
+            str(REPO / "configs/demo/captioner_pretrain.yaml"),
+            *common,
+            *model,
+            "--set",
+            f"train.output_dir={pt}",
+            "--set",
+            "train.max_steps=8",
+        ],
+    )
     assert res.exit_code == 0, res.output + repr(res.exception)
     recs = [json.loads(x) for x in (pt / "train_log.jsonl").read_text().splitlines()]
     assert any("mcm_loss" in r for r in recs)
@@ -136,9 +189,22 @@ def test_cli_pretrain_then_finetune_tiny(tmp_path):
     m = EnCLAP.from_pretrained(pt / "last")
     assert m.config.n_codebooks == N_CB and m.config.vocab_size <= 280
     ft = tmp_path / "ft"
-    res = runner.invoke(app, ["captioner", "finetune", "--config", str(REPO / "configs/demo/captioner_finetune.yaml"),
-                              "--init", str(pt / "last"), *common, "--set", f"train.output_dir={ft}",
-                              "--set", "train.max_steps=4"])
+    res = runner.invoke(
+        app,
+        [
+            "captioner",
+            "finetune",
+            "--config",
+            str(REPO / "configs/demo/captioner_finetune.yaml"),
+            "--init",
+            str(pt / "last"),
+            *common,
+            "--set",
+            f"train.output_dir={ft}",
+            "--set",
+            "train.max_steps=4",
+        ],
+    )
     assert res.exit_code == 0, res.output + repr(res.exception)
     recs = [json.loads(x) for x in (ft / "train_log.jsonl").read_text().splitlines()]
     assert not any("mcm_loss" in r for r in recs) and any("caption_loss" in r for r in recs)
@@ -150,26 +216,69 @@ def test_cli_pretrain_then_finetune_tiny(tmp_path):
         assert torch.equal(a, b)
     assert not torch.equal(m.clip_proj.weight, ft_model.clip_proj.weight)
     # rerunning resumes from the finished state and trains no further
-    res = runner.invoke(app, ["captioner", "finetune", "--config", str(REPO / "configs/demo/captioner_finetune.yaml"),
-                              "--init", str(pt / "last"), *common, "--set", f"train.output_dir={ft}",
-                              "--set", "train.max_steps=4"])
+    res = runner.invoke(
+        app,
+        [
+            "captioner",
+            "finetune",
+            "--config",
+            str(REPO / "configs/demo/captioner_finetune.yaml"),
+            "--init",
+            str(pt / "last"),
+            *common,
+            "--set",
+            f"train.output_dir={ft}",
+            "--set",
+            "train.max_steps=4",
+        ],
+    )
     assert res.exit_code == 0
     again = EnCLAP.from_pretrained(ft / "last")
-    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), ft_model.state_dict().values(),
-                                                   strict=True))
+    assert all(
+        torch.equal(a, b) for a, b in zip(again.state_dict().values(), ft_model.state_dict().values(), strict=True)
+    )
     # quick captions of the validation clips
     csv = tmp_path / "caps.csv"
-    res = runner.invoke(app, ["captioner", "caption", str(ft / "last"), "--manifest", str(manifest), "--split",
-                              "validation", "--codec-store", str(dac), "--embed-store", str(emb), "--out", str(csv),
-                              "--num-beams", "2"])
+    res = runner.invoke(
+        app,
+        [
+            "captioner",
+            "caption",
+            str(ft / "last"),
+            "--manifest",
+            str(manifest),
+            "--split",
+            "validation",
+            "--codec-store",
+            str(dac),
+            "--embed-store",
+            str(emb),
+            "--out",
+            str(csv),
+            "--num-beams",
+            "2",
+        ],
+    )
     assert res.exit_code == 0, res.output + repr(res.exception)
     import pandas as pd
 
     caps = pd.read_csv(csv, keep_default_na=False)
     assert caps["clip_id"].tolist() == ["clip09.wav", "clip10.wav", "clip11.wav"] and len(caps["caption"]) == 3
     # a bad path is a one-line user error
-    res = runner.invoke(app, ["captioner", "finetune", "--config", str(REPO / "configs/demo/captioner_finetune.yaml"),
-                              "--init", str(tmp_path / "nope"), *common, "--set", f"train.output_dir={tmp_path / 'x'}"])
+    res = runner.invoke(
+        app,
+        [
+            "captioner",
+            "finetune",
+            "--config",
+            str(REPO / "configs/demo/captioner_finetune.yaml"),
+            "--init",
+            str(tmp_path / "nope"),
+            *common,
+            "--set",
+            f"train.output_dir={tmp_path / 'x'}",
+        ],
+    )
     assert res.exit_code == 2 and "nope" in res.output
 
 
@@ -190,12 +299,29 @@ def test_captioner_resume_after_kill_is_bit_exact(tmp_path):
             return super().loss(model, batch)
 
     def cfg(out: Path) -> CaptionerStageConfig:
-        return load_stage_config(REPO / "configs/demo/captioner_pretrain.yaml", [
-            f"data.train_manifests=[{manifest}]", f"data.codec_stores=[{dac}]", f"data.embed_stores=[{emb}]",
-            "data.val_manifest=null", "train.batch_size=4", "train.max_steps=10", "train.save_every=3",
-            "train.eval_every=0", f"train.output_dir={out}", f"model.n_codebooks={N_CB}", f"model.codebook_size={K}",
-            f"model.clip_dim={DIM}", "model.d_model=32", "model.encoder_layers=1", "model.decoder_layers=1",
-            "model.max_codec_positions=50", "model.vocab_size=280", "model.dropout=0.1"])
+        return load_stage_config(
+            REPO / "configs/demo/captioner_pretrain.yaml",
+            [
+                f"data.train_manifests=[{manifest}]",
+                f"data.codec_stores=[{dac}]",
+                f"data.embed_stores=[{emb}]",
+                "data.val_manifest=null",
+                "train.batch_size=4",
+                "train.max_steps=10",
+                "train.save_every=3",
+                "train.eval_every=0",
+                f"train.output_dir={out}",
+                f"model.n_codebooks={N_CB}",
+                f"model.codebook_size={K}",
+                f"model.clip_dim={DIM}",
+                "model.d_model=32",
+                "model.encoder_layers=1",
+                "model.decoder_layers=1",
+                "model.max_codec_positions=50",
+                "model.vocab_size=280",
+                "model.dropout=0.1",
+            ],
+        )
 
     fit(CaptionerTask(cfg(tmp_path / "ref")), cfg(tmp_path / "ref").train)
     with pytest.raises(KeyboardInterrupt):

@@ -30,7 +30,6 @@ def tiny() -> CNext:
     return m.eval()
 
 
-
 def test_slaney_mel_scale_and_filter_areas():
     assert float(hz_to_mel_slaney(torch.tensor(1000.0))) == pytest.approx(15.0)
     assert float(hz_to_mel_slaney(torch.tensor(200.0 / 3))) == pytest.approx(1.0)
@@ -134,8 +133,15 @@ def _published_state_dict(cfg: CNextConfig, seed: int = 0) -> dict[str, torch.Te
     sd["spectrogram_extractor.stft.conv_real.weight"] = real
     sd["spectrogram_extractor.stft.conv_imag.weight"] = imag
     sd["logmel_extractor.melW"] = mel_filterbank(cfg.sample_rate, cfg.n_fft, m, cfg.f_min, cfg.f_max)
-    sd.update({"bn0.weight": r(m) + 1, "bn0.bias": r(m), "bn0.running_mean": r(m) - 40,
-               "bn0.running_var": r(m).abs() + 80, "bn0.num_batches_tracked": torch.tensor(1000)})
+    sd.update(
+        {
+            "bn0.weight": r(m) + 1,
+            "bn0.bias": r(m),
+            "bn0.running_mean": r(m) - 40,
+            "bn0.running_var": r(m).abs() + 80,
+            "bn0.num_batches_tracked": torch.tensor(1000),
+        }
+    )
     sd["downsample_layers.0.0.weight"] = r(d[0], 1, *cfg.stem_kernel)
     sd["downsample_layers.0.0.bias"] = r(d[0])
     sd["downsample_layers.0.1.weight"], sd["downsample_layers.0.1.bias"] = r(d[0]) + 1, r(d[0])
@@ -146,10 +152,19 @@ def _published_state_dict(cfg: CNextConfig, seed: int = 0) -> dict[str, torch.Te
     for i in range(4):
         for j in range(cfg.depths[i]):
             p = f"stages.{i}.{j}."
-            sd.update({p + "dwconv.weight": r(d[i], 1, 7, 7), p + "dwconv.bias": r(d[i]),
-                       p + "norm.weight": r(d[i]) + 1, p + "norm.bias": r(d[i]),
-                       p + "pwconv1.weight": r(4 * d[i], d[i]), p + "pwconv1.bias": r(4 * d[i]),
-                       p + "pwconv2.weight": r(d[i], 4 * d[i]), p + "pwconv2.bias": r(d[i]), p + "gamma": r(d[i])})
+            sd.update(
+                {
+                    p + "dwconv.weight": r(d[i], 1, 7, 7),
+                    p + "dwconv.bias": r(d[i]),
+                    p + "norm.weight": r(d[i]) + 1,
+                    p + "norm.bias": r(d[i]),
+                    p + "pwconv1.weight": r(4 * d[i], d[i]),
+                    p + "pwconv1.bias": r(4 * d[i]),
+                    p + "pwconv2.weight": r(d[i], 4 * d[i]),
+                    p + "pwconv2.bias": r(d[i]),
+                    p + "gamma": r(d[i]),
+                }
+            )
     sd["norm.weight"], sd["norm.bias"] = r(d[-1]) + 1, r(d[-1])
     sd["head_audioset.weight"], sd["head_audioset.bias"] = r(cfg.num_classes, d[-1]), r(cfg.num_classes)
     return sd

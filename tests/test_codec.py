@@ -101,9 +101,16 @@ def _descript_layout(config, seed: int = 0):
 
 
 TINY_KWARGS = {
-    "encoder_dim": 4, "encoder_rates": [2, 4, 5, 8], "latent_dim": 32, "decoder_dim": 32,
-    "decoder_rates": [8, 5, 4, 2], "n_codebooks": 4, "codebook_size": 64, "codebook_dim": 4,
-    "quantizer_dropout": 0.0, "sample_rate": 24000,
+    "encoder_dim": 4,
+    "encoder_rates": [2, 4, 5, 8],
+    "latent_dim": 32,
+    "decoder_dim": 32,
+    "decoder_rates": [8, 5, 4, 2],
+    "n_codebooks": 4,
+    "codebook_size": 64,
+    "codebook_dim": 4,
+    "quantizer_dropout": 0.0,
+    "sample_rate": 24000,
 }
 
 
@@ -210,8 +217,18 @@ def test_codec_config_file_and_bad_hop(tmp_path):
     import json
 
     f = tmp_path / "c.json"
-    f.write_text(json.dumps({"encoder_hidden_size": 4, "hidden_size": 16, "n_codebooks": 2, "codebook_size": 16,
-                             "codebook_dim": 2, "decoder_hidden_size": 16}))
+    f.write_text(
+        json.dumps(
+            {
+                "encoder_hidden_size": 4,
+                "hidden_size": 16,
+                "n_codebooks": 2,
+                "codebook_size": 16,
+                "codebook_dim": 2,
+                "decoder_hidden_size": 16,
+            }
+        )
+    )
     c = load_codec(f)
     assert c.n_codebooks == 2 and c.hop == HOP
     f.write_text(json.dumps({"hop_length": 512}))

@@ -50,7 +50,9 @@ def test_defaults_and_roundtrip() -> None:
 def test_unknown_keys_list_valid_keys(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         load_config(Cfg, overrides=["modle.d_model=3"])
-    assert "['modle']" in str(e.value) and "valid keys: ['model', 'name', 'optim', 'seed', 'splits', 'use_mcm']" in str(e.value)
+    assert "['modle']" in str(e.value) and "valid keys: ['model', 'name', 'optim', 'seed', 'splits', 'use_mcm']" in str(
+        e.value
+    )
     with pytest.raises(ConfigError) as e:
         load_config(Cfg, overrides=["model.hidden=3"])
     msg = str(e.value)
@@ -62,10 +64,19 @@ def test_unknown_keys_list_valid_keys(tmp_path: Path) -> None:
 
 
 def test_types_and_overrides() -> None:
-    cfg = load_config(Cfg, overrides=[
-        "model.d_model=128", "optim.lr=5e-4", "use_mcm=false", "splits=[development, validation]",
-        "optim.betas=[0.8, 0.99]", "model.kind=t5", "model.dropout=0.1", "name=12",
-    ])
+    cfg = load_config(
+        Cfg,
+        overrides=[
+            "model.d_model=128",
+            "optim.lr=5e-4",
+            "use_mcm=false",
+            "splits=[development, validation]",
+            "optim.betas=[0.8, 0.99]",
+            "model.kind=t5",
+            "model.dropout=0.1",
+            "name=12",
+        ],
+    )
     assert cfg.model.d_model == 128 and isinstance(cfg.model.d_model, int)
     assert cfg.optim.lr == 5e-4 and cfg.use_mcm is False
     assert cfg.splits == ["development", "validation"] and cfg.optim.betas == (0.8, 0.99)

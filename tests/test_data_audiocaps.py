@@ -15,10 +15,14 @@ HEADER = ["audiocap_id", "youtube_id", "start_time", "caption"]
 
 
 def _audiocaps(root: Path, prefix: str = "") -> Path:
-    write_csv(root / "train.csv", HEADER, [
-        ["1", "abc", "30", "a man speaks, then laughs"],
-        ["2", "def", "0", "birds chirp"],
-    ])
+    write_csv(
+        root / "train.csv",
+        HEADER,
+        [
+            ["1", "abc", "30", "a man speaks, then laughs"],
+            ["2", "def", "0", "birds chirp"],
+        ],
+    )
     val = [[str(10 + k), "ghi", "10.0", f"val caption {k}"] for k in range(5)]
     val += [[str(20 + k), "jkl", "12.5", f"other caption {k}"] for k in range(5)]
     val = [val[i] for i in (0, 5, 1, 6, 2, 7, 3, 8, 4, 9)]  # interleaved on purpose
@@ -33,8 +37,12 @@ def _audiocaps(root: Path, prefix: str = "") -> Path:
 def test_grouping_and_both_default_patterns(tmp_path: Path, prefix: str) -> None:
     root = _audiocaps(tmp_path / "ac", prefix)
     rows = read_audiocaps(root)
-    assert [r.clip_id for r in rows] == ["audiocaps/abc_30", "audiocaps/def_0", "audiocaps/ghi_10",
-                                         "audiocaps/jkl_12.5"]
+    assert [r.clip_id for r in rows] == [
+        "audiocaps/abc_30",
+        "audiocaps/def_0",
+        "audiocaps/ghi_10",
+        "audiocaps/jkl_12.5",
+    ]
     assert [r.split for r in rows] == ["train", "train", "val", "val"]
     assert rows[0].captions == ["a man speaks, then laughs"]
     assert rows[2].captions == [f"val caption {k}" for k in range(5)]

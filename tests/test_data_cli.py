@@ -16,15 +16,45 @@ runner = CliRunner()
 
 def test_synth_manifest_stats(tmp_path: Path) -> None:
     corpus = tmp_path / "synth"
-    r = runner.invoke(app, ["data", "synth", "--out", str(corpus), "--clips", "6", "--seed", "1",
-                            "--test-clips", "1", "--retrieval-clips", "2"])
+    r = runner.invoke(
+        app,
+        [
+            "data",
+            "synth",
+            "--out",
+            str(corpus),
+            "--clips",
+            "6",
+            "--seed",
+            "1",
+            "--test-clips",
+            "1",
+            "--retrieval-clips",
+            "2",
+        ],
+    )
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["data", "synth", "--out", str(corpus), "--clips", "6"])
     assert r.exit_code == 2 and "--overwrite" in r.output
 
     out = tmp_path / "m" / "clotho.parquet"
-    r = runner.invoke(app, ["data", "manifest", "--source", "clotho", "--root", str(corpus), "--out", str(out),
-                            "--splits", "development,evaluation", "--splits", "retrieval_audio"])
+    r = runner.invoke(
+        app,
+        [
+            "data",
+            "manifest",
+            "--source",
+            "clotho",
+            "--root",
+            str(corpus),
+            "--out",
+            str(out),
+            "--splits",
+            "development,evaluation",
+            "--splits",
+            "retrieval_audio",
+        ],
+    )
     assert r.exit_code == 0, r.output
     df = read_manifest(out)
     assert df.groupby("split").size().to_dict() == {"development": 4, "evaluation": 1, "retrieval_audio": 2}
@@ -34,8 +64,23 @@ def test_synth_manifest_stats(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "exists; pass --overwrite" in r.output
 
     mix = tmp_path / "m" / "mixup.parquet"
-    r = runner.invoke(app, ["data", "manifest", "--source", "clotho-mixup", "--root", str(corpus / "clotho_chatgpt_mixup.json"),
-                            "--clotho-root", str(corpus), "--out", str(mix), "--seed", "5"])
+    r = runner.invoke(
+        app,
+        [
+            "data",
+            "manifest",
+            "--source",
+            "clotho-mixup",
+            "--root",
+            str(corpus / "clotho_chatgpt_mixup.json"),
+            "--clotho-root",
+            str(corpus),
+            "--out",
+            str(mix),
+            "--seed",
+            "5",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert len(read_manifest(mix)) == 1  # max(1, n_dev // 4) pairs
 
@@ -53,21 +98,65 @@ def test_skip_bad_reported(tmp_path: Path) -> None:
     victim = sorted((corpus / "clotho_audio_files" / "development").glob("*.wav"))[1]
     write_nan_wav(victim)
     out = tmp_path / "clotho.parquet"
-    r = runner.invoke(app, ["data", "manifest", "--source", "clotho", "--root", str(corpus), "--out", str(out),
-                            "--splits", "development"])
+    r = runner.invoke(
+        app,
+        ["data", "manifest", "--source", "clotho", "--root", str(corpus), "--out", str(out), "--splits", "development"],
+    )
     assert r.exit_code == 2 and victim.name in r.output and "NaN" in r.output and "--skip-bad" in r.output
     assert not out.exists()
-    r = runner.invoke(app, ["data", "manifest", "--source", "clotho", "--root", str(corpus), "--out", str(out),
-                            "--splits", "development", "--skip-bad"])
+    r = runner.invoke(
+        app,
+        [
+            "data",
+            "manifest",
+            "--source",
+            "clotho",
+            "--root",
+            str(corpus),
+            "--out",
+            str(out),
+            "--splits",
+            "development",
+            "--skip-bad",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "skipped 1 bad clip(s)" in r.output
     report = pd.read_csv(tmp_path / "clotho.skipped.csv", dtype=str)
     assert report["clip"].tolist() == [victim.name] and "NaN" in report.loc[0, "reason"]
     assert len(read_manifest(out)) == 3
     # header-only mode does not decode, so the NaN file passes
-    r = runner.invoke(app, ["data", "manifest", "--source", "clotho", "--root", str(corpus), "--out", str(out),
-                            "--splits", "development", "--no-decode-check", "--overwrite"])
+    r = runner.invoke(
+        app,
+        [
+            "data",
+            "manifest",
+            "--source",
+            "clotho",
+            "--root",
+            str(corpus),
+            "--out",
+            str(out),
+            "--splits",
+            "development",
+            "--no-decode-check",
+            "--overwrite",
+        ],
+    )
     assert r.exit_code == 0 and len(read_manifest(out)) == 4
-    r = runner.invoke(app, ["data", "manifest", "--source", "wavcaps", "--root", str(corpus), "--out",
-                            str(tmp_path / "w.parquet"), "--splits", "train"])
+    r = runner.invoke(
+        app,
+        [
+            "data",
+            "manifest",
+            "--source",
+            "wavcaps",
+            "--root",
+            str(corpus),
+            "--out",
+            str(tmp_path / "w.parquet"),
+            "--splits",
+            "train",
+        ],
+    )
     assert r.exit_code == 2 and "WavCaps has no splits" in r.output

@@ -33,7 +33,7 @@ TRICKY = [
     "NA",
     "null",
     "  leading and trailing spaces are kept  ",
-    "a comma, a quote \" and a semicolon; all together",
+    'a comma, a quote " and a semicolon; all together',
 ]
 DEV_FILES = ["Santa Motor.wav", "café noise ñ.wav", "01 birds, morning.wav"]
 
@@ -44,22 +44,35 @@ def _clotho(root: Path, layout: str = "official") -> Path:
     caps = [TRICKY[0:5], TRICKY[3:8], ["x"] + TRICKY[5:8] + ["y"]]
     for i, name in enumerate(DEV_FILES):
         write_tone(base / "development" / name, seconds=0.2 + 0.05 * i, sr=44100)
-    write_csv(root / "clotho_captions_development.csv", CAPTION_HEADER,
-              [[n, *c] for n, c in zip(DEV_FILES, caps, strict=True)])
+    write_csv(
+        root / "clotho_captions_development.csv",
+        CAPTION_HEADER,
+        [[n, *c] for n, c in zip(DEV_FILES, caps, strict=True)],
+    )
     for name in ("eval a.wav", "eval b.wav"):
         write_tone(base / "evaluation" / name, seconds=0.3, sr=44100)
-    write_csv(root / "clotho_captions_evaluation.csv", CAPTION_HEADER,
-              [["eval a.wav", "a", "b", "c", "d", "e"], ["eval b.wav", "f", "g", "h", "i", "j"]])
+    write_csv(
+        root / "clotho_captions_evaluation.csv",
+        CAPTION_HEADER,
+        [["eval a.wav", "a", "b", "c", "d", "e"], ["eval b.wav", "f", "g", "h", "i", "j"]],
+    )
     # official metadata files are sometimes ';'-delimited and cp1252-encoded
-    write_csv(root / "clotho_metadata_development.csv", METADATA_HEADER,
-              [[n, "k1 k2", str(i), "https://freesound.org/s/1", "[0, 10]", "Zoë", "CC0"]
-               for i, n in enumerate(DEV_FILES)], delimiter=";", encoding="cp1252")
+    write_csv(
+        root / "clotho_metadata_development.csv",
+        METADATA_HEADER,
+        [[n, "k1 k2", str(i), "https://freesound.org/s/1", "[0, 10]", "Zoë", "CC0"] for i, n in enumerate(DEV_FILES)],
+        delimiter=";",
+        encoding="cp1252",
+    )
     for name in ("test 1.wav", "test 2.wav"):
         write_tone(base / "test" / name, seconds=0.15, sr=44100)
     for name in ("r1.wav", "r2.wav", "r3.wav"):
         write_tone(root / "test_retrieval_audio" / name, seconds=0.1, sr=44100)
-    write_csv(root / "retrieval_captions.csv", ["caption"],
-              [["zebra query, first"], ["apple \"query\" second"], ["mango query third"]])
+    write_csv(
+        root / "retrieval_captions.csv",
+        ["caption"],
+        [["zebra query, first"], ['apple "query" second'], ["mango query third"]],
+    )
     return root
 
 
@@ -143,7 +156,10 @@ def _dev_csv(root: Path) -> Path:
 @pytest.mark.parametrize(
     "breakage, pattern",
     [
-        ("missing_audio", r"café noise ñ.wav: audio file not found \(listed in clotho_captions_development.csv row 2\)"),
+        (
+            "missing_audio",
+            r"café noise ñ.wav: audio file not found \(listed in clotho_captions_development.csv row 2\)",
+        ),
         ("corrupt_audio", r"Santa Motor.wav: unreadable audio"),
         ("nan_audio", r"Santa Motor.wav: audio contains NaN or inf"),
         ("empty_audio", r"Santa Motor.wav: empty audio"),
@@ -151,8 +167,11 @@ def _dev_csv(root: Path) -> Path:
         ("empty_caption", r"clotho_captions_development.csv: row 3: empty caption in column\(s\) \['caption_4'\]"),
         ("missing_column", r"clotho_captions_development.csv: missing columns \['caption_5'\]"),
         ("extra_column", r"clotho_captions_development.csv: missing columns \[\], unexpected columns \['notes'\]"),
-        ("ragged_row", r"clotho_captions_development.csv: not a readable CSV: row 4 \(line 6\) has 8 fields, the "
-                       r"header has 6"),
+        (
+            "ragged_row",
+            r"clotho_captions_development.csv: not a readable CSV: row 4 \(line 6\) has 8 fields, the "
+            r"header has 6",
+        ),
         ("short_row", r"clotho_captions_development.csv: not a readable CSV: row 4 \(line 6\) has 5 fields"),
     ],
 )
@@ -242,8 +261,10 @@ def test_clotho_mini_real_clips(tmp_path: Path, clotho_mini: Path) -> None:
         assert 15.0 <= row.duration_s <= 30.0
         assert len(row.captions) == 5
     ref = pd.read_csv(clotho_mini / "clotho_captions_mini.csv", dtype=str, keep_default_na=False)
-    assert df.set_index("clip_id").loc["Santa Motor.wav", "captions"] == \
-        ref.set_index("file_name").loc["Santa Motor.wav"].tolist()
+    assert (
+        df.set_index("clip_id").loc["Santa Motor.wav", "captions"]
+        == ref.set_index("file_name").loc["Santa Motor.wav"].tolist()
+    )
 
 
 def test_threaded_probing_matches_serial(tmp_path: Path) -> None:

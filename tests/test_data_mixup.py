@@ -21,11 +21,17 @@ def _setup(tmp_path: Path) -> tuple[Path, Path]:
     clotho = tmp_path / "clotho"
     for i, (name, sec) in enumerate(FILES.items()):
         write_tone(clotho / "clotho_audio_files" / "development" / name, seconds=sec, sr=44100, freq=200 + 300 * i)
-    doc = {"dataset": [
-        {"selected_pair": [0, 1], "audio_files": ["a.wav", "b c.wav"], "chatgpt_mixups": ["m0 c0", "m0 c1", "m0 c2"]},
-        {"selected_pair": [1, 2], "audio_files": ["b c.wav", "d.wav"], "chatgpt_mixups": ["m1 c0"]},
-        {"selected_pair": [2, 0], "audio_files": ["d.wav", "a.wav"], "chatgpt_mixups": ["m2 c0", "m2 c1"]},
-    ]}
+    doc = {
+        "dataset": [
+            {
+                "selected_pair": [0, 1],
+                "audio_files": ["a.wav", "b c.wav"],
+                "chatgpt_mixups": ["m0 c0", "m0 c1", "m0 c2"],
+            },
+            {"selected_pair": [1, 2], "audio_files": ["b c.wav", "d.wav"], "chatgpt_mixups": ["m1 c0"]},
+            {"selected_pair": [2, 0], "audio_files": ["d.wav", "a.wav"], "chatgpt_mixups": ["m2 c0", "m2 c1"]},
+        ]
+    }
     path = tmp_path / "mixup.json"
     path.write_text(json.dumps(doc))
     return path, clotho

@@ -34,8 +34,11 @@ from dcase.data.synth import (
 
 
 def _tree_hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +54,12 @@ def test_layout_and_read_back(corpus: Path, tmp_path: Path) -> None:
     res = build_manifest("clotho", corpus, tmp_path / "m.parquet")
     df = read_manifest(tmp_path / "m.parquet")
     assert df.groupby("split").size().to_dict() == {
-        "development": 8, "validation": 2, "evaluation": 2, "test": 2, "retrieval_audio": 2}
+        "development": 8,
+        "validation": 2,
+        "evaluation": 2,
+        "test": 2,
+        "retrieval_audio": 2,
+    }
     assert len(res.frame) == 16 and df["clip_id"].is_unique
     cap = df[df["split"].isin(["development", "validation", "evaluation"])]
     assert all(len(c) == 5 and len(set(c)) >= 3 for c in cap["captions"])

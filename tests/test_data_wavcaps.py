@@ -17,8 +17,10 @@ from dcase.data.wavcaps import read_exclude_ids, read_wavcaps
 # (source dir, json name, [(id, duration, caption)])
 SOURCES = {
     "FreeSound": ("fsd_final.json", [("180913", 5.0, "a bell rings"), ("77", 12.0, "water drips")]),
-    "BBC_Sound_Effects": ("bbc_final.json", [("07070291", 20.0, "a car passes"), ("07070292", 45.0, "long wind"),
-                                             ("07070293", 0.5, "short click")]),
+    "BBC_Sound_Effects": (
+        "bbc_final.json",
+        [("07070291", 20.0, "a car passes"), ("07070292", 45.0, "long wind"), ("07070293", 0.5, "short click")],
+    ),
     "SoundBible": ("sb_final.json", [("0", 3.0, "a cat meows"), ("1", 30.0, "thunder"), ("2", 1.0, "a pop")]),
     "AudioSet_SL": ("as_final.json", [("Yb0RFKhbpFJA.wav", 10.0, "people talk"), ("Yzz.wav", 10.0, "a dog barks")]),
 }
@@ -27,8 +29,9 @@ SOURCES = {
 def _wavcaps(root: Path) -> tuple[Path, Path]:
     json_root, audio_root = root / "json_files", root / "audio"
     for src, (name, entries) in SOURCES.items():
-        data = [{"id": i, "caption": c, "duration": d, "audio": "wav_path", "download_link": "x"}
-                for i, d, c in entries]
+        data = [
+            {"id": i, "caption": c, "duration": d, "audio": "wav_path", "download_link": "x"} for i, d, c in entries
+        ]
         (json_root / src).mkdir(parents=True, exist_ok=True)
         (json_root / src / name).write_text(json.dumps({"num_captions_per_audio": 1, "data": data}))
         for i, _, _ in entries:
@@ -52,8 +55,14 @@ def test_challenge_filters_and_counts(tmp_path: Path) -> None:
         ("audio found and readable", 6, 6),
     ]
     ids = [r.clip_id for r in rows]
-    assert ids == ["wavcaps/AudioSet_SL/Yb0RFKhbpFJA", "wavcaps/AudioSet_SL/Yzz", "wavcaps/BBC_Sound_Effects/07070291",
-                   "wavcaps/SoundBible/0", "wavcaps/SoundBible/1", "wavcaps/SoundBible/2"]
+    assert ids == [
+        "wavcaps/AudioSet_SL/Yb0RFKhbpFJA",
+        "wavcaps/AudioSet_SL/Yzz",
+        "wavcaps/BBC_Sound_Effects/07070291",
+        "wavcaps/SoundBible/0",
+        "wavcaps/SoundBible/1",
+        "wavcaps/SoundBible/2",
+    ]
     assert rows[3].captions == ["a cat meows"] and all(r.split == "train" for r in rows)
     assert rows[0].audio_path.endswith("AudioSet_SL/Yb0RFKhbpFJA.flac")
     write_manifest(rows, tmp_path / "m.parquet")
@@ -116,9 +125,29 @@ def test_cli_prints_filter_counts(tmp_path: Path) -> None:
     json_root, audio_root = _wavcaps(tmp_path / "wc")
     csv_path = write_csv(tmp_path / "excluded.csv", ["fsd_id"], [["0"]])
     out = tmp_path / "wavcaps.parquet"
-    r = CliRunner().invoke(app, ["data", "manifest", "--source", "wavcaps", "--root", str(json_root), "--audio-root",
-                                 str(audio_root), "--exclude-csv", str(csv_path), "--out", str(out)])
+    r = CliRunner().invoke(
+        app,
+        [
+            "data",
+            "manifest",
+            "--source",
+            "wavcaps",
+            "--root",
+            str(json_root),
+            "--audio-root",
+            str(audio_root),
+            "--exclude-csv",
+            str(csv_path),
+            "--out",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
-    for line in ("drop FreeSound source: 10 -> 8 (removed 2)", "drop excluded ids (excluded.csv): 8 -> 7 (removed 1)",
-                 "keep duration in [1, 30] s: 7 -> 5 (removed 2)", "wrote", "5 clips"):
+    for line in (
+        "drop FreeSound source: 10 -> 8 (removed 2)",
+        "drop excluded ids (excluded.csv): 8 -> 7 (removed 1)",
+        "keep duration in [1, 30] s: 7 -> 5 (removed 2)",
+        "wrote",
+        "5 clips",
+    ):
         assert line in r.output

@@ -16,20 +16,32 @@ from dcase.submission import validate_task6, validate_task8
 pytestmark = pytest.mark.slow
 
 TINY = [
-    "--set", "clips=40",
-    "--set", "num_candidates=4",
-    "--set", "max_new_tokens=20",
-    "--set", "retriever_config=demo/retriever_tiny.yaml",
-    "--set", "retriever_overrides=[train.max_steps=8,train.eval_every=8,train.save_every=8]",
-    "--set", "pretrain_overrides=[train.max_steps=60,train.eval_every=60,train.save_every=60]",
-    "--set", "finetune_overrides=[train.max_steps=30,train.eval_every=30,train.save_every=30]",
+    "--set",
+    "clips=40",
+    "--set",
+    "num_candidates=4",
+    "--set",
+    "max_new_tokens=20",
+    "--set",
+    "retriever_config=demo/retriever_tiny.yaml",
+    "--set",
+    "retriever_overrides=[train.max_steps=8,train.eval_every=8,train.save_every=8]",
+    "--set",
+    "pretrain_overrides=[train.max_steps=60,train.eval_every=60,train.save_every=60]",
+    "--set",
+    "finetune_overrides=[train.max_steps=30,train.eval_every=30,train.save_every=30]",
 ]
 
 
 def _run(out: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "dcase.cli", "demo", "--out", str(out), *TINY],
-                          capture_output=True, text=True, env=env, timeout=1200)
+    return subprocess.run(
+        [sys.executable, "-m", "dcase.cli", "demo", "--out", str(out), *TINY],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1200,
+    )
 
 
 def test_demo_chain_end_to_end_and_resume(tmp_path: Path) -> None:
@@ -38,9 +50,17 @@ def test_demo_chain_end_to_end_and_resume(tmp_path: Path) -> None:
     assert first.returncode == 0, first.stderr[-3000:]
 
     # every stage left its artefact
-    for rel in ("manifest.parquet", "features/dac/index.json", "features/emb/index.json", "soup/enclap_config.json",
-                "decode/single_sampled_reranked.parquet", "decode/soup_sampled_reranked.parquet",
-                "decoding_comparison.png", "run/config.yaml", "run/run.json"):
+    for rel in (
+        "manifest.parquet",
+        "features/dac/index.json",
+        "features/emb/index.json",
+        "soup/enclap_config.json",
+        "decode/single_sampled_reranked.parquet",
+        "decode/soup_sampled_reranked.parquet",
+        "decoding_comparison.png",
+        "run/config.yaml",
+        "run/run.json",
+    ):
         assert (out / rel).exists(), rel
 
     # the submissions are valid in the official formats, one row per held-out clip / per query
@@ -78,7 +98,8 @@ def test_demo_chain_end_to_end_and_resume(tmp_path: Path) -> None:
     assert sel["clip_id"].is_unique and len(sel) == n_eval
     sub = pd.read_csv(out / "submission" / "Demo_Synth_task6_1.output.csv", keep_default_na=False)
     assert dict(zip(sub["file_name"], sub["caption_predicted"], strict=True)) == dict(
-        zip(sel["clip_id"], sel["text"], strict=True))
+        zip(sel["clip_id"], sel["text"], strict=True)
+    )
 
     # a rerun resumes: every step is found done, nothing is retrained
     mtime = (out / "soup" / "enclap_config.json").stat().st_mtime

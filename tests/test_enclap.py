@@ -15,8 +15,13 @@ from dcase.models.enclap import (
     train_caption_tokenizer,
 )
 
-CAPTIONS = ["a dog barks loudly", "birds chirp in the morning", "a car passes by on a wet road",
-            "rain falls on a tin roof", "people talk in a busy cafe"]
+CAPTIONS = [
+    "a dog barks loudly",
+    "birds chirp in the morning",
+    "a car passes by on a wet road",
+    "rain falls on a tin roof",
+    "people talk in a busy cafe",
+]
 
 
 def _model(**kw) -> EnCLAP:
@@ -135,12 +140,14 @@ def test_sampling_and_beam_search_from_one_encoder_pass():
     m = _model()
     codes, mask, clip = _batch()
     torch.manual_seed(3)
-    s1 = m.generate(codes, mask, clip, do_sample=True, top_p=0.95, temperature=0.5, num_return_sequences=5,
-                    max_new_tokens=6)
+    s1 = m.generate(
+        codes, mask, clip, do_sample=True, top_p=0.95, temperature=0.5, num_return_sequences=5, max_new_tokens=6
+    )
     enc, em = m.encode(codes, mask, clip)
     torch.manual_seed(3)
-    s2 = m.generate_from_encoder(enc, em, do_sample=True, top_p=0.95, temperature=0.5, num_return_sequences=5,
-                                 max_new_tokens=6)
+    s2 = m.generate_from_encoder(
+        enc, em, do_sample=True, top_p=0.95, temperature=0.5, num_return_sequences=5, max_new_tokens=6
+    )
     assert s1.shape[0] == 15 and torch.equal(s1, s2)
     assert (s1[:, 0] == m.bart.config.decoder_start_token_id).all() and (s1[:, 1] == 0).all()
     beams = m.generate(codes, mask, clip, num_beams=4, num_return_sequences=2, max_new_tokens=6, length_penalty=0.0)
@@ -191,7 +198,12 @@ def test_save_load_round_trip_is_bit_exact(tmp_path):
 def test_tokenizer_has_bart_special_ids_and_round_trips_text():
     tok = train_caption_tokenizer(CAPTIONS, 300)
     assert (tok.bos_token_id, tok.pad_token_id, tok.eos_token_id, tok.unk_token_id, tok.mask_token_id) == (
-        0, 1, 2, 3, 4)
+        0,
+        1,
+        2,
+        3,
+        4,
+    )
     ids = tok(CAPTIONS[1])["input_ids"]
     assert ids[0] == 0 and ids[-1] == 2
     assert tok.decode(ids, skip_special_tokens=True) == CAPTIONS[1]
@@ -234,9 +246,19 @@ def test_build_from_a_local_bart_directory(tmp_path):
     from transformers import BartConfig, BartForConditionalGeneration
 
     torch.manual_seed(0)
-    bart = BartForConditionalGeneration(BartConfig(
-        vocab_size=300, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=40))
+    bart = BartForConditionalGeneration(
+        BartConfig(
+            vocab_size=300,
+            d_model=16,
+            encoder_layers=1,
+            decoder_layers=1,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=32,
+            decoder_ffn_dim=32,
+            max_position_embeddings=40,
+        )
+    )
     bart.save_pretrained(tmp_path / "bart")
     train_caption_tokenizer(CAPTIONS, 300).save_pretrained(str(tmp_path / "bart"))
     m = build_enclap(EnCLAPConfig.tiny(bart_name_or_path=str(tmp_path / "bart"), max_codec_positions=38))
@@ -247,5 +269,6 @@ def test_build_from_a_local_bart_directory(tmp_path):
     assert torch.isfinite(m(codes, mask, clip, labels=labels, mcm=True).loss)
     m.save_pretrained(tmp_path / "enclap")
     r = EnCLAP.from_pretrained(tmp_path / "enclap")
-    assert r.config == m.config and all(torch.equal(a, b) for a, b in zip(
-        m.state_dict().values(), r.state_dict().values(), strict=True))
+    assert r.config == m.config and all(
+        torch.equal(a, b) for a, b in zip(m.state_dict().values(), r.state_dict().values(), strict=True)
+    )

@@ -62,16 +62,20 @@ def test_token_ensemble_samples_from_mean_logprobs():
     for i in range(2):
         seq = [bc.decoder_start_token_id]
         for _ in range(6):
-            lps = [m.decode_logits(e[0][i:i + 1], e[1][i:i + 1], torch.tensor([seq]))[0, -1].log_softmax(-1)
-                   for m, e in zip((a, b), enc, strict=True)]
+            lps = [
+                m.decode_logits(e[0][i : i + 1], e[1][i : i + 1], torch.tensor([seq]))[0, -1].log_softmax(-1)
+                for m, e in zip((a, b), enc, strict=True)
+            ]
             nxt = bc.bos_token_id if len(seq) == 1 else int(torch.stack(lps).mean(0).argmax())
             seq.append(nxt)
             if nxt == bc.eos_token_id:
                 break
         n = int(g.lengths[i, 0])
         assert g.tokens[i, 0, :n].tolist() == seq[1:]
-        per_model = [score_sequences(m, e[0][i:i + 1], e[1][i:i + 1], [[seq[1:]]])[0][0] for m, e in
-                     zip((a, b), enc, strict=True)]
+        per_model = [
+            score_sequences(m, e[0][i : i + 1], e[1][i : i + 1], [[seq[1:]]])[0][0]
+            for m, e in zip((a, b), enc, strict=True)
+        ]
         torch.testing.assert_close(g.scores[i, 0], (per_model[0] + per_model[1]) / 2, atol=2e-6, rtol=0)
 
 
@@ -84,11 +88,13 @@ def test_pool_merges_candidates_and_averages_scores():
     for i in range(2):
         texts = [c.text for c in pooled[i]]
         assert len(texts) == len(set(texts))
-        assert texts[:len(own_a[i])] == [c.text for c in own_a[i]]  # model 0's candidates first
+        assert texts[: len(own_a[i])] == [c.text for c in own_a[i]]  # model 0's candidates first
         assert sum(c.count for c in pooled[i]) >= sum(c.count for c in own_a[i])
         for c in pooled[i]:
-            want = [score_sequences(m, e[0][i:i + 1], e[1][i:i + 1], [[c.token_ids]])[0][0].item()
-                    for m, e in zip((a, b), enc, strict=True)]
+            want = [
+                score_sequences(m, e[0][i : i + 1], e[1][i : i + 1], [[c.token_ids]])[0][0].item()
+                for m, e in zip((a, b), enc, strict=True)
+            ]
             assert c.model_scores == pytest.approx(want, abs=2e-6)
             assert c.decoder_score == pytest.approx(sum(want) / 2, abs=2e-6)
 

@@ -38,9 +38,18 @@ def corpus(tmp_path):
     for i, (sec, sr) in enumerate([(0.5, 44100), (0.8, 24000), (0.3, 16000), (0.6, 44100)]):
         x = (0.1 * rng.standard_normal(int(sec * sr))).astype(np.float32)
         rows.append(_row(f"c{i}.wav", _wav(tmp_path / "a" / f"c{i}.wav", x, sr), sec, sr))
-    rows.append(_row("mix0.wav", rows[0].audio_path, 0.8, 44100, source="clotho_mixup",
-                     mix_clip_ids=["c0.wav", "c1.wav"], mix_audio_paths=[rows[0].audio_path, rows[1].audio_path],
-                     mix_ratio_db=3.0))
+    rows.append(
+        _row(
+            "mix0.wav",
+            rows[0].audio_path,
+            0.8,
+            44100,
+            source="clotho_mixup",
+            mix_clip_ids=["c0.wav", "c1.wav"],
+            mix_audio_paths=[rows[0].audio_path, rows[1].audio_path],
+            mix_ratio_db=3.0,
+        )
+    )
     return rows
 
 
@@ -111,8 +120,21 @@ def test_cli_codec_verify_and_errors(tmp_path, corpus):
     manifest = tmp_path / "m.parquet"
     write_manifest(corpus[:2], manifest)
     runner = CliRunner()
-    res = runner.invoke(app, ["extract", "codec", "--manifest", str(manifest), "--out", str(tmp_path / "s"),
-                              "--codec-config", "tiny", "--batch-size", "2"])
+    res = runner.invoke(
+        app,
+        [
+            "extract",
+            "codec",
+            "--manifest",
+            str(manifest),
+            "--out",
+            str(tmp_path / "s"),
+            "--codec-config",
+            "tiny",
+            "--batch-size",
+            "2",
+        ],
+    )
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["extract", "verify", str(tmp_path / "s"), "--manifest", str(manifest)])
     assert res.exit_code == 0 and "OK" in res.output
@@ -149,8 +171,9 @@ def test_clotho_mini_store_is_complete_with_expected_frame_counts(tmp_path, clot
     rows = []
     for p in sorted((clotho_mini / "audio").glob("*.wav")):
         info = soundfile.info(str(p))
-        rows.append(ManifestRow(p.name, str(p), "evaluation", "clotho", info.frames / info.samplerate,
-                                info.samplerate, ["x"]))
+        rows.append(
+            ManifestRow(p.name, str(p), "evaluation", "clotho", info.frames / info.samplerate, info.samplerate, ["x"])
+        )
     write_manifest(rows, tmp_path / "m.parquet")
     extract_codec(tmp_path / "m.parquet", tmp_path / "s", "tiny", batch_size=4, progress=False)
     store = FeatureStore.open(tmp_path / "s")

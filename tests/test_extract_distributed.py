@@ -45,8 +45,17 @@ def test_two_process_extraction_equals_one_process(tmp_path):
     write_manifest(rows, manifest)
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "MASTER_PORT": str(29500 + os.getpid() % 1000)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           f"--master_port={env['MASTER_PORT']}", __file__, str(manifest), str(tmp_path / "two")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        f"--master_port={env['MASTER_PORT']}",
+        __file__,
+        str(manifest),
+        str(tmp_path / "two"),
+    ]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
     # each process encoded its own share (rows i % 2 == rank), and wrote its own shards
@@ -61,7 +70,8 @@ def test_two_process_extraction_equals_one_process(tmp_path):
         np.testing.assert_array_equal(one[k], two[k])
     strip = ("created", "manifest_hashes")
     assert {k: v for k, v in one.provenance.items() if k not in strip} == {
-        k: v for k, v in two.provenance.items() if k not in strip}
+        k: v for k, v in two.provenance.items() if k not in strip
+    }
 
 
 if __name__ == "__main__":

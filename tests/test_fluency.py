@@ -31,10 +31,10 @@ def _direct_probs(ckpt_path, texts):
     bb = states["model_type"]
     enc = BertModel(BertConfig.from_pretrained(bb))
     sd = states["state_dict"]
-    enc.load_state_dict({k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")})
+    enc.load_state_dict({k[len("encoder.") :]: v for k, v in sd.items() if k.startswith("encoder.")})
     enc.eval()
     tok = AutoTokenizer.from_pretrained(bb)
-    clean = [''.join(ch for ch in t if ch.isalnum() or ch.isspace() or ch == "_").lower() for t in texts]
+    clean = ["".join(ch for ch in t if ch.isalnum() or ch.isspace() or ch == "_").lower() for t in texts]
     batch = tok(clean, padding="max_length", max_length=64, truncation=True, return_tensors="pt")
     with torch.no_grad():
         h = enc(**batch).last_hidden_state[:, 0]
@@ -47,8 +47,9 @@ def test_round_trip_matches_direct_computation(ckpt):
     probs = checker.probabilities(TEXTS)
     direct = _direct_probs(ckpt, TEXTS)
     assert set(probs) == {"add_tail", "repeat_event", "repeat_adv", "remove_conj", "remove_verb", "error"}
-    got = np.stack([probs[k] for k in ("add_tail", "repeat_event", "repeat_adv", "remove_conj", "remove_verb",
-                                       "error")], 1)
+    got = np.stack(
+        [probs[k] for k in ("add_tail", "repeat_event", "repeat_adv", "remove_conj", "remove_verb", "error")], 1
+    )
     assert got.shape == (4, 6)
     np.testing.assert_allclose(got, direct, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(checker.error_probabilities(TEXTS), direct[:, 5], rtol=1e-5, atol=1e-6)
@@ -62,8 +63,7 @@ def test_matches_aac_metrics_fer(ckpt):
     from aac_metrics.functional.fer import fer
 
     checker = load_fluency_checker(ckpt)
-    _, sents = fer(TEXTS, echecker=checker.model, echecker_tokenizer=checker.tokenizer, device="cpu",
-                   return_probs=True)
+    _, sents = fer(TEXTS, echecker=checker.model, echecker_tokenizer=checker.tokenizer, device="cpu", return_probs=True)
     np.testing.assert_allclose(sents["fer.error_prob"].numpy(), checker.error_probabilities(TEXTS), rtol=1e-5)
 
 

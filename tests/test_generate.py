@@ -49,8 +49,17 @@ def corpus(tmp_path_factory):
     for i in range(N_CLIPS):
         cid = f"clip{i}.wav"
         write_tone(tmp / "audio" / cid, 200.0 * (i + 1))
-        rows.append(ManifestRow(clip_id=cid, audio_path=str(tmp / "audio" / cid), split="validation",
-                                source="synth", duration_s=0.5, sample_rate=24000, captions=[CAPS[i], CAPS[i + 1]]))
+        rows.append(
+            ManifestRow(
+                clip_id=cid,
+                audio_path=str(tmp / "audio" / cid),
+                split="validation",
+                source="synth",
+                duration_s=0.5,
+                sample_rate=24000,
+                captions=[CAPS[i], CAPS[i + 1]],
+            )
+        )
         codes[cid] = rng.integers(0, 16, (4, int(rng.integers(15, 38)))).astype(np.int16)
     write_manifest(rows, tmp / "manifest.parquet")
     with ShardWriter(tmp / "dac", shard_size=2) as w:
@@ -59,8 +68,11 @@ def corpus(tmp_path_factory):
     finalize_store(tmp / "dac", {"kind": "codec", "extractor": "test", "n_codebooks": 4})
     torch.manual_seed(0)
     text_dir = build_tiny_bert(tmp / "bert", hidden=16, layers=1)
-    ret = Retriever.build(RetrieverConfig(audio=CNextConfig.tiny(), text=TextTowerConfig(name_or_path=str(text_dir)),
-                                          joint_dim=JOINT, loss="infonce"))
+    ret = Retriever.build(
+        RetrieverConfig(
+            audio=CNextConfig.tiny(), text=TextTowerConfig(name_or_path=str(text_dir)), joint_dim=JOINT, loss="infonce"
+        )
+    )
     ret.save_pretrained(tmp / "retriever")
     extract_embeddings(tmp / "manifest.parquet", tmp / "emb", tmp / "retriever", progress=False)
     tiny_captioner(seed=0, eos_bias=0.0, clip_dim=JOINT).save_pretrained(tmp / "cap")
@@ -68,9 +80,16 @@ def corpus(tmp_path_factory):
 
 
 def _cfg(c: Path, out: Path, **kw) -> GenerateConfig:
-    base = dict(captioners=[str(c / "cap")], retriever=str(c / "retriever"), manifest=str(c / "manifest.parquet"),
-                codec_stores=[str(c / "dac")], embed_stores=[str(c / "emb")], out=str(out), chunk_clips=2,
-                sampling=SamplingConfig(num_candidates=6, max_new_tokens=10, batch_clips=2, seed=7))
+    base = dict(
+        captioners=[str(c / "cap")],
+        retriever=str(c / "retriever"),
+        manifest=str(c / "manifest.parquet"),
+        codec_stores=[str(c / "dac")],
+        embed_stores=[str(c / "emb")],
+        out=str(out),
+        chunk_clips=2,
+        sampling=SamplingConfig(num_candidates=6, max_new_tokens=10, batch_clips=2, seed=7),
+    )
     base.update(kw)
     return GenerateConfig(**base)
 
@@ -120,8 +139,9 @@ def test_generate_reranks_real_candidates(corpus, tmp_path):
     assert not parts_dir(out).exists()
     rows = task6_rows(out)
     assert [r[0] for r in rows] == [f"clip{i}.wav" for i in range(N_CLIPS)]
-    assert rows == [(c, t) for c, t in zip(disk.loc[disk["selected"], "clip_id"], disk.loc[disk["selected"], "text"],
-                                          strict=True)]
+    assert rows == [
+        (c, t) for c, t in zip(disk.loc[disk["selected"], "clip_id"], disk.loc[disk["selected"], "text"], strict=True)
+    ]
     # the clip embedding computed from the audio equals the store's (same retriever)
     from dcase.captioner import StoreChain
     from dcase.generate import clip_audio_embeddings
@@ -145,8 +165,9 @@ def test_fluency_filter_on_and_fallback(corpus, tmp_path):
     ckpt = build_debug_checker(tmp_path / "checker", words)
     out = tmp_path / "f.parquet"
     # threshold 0: every candidate "has an error" -> each clip falls back to its best final score
-    t0 = generate_candidates(_cfg(corpus, out, fluency_checker=str(ckpt), fluency_threshold=0.0,
-                                  w_enc=0.0, w_dec=1.0), progress=False)
+    t0 = generate_candidates(
+        _cfg(corpus, out, fluency_checker=str(ckpt), fluency_threshold=0.0, w_enc=0.0, w_dec=1.0), progress=False
+    )
     assert t0["fluency_error_prob"].between(0, 1).all() and t0["fallback"].all()
     for _, grp in t0.groupby("clip_id"):
         assert grp.loc[grp["selected"], "decoder_score"].item() == grp["decoder_score"].max()
@@ -166,16 +187,26 @@ def test_fluency_filter_on_and_fallback(corpus, tmp_path):
     # every candidate, with no more checker work
     picks = {}
     for scope in ("lazy", "all"):
-        t = generate_candidates(_cfg(corpus, tmp_path / f"{scope}.parquet", fluency_checker=str(ckpt),
-                                     fluency_threshold=thr, fluency_scope=scope, w_enc=0.0, w_dec=1.0),
-                                progress=False)
+        t = generate_candidates(
+            _cfg(
+                corpus,
+                tmp_path / f"{scope}.parquet",
+                fluency_checker=str(ckpt),
+                fluency_threshold=thr,
+                fluency_scope=scope,
+                w_enc=0.0,
+                w_dec=1.0,
+            ),
+            progress=False,
+        )
         picks[scope] = (selected_captions(t), int(t["fluency_error_prob"].notna().sum()), t["fallback"].tolist())
     assert picks["lazy"][0] == picks["all"][0] == selected_captions(t1)
     assert picks["lazy"][2] == picks["all"][2]
     assert picks["lazy"][1] <= picks["all"][1] == len(t0)
     with pytest.raises(FluencyCheckerError, match="does not exist"):
-        generate_candidates(_cfg(corpus, tmp_path / "h.parquet", fluency_checker=str(tmp_path / "nope.ckpt")),
-                            progress=False)
+        generate_candidates(
+            _cfg(corpus, tmp_path / "h.parquet", fluency_checker=str(tmp_path / "nope.ckpt")), progress=False
+        )
 
 
 def test_greedy_and_beam_give_one_candidate(corpus, tmp_path):
@@ -183,8 +214,7 @@ def test_greedy_and_beam_give_one_candidate(corpus, tmp_path):
 
     sc = SamplingConfig(max_new_tokens=10, min_new_tokens=3, batch_clips=2)
     g = generate_candidates(_cfg(corpus, tmp_path / "g.parquet", mode="greedy", sampling=sc), progress=False)
-    b = generate_candidates(_cfg(corpus, tmp_path / "b.parquet", mode="beam", num_beams=3, sampling=sc),
-                            progress=False)
+    b = generate_candidates(_cfg(corpus, tmp_path / "b.parquet", mode="beam", num_beams=3, sampling=sc), progress=False)
     for t in (g, b):
         assert t["clip_id"].value_counts().max() == 1 and t["selected"].all()
     m = EnCLAP.from_pretrained(corpus / "cap").eval()
@@ -193,8 +223,13 @@ def test_greedy_and_beam_give_one_candidate(corpus, tmp_path):
     codes, emb = StoreChain.open([corpus / "dac"]), StoreChain.open([corpus / "emb"])
     cid = g["clip_id"].iloc[0]
     c = torch.from_numpy(codes[cid].astype(np.int64))[None]
-    ids = m.generate(c, torch.ones(1, c.shape[2], dtype=torch.bool), torch.from_numpy(emb[cid])[None],
-                     max_new_tokens=10, min_new_tokens=3)
+    ids = m.generate(
+        c,
+        torch.ones(1, c.shape[2], dtype=torch.bool),
+        torch.from_numpy(emb[cid])[None],
+        max_new_tokens=10,
+        min_new_tokens=3,
+    )
     assert g["text"].iloc[0] == m.decode_text(ids)[0]
 
 
@@ -205,8 +240,9 @@ def test_resume_after_kill_equals_full_run(corpus, tmp_path):
     assert not out.exists() and sorted(p.name for p in parts_dir(out).glob("part-*")) == ["part-00000.parquet"]
     assert set(part["clip_id"]) == {"clip0.wav", "clip1.wav"}
     with pytest.raises(ValueError, match="other settings.*sampling"):
-        generate_candidates(_cfg(corpus, out, sampling=SamplingConfig(num_candidates=5, max_new_tokens=10)),
-                            progress=False)
+        generate_candidates(
+            _cfg(corpus, out, sampling=SamplingConfig(num_candidates=5, max_new_tokens=10)), progress=False
+        )
     before = (parts_dir(out) / "part-00000.parquet").stat().st_mtime_ns
     resumed = generate_candidates(_cfg(corpus, out), progress=False)
     pd.testing.assert_frame_equal(resumed, full)
@@ -218,12 +254,20 @@ def test_bad_settings_are_clear_errors(corpus, tmp_path):
     with pytest.raises(ValueError, match="needs a retriever"):
         generate_candidates(_cfg(corpus, tmp_path / "x.parquet", retriever=None), progress=False)
     with pytest.raises(ValueError, match="token-level ensemble"):
-        generate_candidates(_cfg(corpus, tmp_path / "x.parquet", mode="beam",
-                                 captioners=[str(corpus / "cap")] * 2), progress=False)
+        generate_candidates(
+            _cfg(corpus, tmp_path / "x.parquet", mode="beam", captioners=[str(corpus / "cap")] * 2), progress=False
+        )
     with pytest.raises(ValueError, match="audio_embedding=store"):
-        generate_candidates(_cfg(corpus, tmp_path / "x.parquet", audio_embedding="store",
-                                 embed_stores=[str(corpus / "emb")], retriever=str(_other_retriever(tmp_path))),
-                            progress=False)
+        generate_candidates(
+            _cfg(
+                corpus,
+                tmp_path / "x.parquet",
+                audio_embedding="store",
+                embed_stores=[str(corpus / "emb")],
+                retriever=str(_other_retriever(tmp_path)),
+            ),
+            progress=False,
+        )
 
 
 def _other_retriever(tmp: Path) -> Path:
@@ -231,8 +275,14 @@ def _other_retriever(tmp: Path) -> Path:
     from dcase.models.retriever import Retriever, RetrieverConfig, TextTowerConfig, build_tiny_bert
 
     torch.manual_seed(9)
-    ret = Retriever.build(RetrieverConfig(audio=CNextConfig.tiny(), joint_dim=JOINT, loss="infonce",
-                                          text=TextTowerConfig(name_or_path=str(build_tiny_bert(tmp / "b2", 16, 1)))))
+    ret = Retriever.build(
+        RetrieverConfig(
+            audio=CNextConfig.tiny(),
+            joint_dim=JOINT,
+            loss="infonce",
+            text=TextTowerConfig(name_or_path=str(build_tiny_bert(tmp / "b2", 16, 1))),
+        )
+    )
     return ret.save_pretrained(tmp / "other_retriever")
 
 
@@ -241,22 +291,71 @@ def test_cli_generate_and_tune_rerank(corpus, tmp_path):
 
     out = tmp_path / "cli.parquet"
     runner = CliRunner()
-    res = runner.invoke(app, [
-        "generate", "--captioner", str(corpus / "cap"), "--retriever", str(corpus / "retriever"),
-        "--manifest", str(corpus / "manifest.parquet"), "--split", "validation", "--codec-store", str(corpus / "dac"),
-        "--embed-store", str(corpus / "emb"), "--out", str(out), "--w-enc", "0.6", "--w-dec", "0.4",
-        "--set", "sampling.num_candidates=4", "--set", "sampling.max_new_tokens=8"])
+    res = runner.invoke(
+        app,
+        [
+            "generate",
+            "--captioner",
+            str(corpus / "cap"),
+            "--retriever",
+            str(corpus / "retriever"),
+            "--manifest",
+            str(corpus / "manifest.parquet"),
+            "--split",
+            "validation",
+            "--codec-store",
+            str(corpus / "dac"),
+            "--embed-store",
+            str(corpus / "emb"),
+            "--out",
+            str(out),
+            "--w-enc",
+            "0.6",
+            "--w-dec",
+            "0.4",
+            "--set",
+            "sampling.num_candidates=4",
+            "--set",
+            "sampling.max_new_tokens=8",
+        ],
+    )
     assert res.exit_code == 0, res.output
     t = read_candidates(out)
     assert t["clip_id"].nunique() == N_CLIPS and t.groupby("clip_id")["count"].sum().max() <= 4
     np.testing.assert_allclose(t["final_score"], 0.6 * t["encoder_score"] + 0.4 * t["decoder_score"])
-    res = runner.invoke(app, ["generate", "--captioner", str(corpus / "cap"), "--manifest",
-                              str(corpus / "manifest.parquet"), "--codec-store", str(corpus / "dac"),
-                              "--embed-store", str(corpus / "emb"), "--out", str(tmp_path / "y.parquet")])
+    res = runner.invoke(
+        app,
+        [
+            "generate",
+            "--captioner",
+            str(corpus / "cap"),
+            "--manifest",
+            str(corpus / "manifest.parquet"),
+            "--codec-store",
+            str(corpus / "dac"),
+            "--embed-store",
+            str(corpus / "emb"),
+            "--out",
+            str(tmp_path / "y.parquet"),
+        ],
+    )
     assert res.exit_code == 2 and "needs a retriever" in res.output
-    res = runner.invoke(app, ["tune-rerank", "--candidates", str(out), "--references",
-                              str(corpus / "manifest.parquet"), "--out", str(tmp_path / "tune"),
-                              "--weights", "0,0.5,1", "--metric", "cider_d"])
+    res = runner.invoke(
+        app,
+        [
+            "tune-rerank",
+            "--candidates",
+            str(out),
+            "--references",
+            str(corpus / "manifest.parquet"),
+            "--out",
+            str(tmp_path / "tune"),
+            "--weights",
+            "0,0.5,1",
+            "--metric",
+            "cider_d",
+        ],
+    )
     assert res.exit_code == 0, res.output
     grid = pd.read_csv(tmp_path / "tune" / "tuning.csv")
     assert grid["w_enc"].tolist() == [0.0, 0.5, 1.0]
@@ -284,18 +383,48 @@ def test_greedy_soup_with_the_builtin_captioner_evaluator(corpus, tmp_path):
         for p in noisy.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.5)
     noisy.save_pretrained(tmp_path / "noisy")
-    kw = dict(manifest=corpus / "manifest.parquet", split="validation", codec_stores=[corpus / "dac"],
-              embed_stores=[corpus / "emb"])
+    kw = dict(
+        manifest=corpus / "manifest.parquet",
+        split="validation",
+        codec_stores=[corpus / "dac"],
+        embed_stores=[corpus / "emb"],
+    )
     s_cap, s_noisy = validation_score(corpus / "cap", **kw), validation_score(tmp_path / "noisy", **kw)
     assert validation_score(corpus / "cap", **kw) == s_cap  # deterministic: greedy decoding
-    args = ["soup", str(tmp_path / "noisy"), str(corpus / "cap"), "--out", str(tmp_path / "soup"), "--method",
-            "greedy", "--evaluator", "captioner", "--manifest", str(corpus / "manifest.parquet"), "--codec-store",
-            str(corpus / "dac"), "--embed-store", str(corpus / "emb")]
+    args = [
+        "soup",
+        str(tmp_path / "noisy"),
+        str(corpus / "cap"),
+        "--out",
+        str(tmp_path / "soup"),
+        "--method",
+        "greedy",
+        "--evaluator",
+        "captioner",
+        "--manifest",
+        str(corpus / "manifest.parquet"),
+        "--codec-store",
+        str(corpus / "dac"),
+        "--embed-store",
+        str(corpus / "emb"),
+    ]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     info = json.loads((tmp_path / "soup" / "run.json").read_text())
     assert info["method"] == "greedy" and info["trace"]
     assert validation_score(tmp_path / "soup", **kw) >= max(s_cap, s_noisy) - 1e-9
-    bad = CliRunner().invoke(app, ["soup", str(tmp_path / "noisy"), str(corpus / "cap"), "--out",
-                                   str(tmp_path / "soup2"), "--method", "greedy", "--evaluator", "captioner"])
+    bad = CliRunner().invoke(
+        app,
+        [
+            "soup",
+            str(tmp_path / "noisy"),
+            str(corpus / "cap"),
+            "--out",
+            str(tmp_path / "soup2"),
+            "--method",
+            "greedy",
+            "--evaluator",
+            "captioner",
+        ],
+    )
     assert bad.exit_code != 0 and "--manifest" in bad.output

@@ -46,29 +46,55 @@ def test_cli_submit_task6_end_to_end(tmp_path):
         write_tone(audio / f"clip {i}.wav", f, seconds=0.4)
     root = tmp_path / "ckpts"
     torch.manual_seed(0)
-    ret = Retriever.build(RetrieverConfig(
-        audio=CNextConfig.tiny(), joint_dim=8, loss="infonce",
-        text=TextTowerConfig(name_or_path=str(build_tiny_bert(tmp_path / "bert", 16, 1)))))
+    ret = Retriever.build(
+        RetrieverConfig(
+            audio=CNextConfig.tiny(),
+            joint_dim=8,
+            loss="infonce",
+            text=TextTowerConfig(name_or_path=str(build_tiny_bert(tmp_path / "bert", 16, 1))),
+        )
+    )
     ret.save_pretrained(root / "retrievers" / "r")
     for s in (0, 1):  # tiny DAC: 4 codebooks of 64 codes
         tiny_captioner(seed=s, eos_bias=-1.0, clip_dim=8, codebook_size=64).save_pretrained(root / "enclap" / f"s{s}")
     recipe = yaml.safe_load((REPO / "submissions" / "task6_1.yaml").read_text())
-    recipe.update(root=str(root), captioners=["enclap/s0", "soup2"], ensemble="token", retriever="retrievers/r",
-                  clip_embedder="retrievers/r", codec="tiny", fluency_checker=None, chunk_clips=2,
-                  soups=[{"name": "soup2", "ingredients": ["enclap/s0", "enclap/s1"], "method": "uniform"}])
+    recipe.update(
+        root=str(root),
+        captioners=["enclap/s0", "soup2"],
+        ensemble="token",
+        retriever="retrievers/r",
+        clip_embedder="retrievers/r",
+        codec="tiny",
+        fluency_checker=None,
+        chunk_clips=2,
+        soups=[{"name": "soup2", "ingredients": ["enclap/s0", "enclap/s1"], "method": "uniform"}],
+    )
     recipe["sampling"].update(num_candidates=4, max_new_tokens=8, batch_clips=2)
     rpath = tmp_path / "recipe.yaml"
     rpath.write_text(yaml.safe_dump(recipe))
     out, meta = tmp_path / "t6.csv", tmp_path / "t6.meta.yaml"
-    args = ["submit", "task6", "--recipe", str(rpath), "--audio-dir", str(audio), "--out", str(out),
-            "--meta-out", str(meta), "--work-dir", str(tmp_path / "work")]
+    args = [
+        "submit",
+        "task6",
+        "--recipe",
+        str(rpath),
+        "--audio-dir",
+        str(audio),
+        "--out",
+        str(out),
+        "--meta-out",
+        str(meta),
+        "--work-dir",
+        str(tmp_path / "work"),
+    ]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "placeholders" in res.output
     df = validate_task6(out, audio)
     assert sorted(df["file_name"]) == ["clip 0.wav", "clip 1.wav", "clip 2.wav"]
-    assert dict(task6_rows(tmp_path / "work" / "candidates.parquet")) == dict(zip(df["file_name"],
-                                                                                 df["caption_predicted"], strict=True))
+    assert dict(task6_rows(tmp_path / "work" / "candidates.parquet")) == dict(
+        zip(df["file_name"], df["caption_predicted"], strict=True)
+    )
     assert (tmp_path / "work" / "soups" / "soup2" / "enclap_config.json").is_file()
     assert read_meta(meta)["submission"]["label"] == "Lastname_Institute_task6_1"
     res = CliRunner().invoke(app, args)  # no silent overwrite

@@ -79,8 +79,7 @@ def test_forward_masks_fresh_codes_but_never_special_slots_or_padding():
 
 def test_loss_weights_against_hand_computation():
     assert mcm_codebook_weights(3).tolist() == [0.5, 0.25, 0.125]
-    logits = [torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0]]),
-              torch.zeros(0, 3)]
+    logits = [torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0]]), torch.zeros(0, 3)]
     targets = [torch.tensor([0]), torch.tensor([1, 2]), torch.zeros(0, dtype=torch.long)]
     ce0 = -(2 - math.log(math.exp(2) + 2))
     ce1 = (-(1 - math.log(math.e + 2)) + math.log(3)) / 2
@@ -134,7 +133,7 @@ def test_masked_only_heads_equal_all_position_heads():
     total = 0.0
     for n in range(4):
         sel = outs[0].mcm_mask[:, n]
-        logits = m.mcm_heads[n](hidden[:, FIRST_CODE_SLOT:FIRST_CODE_SLOT + 80])
+        logits = m.mcm_heads[n](hidden[:, FIRST_CODE_SLOT : FIRST_CODE_SLOT + 80])
         ce = torch.nn.functional.cross_entropy(logits[sel], codes[:, n][sel])
         total = total + 0.5 ** (n + 1) * ce
     torch.testing.assert_close(outs[0].mcm_loss, total, rtol=1e-5, atol=1e-6)

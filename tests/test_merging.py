@@ -89,7 +89,7 @@ def test_greedy_soup_keeps_only_improving_ingredients():
     order = sorted(range(5), key=lambda i: -score(cands[i]))  # 4 (0.9), 3 (1.4), 1 (0.5), 0 (3.0), 2 (-4.0)
     chosen, best = [order[0]], score(cands[order[0]])
     for i in order[1:]:
-        s = -((sum(cands[j]["w"][0].item() for j in [*chosen, i]) / (len(chosen) + 1)) - 1.0) ** 2
+        s = -(((sum(cands[j]["w"][0].item() for j in [*chosen, i]) / (len(chosen) + 1)) - 1.0) ** 2)
         if s > best:
             chosen, best = [*chosen, i], s
     assert res.chosen == chosen and 0 not in res.chosen and 2 not in res.chosen

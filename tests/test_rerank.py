@@ -47,8 +47,9 @@ def _expected(df, w_enc, w_dec, thr):
     return out
 
 
-@pytest.mark.parametrize(("w_enc", "w_dec", "thr"), [(0.7, 0.3, 0.9), (0.7, 0.3, None), (0.2, 0.8, 0.5),
-                                                      (1.0, 0.0, 0.3)])
+@pytest.mark.parametrize(
+    ("w_enc", "w_dec", "thr"), [(0.7, 0.3, 0.9), (0.7, 0.3, None), (0.2, 0.8, 0.5), (1.0, 0.0, 0.3)]
+)
 def test_selects_argmax_of_stated_score(w_enc, w_dec, thr):
     df = _random_table(1)
     ranked = rerank(df, w_enc, w_dec, thr)
@@ -165,8 +166,10 @@ def test_tune_weights_and_plot(tmp_path):
 
 
 @pytest.mark.parametrize("seed", range(8))
-@pytest.mark.parametrize(("w_enc", "w_dec", "thr", "batch"), [(0.7, 0.3, 0.9, 4), (0.7, 0.3, 0.3, 2),
-                                                               (0.5, 0.5, 0.6, 1), (1.0, 0.0, 0.05, 3)])
+@pytest.mark.parametrize(
+    ("w_enc", "w_dec", "thr", "batch"),
+    [(0.7, 0.3, 0.9, 4), (0.7, 0.3, 0.3, 2), (0.5, 0.5, 0.6, 1), (1.0, 0.0, 0.05, 3)],
+)
 def test_lazy_fluency_selects_what_the_full_check_selects(seed, w_enc, w_dec, thr, batch):
     """Checking candidates in score order until one is fluent gives the same selection and fallbacks as checking
     all of them, with fewer checker calls; unchecked candidates only rank below the selected one."""

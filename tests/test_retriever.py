@@ -22,8 +22,9 @@ from dcase.models.retriever import (
 
 def _tiny(text_path: str, loss: str = "mltm") -> Retriever:
     torch.manual_seed(0)
-    return Retriever.build(RetrieverConfig(audio=CNextConfig.tiny(), text=TextTowerConfig(name_or_path=text_path),
-                                           joint_dim=24, loss=loss))
+    return Retriever.build(
+        RetrieverConfig(audio=CNextConfig.tiny(), text=TextTowerConfig(name_or_path=text_path), joint_dim=24, loss=loss)
+    )
 
 
 def test_pool_tokens() -> None:

@@ -79,14 +79,33 @@ def one_thread():
 def test_tiny_retriever_learns_and_ranks_task8(tmp_path: Path, one_thread: None) -> None:
     manifest = make_corpus(tmp_path)
     cfg = RetrieverStageConfig(
-        model=RetrieverConfig(audio=CNextConfig.tiny(), text=TextTowerConfig(name_or_path="tiny-bert"),
-                              joint_dim=32, mltm_epsilon=0.05, mltm_iters=50),
-        data=RetrieverDataConfig(train_manifests=[str(manifest)], train_splits=["development"],
-                                 val_manifest=str(manifest), val_split="validation", max_seconds=1.0,
-                                 cache_audio=True),
-        train=TrainConfig(output_dir=str(tmp_path / "run"), max_steps=40, batch_size=16, lr=3e-3,
-                          warmup_steps=5, eval_every=40, save_every=40, log_every=20,
-                          metric_for_best="map_at_10", greater_is_better=True),
+        model=RetrieverConfig(
+            audio=CNextConfig.tiny(),
+            text=TextTowerConfig(name_or_path="tiny-bert"),
+            joint_dim=32,
+            mltm_epsilon=0.05,
+            mltm_iters=50,
+        ),
+        data=RetrieverDataConfig(
+            train_manifests=[str(manifest)],
+            train_splits=["development"],
+            val_manifest=str(manifest),
+            val_split="validation",
+            max_seconds=1.0,
+            cache_audio=True,
+        ),
+        train=TrainConfig(
+            output_dir=str(tmp_path / "run"),
+            max_steps=40,
+            batch_size=16,
+            lr=3e-3,
+            warmup_steps=5,
+            eval_every=40,
+            save_every=40,
+            log_every=20,
+            metric_for_best="map_at_10",
+            greater_is_better=True,
+        ),
     )
     best = train_retriever(cfg)
     assert (best / "retriever_config.json").is_file()
@@ -101,7 +120,7 @@ def test_tiny_retriever_learns_and_ranks_task8(tmp_path: Path, one_thread: None)
 
     # Task 8 style ranking: a directory of audio and a captions CSV
     audio_dir = tmp_path / "audio"
-    queries = ["a low hum", "rapid clicks", "a \"quoted\", comma caption"]
+    queries = ["a low hum", "rapid clicks", 'a "quoted", comma caption']
     cap_csv = tmp_path / "retrieval_captions.csv"
     with open(cap_csv, "w", newline="") as f:
         w = csv.writer(f)
@@ -129,15 +148,38 @@ def test_tiny_retriever_learns_and_ranks_task8(tmp_path: Path, one_thread: None)
 
     runner = CliRunner()
     res_json = tmp_path / "eval.json"
-    r = runner.invoke(app, ["retriever", "eval", "-r", str(best), "--manifest", str(manifest), "--split",
-                            "validation", "--out", str(res_json)])
+    r = runner.invoke(
+        app,
+        [
+            "retriever",
+            "eval",
+            "-r",
+            str(best),
+            "--manifest",
+            str(manifest),
+            "--split",
+            "validation",
+            "--out",
+            str(res_json),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(res_json.read_text())["ensemble"]["map_at_10"] == m["map_at_10"]
     recipe = tmp_path / "task8.yaml"
     recipe.write_text(f"name: t\nroot: {best.parent}\nretrievers: [{best.name}, {best.name}]\nmode: cosine\n")
     out_csv = tmp_path / "t8.csv"
-    args = ["submit", "task8", "--recipe", str(recipe), "--audio-dir", str(audio_dir), "--captions", str(cap_csv),
-            "--out", str(out_csv)]
+    args = [
+        "submit",
+        "task8",
+        "--recipe",
+        str(recipe),
+        "--audio-dir",
+        str(audio_dir),
+        "--captions",
+        str(cap_csv),
+        "--out",
+        str(out_csv),
+    ]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     df = validate_task8(out_csv, references=cap_csv, audio_dir=audio_dir)

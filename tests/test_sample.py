@@ -66,7 +66,7 @@ def test_nucleus_sample_inverse_cdf_matches_distribution():
     u = (torch.arange(n, dtype=torch.float64) + 0.5) / n
     want = nucleus_probs(logits, 0.9, 0.5).numpy()
     for r in range(3):
-        lp = logits[r:r + 1].expand(n, -1)
+        lp = logits[r : r + 1].expand(n, -1)
         full = nucleus_sample(lp, u, 0.9, 0.5, topk_first=10_000)
         for k in (1, 2, 3, 4):  # partial sorts of width k, 16k (<= 50), then a full sort
             assert torch.equal(full, nucleus_sample(lp, u, 0.9, 0.5, topk_first=k))
@@ -95,7 +95,7 @@ def test_shapes_lengths_and_determinism():
             seq = a.tokens[bi, j]
             assert 2 <= n <= 12
             assert (seq[n:] == bc.pad_token_id).all()
-            assert (seq[:n - 1] != bc.eos_token_id).all()
+            assert (seq[: n - 1] != bc.eos_token_id).all()
             if n < 12:
                 assert seq[n - 1] == bc.eos_token_id  # stops at </s>
     c = sample_candidates(m, codes, mask, emb, cfg, seeds=[11, 12, 99])
@@ -118,7 +118,7 @@ def _naive_sample(m, enc, enc_mask, u, cfg):
             if t == 0:
                 tok = bc.bos_token_id
             else:
-                tok = int(nucleus_sample(lp, u[j:j + 1, t], cfg.top_p, cfg.temperature, 10**9)[0])
+                tok = int(nucleus_sample(lp, u[j : j + 1, t], cfg.top_p, cfg.temperature, 10**9)[0])
             seq.append(tok)
             if tok == bc.eos_token_id:
                 break
@@ -135,8 +135,8 @@ def test_shared_kv_sampler_equals_naive_per_candidate_sampler():
     enc, enc_mask = m.encode(codes, mask, emb)
     for b in range(2):
         u = clip_uniforms(seeds[b], cfg.num_candidates, cfg.max_new_tokens)
-        ref = _naive_sample(m, enc.last_hidden_state[b:b + 1], enc_mask[b:b + 1], u, cfg)
-        got = [sb.tokens[b, j, :int(sb.lengths[b, j])].tolist() for j in range(cfg.num_candidates)]
+        ref = _naive_sample(m, enc.last_hidden_state[b : b + 1], enc_mask[b : b + 1], u, cfg)
+        got = [sb.tokens[b, j, : int(sb.lengths[b, j])].tolist() for j in range(cfg.num_candidates)]
         assert got == ref
 
 
@@ -147,13 +147,16 @@ def test_decoder_scores_equal_teacher_forced_sequence_logprobs():
     sb = sample_candidates(m, codes, mask, emb, SamplingConfig(num_candidates=n, max_new_tokens=12))
     enc, enc_mask = m.encode(codes, mask, emb)
     hid = enc.last_hidden_state
-    ref = m.sequence_logprobs(hid.repeat_interleave(n, 0), enc_mask.repeat_interleave(n, 0),
-                              sb.tokens.reshape(3 * n, -1)).view(3, n).double()
+    ref = (
+        m.sequence_logprobs(hid.repeat_interleave(n, 0), enc_mask.repeat_interleave(n, 0), sb.tokens.reshape(3 * n, -1))
+        .view(3, n)
+        .double()
+    )
     torch.testing.assert_close(sb.scores, ref, atol=2e-6, rtol=0)
-    seqs = [[sb.tokens[b, j, :int(sb.lengths[b, j])].tolist() for j in range(n - b)] for b in range(3)]
+    seqs = [[sb.tokens[b, j, : int(sb.lengths[b, j])].tolist() for j in range(n - b)] for b in range(3)]
     tf = score_sequences(m, hid, enc_mask, seqs)
     for b in range(3):
-        torch.testing.assert_close(tf[b], ref[b, :n - b], atol=2e-6, rtol=0)
+        torch.testing.assert_close(tf[b], ref[b, : n - b], atol=2e-6, rtol=0)
 
 
 def test_shared_kv_decoder_logits_equal_bart():
@@ -172,8 +175,9 @@ def test_min_new_tokens_and_greedy():
     m = tiny_captioner(seed=0, eos_bias=4.0)  # </s> very likely: every sample would stop at once
     codes, mask, emb = tiny_inputs(m, B=2)
     short = sample_candidates(m, codes, mask, emb, SamplingConfig(num_candidates=4, max_new_tokens=8))
-    forced = sample_candidates(m, codes, mask, emb, SamplingConfig(num_candidates=4, max_new_tokens=8,
-                                                                   min_new_tokens=8))
+    forced = sample_candidates(
+        m, codes, mask, emb, SamplingConfig(num_candidates=4, max_new_tokens=8, min_new_tokens=8)
+    )
     assert short.lengths.float().mean() < 4
     assert (forced.lengths == 8).all() and (forced.tokens != m.bart.config.eos_token_id).all()
     g = sample_candidates(m, codes, mask, emb, SamplingConfig(max_new_tokens=8), greedy=True)
@@ -189,12 +193,13 @@ def test_merge_duplicates_keeps_counts_and_first_scores():
     scores = [-1.0, -2.0, -3.0, -4.0, -5.0, -6.0]
     c = merge_candidates(texts, ids, scores)
     assert [(x.text, x.count, x.token_ids, x.decoder_score) for x in c] == [
-        ("a dog barks", 3, [1], -1.0), ("rain falls", 2, [2], -2.0)]
+        ("a dog barks", 3, [1], -1.0),
+        ("rain falls", 2, [2], -2.0),
+    ]
     # on real samples: near-greedy sampling repeats itself, and counts add up to the non-empty samples
     m = tiny_captioner(seed=0, eos_bias=-1.0)
     codes, mask, emb = tiny_inputs(m, B=2)
-    sb = sample_candidates(m, codes, mask, emb, SamplingConfig(num_candidates=12, temperature=0.05,
-                                                               max_new_tokens=10))
+    sb = sample_candidates(m, codes, mask, emb, SamplingConfig(num_candidates=12, temperature=0.05, max_new_tokens=10))
     cands = batch_candidates(m, sb)
     for b in range(2):
         texts_b = [t.strip() for t in m.decode_text(sb.tokens[b])]

@@ -32,10 +32,18 @@ def test_oracle_reproduction_through_cli(clotho_oracle, tmp_path):
     from dcase.cli import app
 
     out = tmp_path / "scores.json"
-    res = CliRunner().invoke(app, [
-        "score", "captions", str(clotho_oracle / "baseline_run1_predictions.csv"),
-        "--references", str(clotho_oracle / "clotho_captions_evaluation.csv"), "--out", str(out),
-    ])
+    res = CliRunner().invoke(
+        app,
+        [
+            "score",
+            "captions",
+            str(clotho_oracle / "baseline_run1_predictions.csv"),
+            "--references",
+            str(clotho_oracle / "clotho_captions_evaluation.csv"),
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     got = json.loads(out.read_text())
     oracle = yaml.safe_load((clotho_oracle / "baseline_run1_scores.yaml").read_text())
@@ -247,8 +255,12 @@ def test_checker_found_by_default_vs_configured(tmp_path, monkeypatch):
     s = evaluate_captions(["a dog barks"], [["a dog"]], ["fer", "bleu_1"])
     assert s["fer"] is None and "cannot read" in s.missing["fer"] and s["bleu_1"] is not None
     with pytest.raises(FluencyCheckerError):
-        evaluate_captions(["a dog barks"], [["a dog"]], ["fer"],
-                          MetricSettings(fense_checker=str(fense_dir / "echecker_clotho_audiocaps_base.ckpt")))
+        evaluate_captions(
+            ["a dog barks"],
+            [["a dog"]],
+            ["fer"],
+            MetricSettings(fense_checker=str(fense_dir / "echecker_clotho_audiocaps_base.ckpt")),
+        )
     cands = ["a dog barks", "rain falls", "a bird sings"]
     ck = build_debug_checker(tmp_path / "ck", " ".join(cands).split(), seed=2)
     s = evaluate_captions(cands, [[c] for c in cands], ["fer"], MetricSettings(fense_checker=str(ck)))
@@ -272,8 +284,10 @@ def test_java_check_bypass_is_scoped():
 
     from dcase.evaluation.captions import _accept_java
 
-    mods = [importlib.import_module(f"aac_metrics.{m}")
-            for m in ("functional.meteor", "functional.spice", "utils.tokenization")]
+    mods = [
+        importlib.import_module(f"aac_metrics.{m}")
+        for m in ("functional.meteor", "functional.spice", "utils.tokenization")
+    ]
     originals = [m.check_java_path for m in mods]
     with pytest.raises(RuntimeError, match="boom"), _accept_java("/opt/java17/bin/java"):
         assert all(m.check_java_path("/opt/java17/bin/java") for m in mods)

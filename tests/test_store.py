@@ -81,8 +81,19 @@ def test_provenance_refusal_names_the_differing_fields(tmp_path):
     out = tmp_path / "store"
     extract_codec(manifest, out, "tiny", progress=False)
     cfg = tmp_path / "codec16k.json"
-    cfg.write_text(json.dumps({"encoder_hidden_size": 4, "decoder_hidden_size": 32, "n_codebooks": 4,
-                               "codebook_size": 64, "codebook_dim": 4, "hidden_size": 32, "sampling_rate": 16000}))
+    cfg.write_text(
+        json.dumps(
+            {
+                "encoder_hidden_size": 4,
+                "decoder_hidden_size": 32,
+                "n_codebooks": 4,
+                "codebook_size": 64,
+                "codebook_dim": 4,
+                "hidden_size": 32,
+                "sampling_rate": 16000,
+            }
+        )
+    )
     with pytest.raises(ProvenanceError, match=r"(?s)sample_rate: store has 24000, this run has 16000"):
         extract_codec(manifest, out, str(cfg), progress=False)
     assert len(FeatureStore.open(out)) == 2  # untouched

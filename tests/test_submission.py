@@ -114,7 +114,7 @@ def _t8_rows(queries, pool):
 def test_task8_round_trip_and_validation(tmp_path):
     pool = [f"clip {i}, v2.wav" for i in range(12)]
     audio = _audio(tmp_path / "audio", pool)
-    queries = ['a dog barks, "loud"', "rain\nfalls", "a dog barks, \"loud\""]
+    queries = ['a dog barks, "loud"', "rain\nfalls", 'a dog barks, "loud"']
     refs = tmp_path / "queries.csv"
     import pandas as pd
 
@@ -184,8 +184,10 @@ def test_package(tmp_path):
     folders = package_submission(out, task6=[(t6, meta6)], task8=[(t8, _meta(8, 1))], audio_dir6=audio)
     assert [f.relative_to(out).as_posix() for f in folders] == ["task6/Kim_SNU_task6_1", "task8/Kim_SNU_task8_1"]
     assert (out / "task6/Kim_SNU_task6_1/Kim_SNU_task6_1.output.csv").read_bytes() == t6.read_bytes()
-    assert yaml.safe_load((out / "task8/Kim_SNU_task8_1/Kim_SNU_task8_1.meta.yaml").read_text())["submission"][
-        "label"] == "Kim_SNU_task8_1"
+    assert (
+        yaml.safe_load((out / "task8/Kim_SNU_task8_1/Kim_SNU_task8_1.meta.yaml").read_text())["submission"]["label"]
+        == "Kim_SNU_task8_1"
+    )
     with pytest.raises(FileExistsError):
         package_submission(out, task6=[(t6, meta6)])
     package_submission(out, task6=[(t6, meta6)], overwrite=True)

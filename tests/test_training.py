@@ -30,15 +30,19 @@ class ToyTask:
         self.dropout, self.noise, self.crash_at, self.calls = dropout, noise, crash_at, 0
 
     def build_model(self) -> torch.nn.Module:
-        return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Dropout(self.dropout), torch.nn.ReLU(),
-                                   torch.nn.Linear(16, 1))
+        return torch.nn.Sequential(
+            torch.nn.Linear(8, 16), torch.nn.Dropout(self.dropout), torch.nn.ReLU(), torch.nn.Linear(16, 1)
+        )
 
     def train_dataset(self):
         return [(self.x[i], self.y[i], i) for i in range(len(self.y))]
 
     def collate(self, items):
-        return {"x": torch.stack([a for a, _, _ in items]), "y": torch.stack([b for _, b, _ in items]),
-                "idx": torch.tensor([i for _, _, i in items])}
+        return {
+            "x": torch.stack([a for a, _, _ in items]),
+            "y": torch.stack([b for _, b, _ in items]),
+            "idx": torch.tensor([i for _, _, i in items]),
+        }
 
     def item_lengths(self):
         return self.lengths
@@ -98,8 +102,20 @@ def test_bucket_sampler_deterministic_sharded_bucketed():
 
 
 def _cfg(out: Path, **kw) -> TrainConfig:
-    base = dict(output_dir=str(out), seed=3, max_steps=8, batch_size=4, grad_accum=2, lr=0.05, warmup_steps=2,
-                eval_every=2, save_every=3, keep_best=2, log_every=1, bucket_size=2)
+    base = dict(
+        output_dir=str(out),
+        seed=3,
+        max_steps=8,
+        batch_size=4,
+        grad_accum=2,
+        lr=0.05,
+        warmup_steps=2,
+        eval_every=2,
+        save_every=3,
+        keep_best=2,
+        log_every=1,
+        bucket_size=2,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -181,11 +197,36 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     logs = {}
     for nproc, bs in ((1, 8), (2, 4)):  # same global batch (8 x grad_accum 2)
         out = tmp_path / f"p{nproc}"
-        cfg = dict(output_dir=str(out), seed=1, max_steps=6, batch_size=bs, grad_accum=2, lr=0.05,
-                   warmup_steps=2, eval_every=0, save_every=0, log_every=1)
-        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-                               "--master_port", str(_free_port()), str(script), json.dumps(cfg)],
-                              env=env, cwd=tmp_path, timeout=180, capture_output=True, text=True)
+        cfg = dict(
+            output_dir=str(out),
+            seed=1,
+            max_steps=6,
+            batch_size=bs,
+            grad_accum=2,
+            lr=0.05,
+            warmup_steps=2,
+            eval_every=0,
+            save_every=0,
+            log_every=1,
+        )
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nproc_per_node",
+                str(nproc),
+                "--master_port",
+                str(_free_port()),
+                str(script),
+                json.dumps(cfg),
+            ],
+            env=env,
+            cwd=tmp_path,
+            timeout=180,
+            capture_output=True,
+            text=True,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         logs[nproc] = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
         assert json.loads((out / "run.json").read_text())["num_processes"] == nproc

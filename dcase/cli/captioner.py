@@ -82,8 +82,9 @@ def caption(
     codes, embeds = StoreChain.open(codec_store), StoreChain.open(embed_store)
     check_coverage(df, codes, embeds, manifest)
     mc = model.config
-    ds = CaptionDataset(df, codes, embeds, mc.n_codebooks, mc.clip_dim, mc.max_codec_positions, random_crop=False,
-                        per_caption=False)
+    ds = CaptionDataset(
+        df, codes, embeds, mc.n_codebooks, mc.clip_dim, mc.max_codec_positions, random_crop=False, per_caption=False
+    )
     texts = generate_captions(model, ds, batch_size, progress=True, num_beams=num_beams)
     with atomic_path(out) as tmp:
         pd.DataFrame({"clip_id": df["clip_id"], "caption": texts}).to_csv(tmp, index=False)
@@ -92,6 +93,9 @@ def caption(
         from dcase.evaluation.captions import evaluate_captions
 
         keep = df["captions"].map(len) > 0
-        scores = evaluate_captions([t for t, k in zip(texts, keep, strict=True) if k],
-                                   [list(c) for c in df["captions"][keep]], ["meteor", "cider_d"])
+        scores = evaluate_captions(
+            [t for t, k in zip(texts, keep, strict=True) if k],
+            [list(c) for c in df["captions"][keep]],
+            ["meteor", "cider_d"],
+        )
         typer.echo({k: v for k, v in scores.items()})

@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 
 import typer
 
+from dcase.errors import DcaseError
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 CONFIG_OPTION = typer.Option(None, "--config", "-c", help="YAML config file (see configs/).")
@@ -29,13 +31,19 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 
 def user_errors(fn: F) -> F:
-    """Turn expected user errors (bad input, bad config) into a one-line message and exit code 2."""
+    """The error boundary of a command: a ``DcaseError`` (bad input, files or configuration) is printed as one
+    line and exits with status 2; anything else is a bug and keeps its traceback. ``DCASE_TRACEBACK=1`` shows the
+    traceback of domain errors too.
+
+    Plain ``ValueError``/``KeyError`` are still reported as user errors while their raise sites are being moved to
+    ``DcaseError`` subclasses.
+    """
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
+        except (DcaseError, ValueError, KeyError) as e:
             if os.environ.get("DCASE_TRACEBACK"):
                 raise
             msg = e.args[0] if isinstance(e, KeyError) and e.args else e

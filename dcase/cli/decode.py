@@ -30,14 +30,17 @@ def soup(
     out: Path = typer.Option(..., "--out", help="Folder for the averaged checkpoint."),
     method: str = typer.Option("uniform", "--method", help="uniform | greedy (greedy needs --evaluator)."),
     evaluator: str = typer.Option(
-        None, "--evaluator",
+        None,
+        "--evaluator",
         help="greedy: 'captioner' (built in: greedy captions of --split scored with --metric) or module:function "
         "taking a checkpoint folder and returning its validation score.",
     ),
     manifest: Path = typer.Option(None, "--manifest", "-m", help="--evaluator captioner: manifest with references."),
     split: str = typer.Option("validation", "--split", help="--evaluator captioner: split to score."),
     codec_store: list[Path] = typer.Option(None, "--codec-store", help="--evaluator captioner: DAC code store(s)."),
-    embed_store: list[Path] = typer.Option(None, "--embed-store", help="--evaluator captioner: clip-embedding store(s)."),
+    embed_store: list[Path] = typer.Option(
+        None, "--embed-store", help="--evaluator captioner: clip-embedding store(s)."
+    ),
     metric: str = typer.Option("cider_d", "--metric", help="--evaluator captioner: metric (cider_d, meteor, ...)."),
     max_clips: int = typer.Option(0, "--max-clips", help="--evaluator captioner: score only the first N clips."),
     lower_is_better: bool = typer.Option(False, "--lower-is-better", help="greedy: the score is a loss."),
@@ -64,17 +67,27 @@ def soup(
 
         if manifest is None or not codec_store or not embed_store:
             raise ValueError("--evaluator captioner needs --manifest, --codec-store and --embed-store")
-        fn = functools.partial(validation_score, manifest=manifest, split=split, codec_stores=codec_store,
-                               embed_stores=embed_store, metric=metric, max_clips=max_clips)
+        fn = functools.partial(
+            validation_score,
+            manifest=manifest,
+            split=split,
+            codec_stores=codec_store,
+            embed_stores=embed_store,
+            metric=metric,
+            max_clips=max_clips,
+        )
     else:
         fn = _load_evaluator(evaluator) if evaluator else None
-    path = soup_checkpoints(checkpoints, out, method=method, evaluate_fn=fn, greater_is_better=not lower_is_better,
-                            overwrite=overwrite)
+    path = soup_checkpoints(
+        checkpoints, out, method=method, evaluate_fn=fn, greater_is_better=not lower_is_better, overwrite=overwrite
+    )
     typer.echo(str(path))
 
 
 def generate(
-    captioner: list[Path] = typer.Option(None, "--captioner", help="EnCLAP checkpoint folder (repeat for an ensemble)."),
+    captioner: list[Path] = typer.Option(
+        None, "--captioner", help="EnCLAP checkpoint folder (repeat for an ensemble)."
+    ),
     ensemble: str = typer.Option(None, "--ensemble", help="token | pool: how several captioners are combined."),
     retriever: Path = typer.Option(None, "--retriever", help="Retriever folder for the encoder score."),
     manifest: Path = typer.Option(None, "--manifest", "-m", help="Manifest parquet of the clips."),
@@ -85,7 +98,8 @@ def generate(
     fluency_checker: Path = typer.Option(None, "--fluency-checker", help="FENSE checker checkpoint (else filter off)."),
     fluency_backbone: Path = typer.Option(None, "--fluency-backbone", help="Local BERT folder for the checker."),
     fluency_scope: str = typer.Option(
-        None, "--fluency-scope",
+        None,
+        "--fluency-scope",
         help="lazy (default): check candidates in score order until one is fluent, same selection, ~1 checker "
         "batch per clip; all: check every candidate (use it for tables you will pass to dcase tune-rerank).",
     ),
@@ -110,14 +124,22 @@ def generate(
     from dcase.generate import GenerateConfig, generate_candidates
 
     cfg = load_config(GenerateConfig, config, list(overrides or []))
-    given = {"captioners": [str(p) for p in captioner] if captioner else None, "ensemble": ensemble,
-             "retriever": str(retriever) if retriever else None, "manifest": str(manifest) if manifest else None,
-             "split": split, "codec_stores": [str(p) for p in codec_store] if codec_store else None,
-             "embed_stores": [str(p) for p in embed_store] if embed_store else None,
-             "out": str(out) if out else None, "fluency_checker": str(fluency_checker) if fluency_checker else None,
-             "fluency_backbone": str(fluency_backbone) if fluency_backbone else None, "w_enc": w_enc,
-             "fluency_scope": fluency_scope,
-             "w_dec": w_dec, "device": device}
+    given = {
+        "captioners": [str(p) for p in captioner] if captioner else None,
+        "ensemble": ensemble,
+        "retriever": str(retriever) if retriever else None,
+        "manifest": str(manifest) if manifest else None,
+        "split": split,
+        "codec_stores": [str(p) for p in codec_store] if codec_store else None,
+        "embed_stores": [str(p) for p in embed_store] if embed_store else None,
+        "out": str(out) if out else None,
+        "fluency_checker": str(fluency_checker) if fluency_checker else None,
+        "fluency_backbone": str(fluency_backbone) if fluency_backbone else None,
+        "w_enc": w_enc,
+        "fluency_scope": fluency_scope,
+        "w_dec": w_dec,
+        "device": device,
+    }
     for k, v in given.items():
         if v is not None:
             setattr(cfg, k, v)
@@ -138,8 +160,9 @@ def tune_rerank(
     out: Path = typer.Option(..., "--out", "-o", help="Folder for tuning.csv and tuning.png."),
     weights: str = typer.Option("0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1", "--weights", help="Encoder weights."),
     metric: str = typer.Option("cider_d", "--metric", help="Caption metric to maximise (e.g. cider_d, spider)."),
-    threshold: float = typer.Option(None, "--fluency-threshold",
-                                    help="Fluency filter threshold (when the table has probabilities) [0.9]."),
+    threshold: float = typer.Option(
+        None, "--fluency-threshold", help="Fluency filter threshold (when the table has probabilities) [0.9]."
+    ),
 ) -> None:
     """Grid-search the encoder weight w_enc (w_dec = 1 - w_enc) of the reranker on a validation split.
 

@@ -34,10 +34,13 @@ def codec(
 
     if (codec_name is None) == (codec_config is None):
         raise ValueError("give exactly one of --codec NAME|DIR or --codec-config tiny|full|FILE")
-    rep = extract_codec(manifest, out, codec_name or codec_config, batch_size, skip_bad, splits or None,
-                        chunk_seconds, workers=workers)
-    typer.echo(f"{out}: {rep.encoded} clips encoded by this process, {rep.already_done} already present, "
-               f"{len(rep.skipped)} skipped; {rep.audio_seconds / max(rep.wall_seconds, 1e-9):.1f} audio-s/s")
+    rep = extract_codec(
+        manifest, out, codec_name or codec_config, batch_size, skip_bad, splits or None, chunk_seconds, workers=workers
+    )
+    typer.echo(
+        f"{out}: {rep.encoded} clips encoded by this process, {rep.already_done} already present, "
+        f"{len(rep.skipped)} skipped; {rep.audio_seconds / max(rep.wall_seconds, 1e-9):.1f} audio-s/s"
+    )
 
 
 @app.command("embed")
@@ -57,8 +60,10 @@ def embed(
     from dcase.features.extract import extract_embeddings
 
     rep = extract_embeddings(manifest, out, retriever, batch_size, skip_bad, splits or None)
-    typer.echo(f"{out}: {rep.encoded} clips embedded by this process, {rep.already_done} already present, "
-               f"{len(rep.skipped)} skipped")
+    typer.echo(
+        f"{out}: {rep.encoded} clips embedded by this process, {rep.already_done} already present, "
+        f"{len(rep.skipped)} skipped"
+    )
 
 
 @app.command("convert-dac")

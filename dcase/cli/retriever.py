@@ -64,13 +64,23 @@ def evaluate(
     from dcase.retriever import evaluate_retrievers
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    res = evaluate_retrievers(retriever, manifest, split, mode=mode, batch_size=batch_size,
-                              max_seconds=max_seconds, cache_dir=cache_dir, device=device)
+    res = evaluate_retrievers(
+        retriever,
+        manifest,
+        split,
+        mode=mode,
+        batch_size=batch_size,
+        max_seconds=max_seconds,
+        cache_dir=cache_dir,
+        device=device,
+    )
     rows = [*res["models"].items(), *([("ensemble", res["ensemble"])] if len(retriever) > 1 else [])]
     typer.echo(f"{res['queries']} queries, {res['items']} clips, mode {mode}")
     for name, m in rows:
-        typer.echo(f"{name}: mAP@10 {m['map_at_10']:.4f}  R@1 {m['r_at_1']:.4f}  R@5 {m['r_at_5']:.4f}  "
-                   f"R@10 {m['r_at_10']:.4f}")
+        typer.echo(
+            f"{name}: mAP@10 {m['map_at_10']:.4f}  R@1 {m['r_at_1']:.4f}  R@5 {m['r_at_5']:.4f}  "
+            f"R@10 {m['r_at_10']:.4f}"
+        )
     if out:
         atomic_write_text(out, json.dumps(res, indent=2))
         typer.echo(f"wrote {out}")
@@ -99,7 +109,8 @@ def rank(
     from dcase.submission import write_task8
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    rows = rank_task8(retriever, audio_dir, captions, mode=mode, batch_size=batch_size, cache_dir=cache_dir,
-                      device=device)
+    rows = rank_task8(
+        retriever, audio_dir, captions, mode=mode, batch_size=batch_size, cache_dir=cache_dir, device=device
+    )
     write_task8(rows, out, overwrite=overwrite)
     typer.echo(f"wrote {out} ({len(rows)} queries)")

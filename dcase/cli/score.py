@@ -20,8 +20,10 @@ def captions(
     references: Path = typer.Option(..., "--references", help="Clotho captions CSV: file_name,caption_1..5."),
     out: Path = typer.Option(None, "--out", help="scores.json to write (atomically)."),
     metrics: str = typer.Option(
-        "all", "--metrics", help="Comma-separated metric names (bleu_1..4, meteor, rouge_l, cider_d, spice, "
-        "spider, spider_fl, fense, sbert_sim, fer, vocab) or 'all'."
+        "all",
+        "--metrics",
+        help="Comma-separated metric names (bleu_1..4, meteor, rouge_l, cider_d, spice, "
+        "spider, spider_fl, fense, sbert_sim, fer, vocab) or 'all'.",
     ),
     fense_checker: Path = typer.Option(None, "--fense-checker", help="FENSE checker .ckpt (must load if given)."),
     sbert_model: str = typer.Option(None, "--sbert-model", help="Local sentence-BERT directory for FENSE."),

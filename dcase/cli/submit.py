@@ -75,8 +75,14 @@ def package(
     from dcase.submission import package_submission
 
     folders = package_submission(
-        out, _pairs(task6, "--task6"), _pairs(task8, "--task8"), overwrite=overwrite, audio_dir6=audio_dir6,
-        audio_dir8=audio_dir8, references8=references8, technical_report=report,
+        out,
+        _pairs(task6, "--task6"),
+        _pairs(task8, "--task8"),
+        overwrite=overwrite,
+        audio_dir6=audio_dir6,
+        audio_dir8=audio_dir8,
+        references8=references8,
+        technical_report=report,
     )
     for f in folders:
         typer.echo(str(f))
@@ -110,8 +116,11 @@ def task6(
     csv_path, meta_path = run_task6_recipe(rec, audio_dir, out, meta_out, work_dir, root, overwrite)
     bad = placeholder_fields(rec.meta)
     if bad:
-        typer.secho(f"warning: {recipe}: meta fields {bad} are template placeholders; edit them before packaging",
-                    fg=typer.colors.YELLOW, err=True)
+        typer.secho(
+            f"warning: {recipe}: meta fields {bad} are template placeholders; edit them before packaging",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
     typer.secho(f"ok: {csv_path}" + (f", {meta_path}" if meta_path else ""), fg=typer.colors.GREEN)
 
 
@@ -144,10 +153,12 @@ def task8(
 
     rec = load_task8_recipe(recipe, list(overrides or []))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    csv_path, meta_path = run_task8_recipe(rec, audio_dir, captions, out, meta_out, root, cache_dir, overwrite,
-                                           device)
+    csv_path, meta_path = run_task8_recipe(rec, audio_dir, captions, out, meta_out, root, cache_dir, overwrite, device)
     bad = placeholder_fields(rec.meta) if rec.meta else []
     if bad:
-        typer.secho(f"warning: {recipe}: meta fields {bad} are template placeholders; edit them before packaging",
-                    fg=typer.colors.YELLOW, err=True)
+        typer.secho(
+            f"warning: {recipe}: meta fields {bad} are template placeholders; edit them before packaging",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
     typer.secho(f"ok: {csv_path}" + (f", {meta_path}" if meta_path else ""), fg=typer.colors.GREEN)

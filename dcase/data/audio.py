@@ -11,8 +11,18 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from dcase.errors import InputError
 
-class AudioError(ValueError):
+AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".mp3", ".ogg")  # what the readers and folder scans accept
+
+
+def is_audio_file(name: str | Path) -> bool:
+    """True for a file name with one of ``AUDIO_EXTENSIONS`` (case-insensitive), hidden files excluded."""
+    name = Path(name).name
+    return not name.startswith(".") and name.lower().endswith(AUDIO_EXTENSIONS)
+
+
+class AudioError(InputError):
     """Audio that cannot be used: missing, unreadable, empty, or non-finite. The message names the file."""
 
 

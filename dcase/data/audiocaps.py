@@ -122,7 +122,11 @@ def read_audiocaps(
                 bad(f"{yid}@{start}", csv_path, f"row {row_no}: column 'start_time' is not a number: {start!r}")
                 continue
             if cap_id in seen_ids:
-                bad(clip_id, csv_path, f"row {row_no}: duplicate audiocap_id {cap_id!r} (first at row {seen_ids[cap_id]})")
+                bad(
+                    clip_id,
+                    csv_path,
+                    f"row {row_no}: duplicate audiocap_id {cap_id!r} (first at row {seen_ids[cap_id]})",
+                )
                 continue
             seen_ids[cap_id] = row_no
             if clip_id in broken:
@@ -137,8 +141,9 @@ def read_audiocaps(
         on_disk = dir_index(audio_dir)
         used: dict[Path, str] = {}
         for clip_id, e in clips.items():
-            name = audio_pattern.format(youtube_id=e["yid"], start_time=normalise_start(e["start"]),
-                                        audiocap_id=e["cap_id"], split=split)
+            name = audio_pattern.format(
+                youtube_id=e["yid"], start_time=normalise_start(e["start"]), audiocap_id=e["cap_id"], split=split
+            )
             cands = [name]
             p = Path(name)
             if not p.name.startswith("Y"):
@@ -149,13 +154,20 @@ def read_audiocaps(
                     found = audio_dir / c
                     break
             if found is None:
-                bad(clip_id, audio_dir / name,
+                bad(
+                    clip_id,
+                    audio_dir / name,
                     f"audio file not found (also tried {cands[1:]}; {csv_path.name} row {e['row']}; "
-                    "set --audio-pattern if your files are named differently)")
+                    "set --audio-pattern if your files are named differently)",
+                )
                 continue
             if found in used:
-                bad(clip_id, found, f"audio file already used by clip {used[found]!r}; "
-                    "use an --audio-pattern with {start_time} to tell the clips apart")
+                bad(
+                    clip_id,
+                    found,
+                    f"audio file already used by clip {used[found]!r}; "
+                    "use an --audio-pattern with {start_time} to tell the clips apart",
+                )
                 continue
             used[found] = clip_id
             planned.append((split, clip_id, found, e["caps"]))

@@ -23,6 +23,7 @@ import pandas as pd
 
 from dcase.data.audio import AudioError, audio_info, load_audio
 from dcase.data.manifest import ManifestError, ManifestRow, write_manifest
+from dcase.errors import OutputExistsError
 from dcase.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -113,8 +114,9 @@ def probe_many(
     pool = ThreadPoolExecutor(workers) if workers > 1 else None
     try:
         it = pool.map(attempt, paths) if pool is not None else map(attempt, paths)
-        for path, res in tqdm(zip(paths, it, strict=False), total=len(paths), desc=desc, unit="file",
-                              disable=not progress, leave=False):
+        for path, res in tqdm(
+            zip(paths, it, strict=False), total=len(paths), desc=desc, unit="file", disable=not progress, leave=False
+        ):
             results[path] = res
             if isinstance(res, AudioError) and not bad.skip_bad:
                 break  # strict: stop probing; the error is raised below
@@ -134,7 +136,7 @@ def probe_many(
         else:
             reported.add(path)
             reason, prefix = str(res), f"{path}: "
-            bad(clip, path, reason[len(prefix):] if reason.startswith(prefix) else reason)
+            bad(clip, path, reason[len(prefix) :] if reason.startswith(prefix) else reason)
     return out
 
 
@@ -151,8 +153,15 @@ def rows_from_plan(
     order; clips whose audio fails the probe are reported to ``bad`` and left out."""
     info = probe_many([(c, p) for _, c, p, _ in planned], bad, decode_check, progress, desc=desc, workers=workers)
     return [
-        ManifestRow(clip_id=clip, audio_path=str(path.absolute()), split=split, source=source,
-                    duration_s=info[path][0], sample_rate=info[path][1], captions=caps)
+        ManifestRow(
+            clip_id=clip,
+            audio_path=str(path.absolute()),
+            split=split,
+            source=source,
+            duration_s=info[path][0],
+            sample_rate=info[path][1],
+            captions=caps,
+        )
         for split, clip, path, caps in planned
         if path in info
     ]
@@ -293,7 +302,7 @@ def build_manifest(
     """
     out = Path(out)
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+        raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
     if source not in SOURCE_NAMES:
         raise ValueError(f"unknown source {source!r}; expected one of {list(SOURCE_NAMES)}")
     bad = BadClips(skip_bad)
@@ -307,8 +316,14 @@ def build_manifest(
         from dcase.data.audiocaps import DEFAULT_PATTERN, read_audiocaps
 
         rows = read_audiocaps(
-            root, splits, audio_pattern=audio_pattern or DEFAULT_PATTERN, audio_root=audio_root,
-            decode_check=decode_check, bad=bad, progress=progress, workers=workers,
+            root,
+            splits,
+            audio_pattern=audio_pattern or DEFAULT_PATTERN,
+            audio_root=audio_root,
+            decode_check=decode_check,
+            bad=bad,
+            progress=progress,
+            workers=workers,
         )
     elif source == "wavcaps":
         from dcase.data.wavcaps import read_wavcaps
@@ -316,8 +331,15 @@ def build_manifest(
         if splits:
             raise ValueError("WavCaps has no splits (every clip is 'train'); drop --splits")
         rows, filter_report = read_wavcaps(
-            root, audio_root, exclude_csv=exclude_csv, challenge_filters=challenge_filters,
-            audio_pattern=audio_pattern, decode_check=decode_check, bad=bad, progress=progress, workers=workers,
+            root,
+            audio_root,
+            exclude_csv=exclude_csv,
+            challenge_filters=challenge_filters,
+            audio_pattern=audio_pattern,
+            decode_check=decode_check,
+            bad=bad,
+            progress=progress,
+            workers=workers,
         )
     else:
         from dcase.data.mixup import read_clotho_mixup
@@ -327,8 +349,14 @@ def build_manifest(
         if splits:
             raise ValueError("Clotho-ChatGPT-Mixup rows are all 'train'; drop --splits")
         rows = read_clotho_mixup(
-            root, clotho_root, rejected_json=rejected_json, seed=seed, decode_check=decode_check, bad=bad,
-            progress=progress, workers=workers,
+            root,
+            clotho_root,
+            rejected_json=rejected_json,
+            seed=seed,
+            decode_check=decode_check,
+            bad=bad,
+            progress=progress,
+            workers=workers,
         )
     if not rows:
         raise DataError(f"{root}: no usable clips for source {source!r} ({len(bad)} skipped as bad)")

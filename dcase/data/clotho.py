@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from dcase.data.audio import AUDIO_EXTENSIONS, is_audio_file
 from dcase.data.build import BadClips, DataError, dir_index, read_table, rows_from_plan
 from dcase.data.manifest import ManifestRow
 
@@ -36,11 +37,16 @@ CAPTIONLESS_SPLITS = ("test", "retrieval_audio")
 SPLITS = CAPTIONED_SPLITS + CAPTIONLESS_SPLITS
 CAPTION_COLUMNS = ("file_name", "caption_1", "caption_2", "caption_3", "caption_4", "caption_5")
 METADATA_COLUMNS = (
-    "file_name", "keywords", "sound_id", "sound_link", "start_end_samples", "manufacturer", "license",
+    "file_name",
+    "keywords",
+    "sound_id",
+    "sound_link",
+    "start_end_samples",
+    "manufacturer",
+    "license",
 )
 RETRIEVAL_AUDIO_DIR = "test_retrieval_audio"
 RETRIEVAL_CAPTIONS_CSV = "retrieval_captions.csv"
-AUDIO_EXTENSIONS = (".wav", ".flac")
 
 
 def _csv_candidates(root: Path, name: str) -> list[Path]:
@@ -199,28 +205,41 @@ def read_clotho(
                     continue
                 listed.add(disk)
                 planned.append((split, fname, audio_dir / disk, caps))
-            unlisted = sorted(n for n in on_disk if n.lower().endswith(AUDIO_EXTENSIONS) and n not in listed)
+            unlisted = sorted(n for n in on_disk if is_audio_file(n) and n not in listed)
             if unlisted:
-                log.warning("%s: %d audio file(s) not listed in %s are left out, e.g. %s",
-                            audio_dir, len(unlisted), csv_path.name, unlisted[:3])
+                log.warning(
+                    "%s: %d audio file(s) not listed in %s are left out, e.g. %s",
+                    audio_dir,
+                    len(unlisted),
+                    csv_path.name,
+                    unlisted[:3],
+                )
             if meta is not None:
                 missing_meta = sorted({c for s, c, _p, _c in planned if s == split} - set(meta["file_name"]))
                 if missing_meta:
-                    log.warning("%s: %d clip(s) have no metadata row, e.g. %s",
-                                meta.attrs["path"], len(missing_meta), missing_meta[:3])
+                    log.warning(
+                        "%s: %d clip(s) have no metadata row, e.g. %s",
+                        meta.attrs["path"],
+                        len(missing_meta),
+                        missing_meta[:3],
+                    )
         else:
-            names = sorted(n for n in on_disk if n.lower().endswith(AUDIO_EXTENSIONS) and not n.startswith("."))
+            names = sorted(n for n in on_disk if is_audio_file(n))
             if meta is not None:
                 for i, fname in enumerate(meta["file_name"]):
                     if unicodedata.normalize("NFC", fname) not in lookup:
-                        bad(fname, audio_dir / fname,
-                            f"audio file not found (listed in {Path(meta.attrs['path']).name} row {i + 1})")
+                        bad(
+                            fname,
+                            audio_dir / fname,
+                            f"audio file not found (listed in {Path(meta.attrs['path']).name} row {i + 1})",
+                        )
                 extra = sorted(set(names) - {lookup.get(unicodedata.normalize("NFC", f)) for f in meta["file_name"]})
                 if extra:
-                    log.warning("%s: %d audio file(s) have no metadata row (kept), e.g. %s",
-                                audio_dir, len(extra), extra[:3])
+                    log.warning(
+                        "%s: %d audio file(s) have no metadata row (kept), e.g. %s", audio_dir, len(extra), extra[:3]
+                    )
             if not names:
-                raise DataError(f"{audio_dir}: no audio files (.wav/.flac) for split {split!r}")
+                raise DataError(f"{audio_dir}: no audio files ({'/'.join(AUDIO_EXTENSIONS)}) for split {split!r}")
             planned.extend((split, n, audio_dir / n, []) for n in names)
 
     first_split: dict[str, str] = {}

@@ -26,6 +26,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dcase.errors import InputError
 from dcase.io import atomic_path
 
 SOURCES = ("clotho", "audiocaps", "wavcaps", "clotho_mixup", "synth")
@@ -48,7 +49,7 @@ COLUMNS = tuple(SCHEMA.names)
 MIX_COLUMNS = ("mix_clip_ids", "mix_audio_paths", "mix_ratio_db")
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError):
     """A manifest (or a dataset being turned into one) breaks the schema."""
 
 

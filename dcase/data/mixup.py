@@ -41,7 +41,9 @@ def _find_json(path: Path) -> Path:
         cands = sorted(p for p in path.glob("*.json") if "reject" not in p.name.lower())
         if len(cands) == 1:
             return cands[0]
-        raise DataError(f"{path}: expected exactly one mixup JSON (not named *reject*), found {[c.name for c in cands]}")
+        raise DataError(
+            f"{path}: expected exactly one mixup JSON (not named *reject*), found {[c.name for c in cands]}"
+        )
     raise DataError(f"Clotho-ChatGPT-Mixup JSON not found: {path}")
 
 
@@ -53,7 +55,7 @@ def read_rejections(path: str | Path, n_pairs: int | None = None) -> set[tuple[i
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DataError(f"{path}: not a readable rejection JSON ({e})") from e
     if not isinstance(doc, list):
-        raise DataError(f"{path}: expected a list of {{\"idx\": [pair, caption]}} objects")
+        raise DataError(f'{path}: expected a list of {{"idx": [pair, caption]}} objects')
     out: set[tuple[int, int]] = set()
     for k, item in enumerate(doc):
         idx = item.get("idx") if isinstance(item, dict) else None
@@ -83,8 +85,10 @@ def read_clotho_mixup(
     bad = bad if bad is not None else BadClips(skip_bad)
     dev_dir = clotho_audio_dir(clotho_root, "development")
     if dev_dir is None:
-        raise DataError(f"{clotho_root}: Clotho development audio folder not found "
-                        "(expected clotho_audio_files/development/ or development/)")
+        raise DataError(
+            f"{clotho_root}: Clotho development audio folder not found "
+            "(expected clotho_audio_files/development/ or development/)"
+        )
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -134,12 +138,19 @@ def read_clotho_mixup(
             continue
         planned.append((i, [Path(f).name for f in files], kept, audio))
     if rejected:
-        log.info("mixup: %d caption(s) rejected; %d pair(s) lost all captions and were dropped",
-                 n_rejected_caps, n_all_rejected)
+        log.info(
+            "mixup: %d caption(s) rejected; %d pair(s) lost all captions and were dropped",
+            n_rejected_caps,
+            n_all_rejected,
+        )
 
     info = probe_many(
-        [(f"clotho_mixup/{i:06d}", p) for i, _, _, ps in planned for p in ps], bad, decode_check, progress,
-        desc="mixup source audio", workers=workers,
+        [(f"clotho_mixup/{i:06d}", p) for i, _, _, ps in planned for p in ps],
+        bad,
+        decode_check,
+        progress,
+        desc="mixup source audio",
+        workers=workers,
     )
     rows = []
     for i, names, caps, paths in planned:
@@ -148,10 +159,19 @@ def read_clotho_mixup(
         (d0, sr0), (d1, sr1) = info[paths[0]], info[paths[1]]
         if sr0 != sr1:
             log.warning("mixup pair %d: sample rates differ (%d, %d); load_clip resamples both", i, sr0, sr1)
-        rows.append(ManifestRow(
-            clip_id=f"clotho_mixup/{i:06d}", audio_path=str(paths[0].absolute()), split=SPLIT, source="clotho_mixup",
-            duration_s=max(d0, d1), sample_rate=max(sr0, sr1), captions=caps,
-            mix_clip_ids=names, mix_audio_paths=[str(p.absolute()) for p in paths], mix_ratio_db=mix_ratio_db(seed, i),
-        ))
+        rows.append(
+            ManifestRow(
+                clip_id=f"clotho_mixup/{i:06d}",
+                audio_path=str(paths[0].absolute()),
+                split=SPLIT,
+                source="clotho_mixup",
+                duration_s=max(d0, d1),
+                sample_rate=max(sr0, sr1),
+                captions=caps,
+                mix_clip_ids=names,
+                mix_audio_paths=[str(p.absolute()) for p in paths],
+                mix_ratio_db=mix_ratio_db(seed, i),
+            )
+        )
     log.info("Clotho-ChatGPT-Mixup: %d of %d pairs kept", len(rows), len(pairs))
     return rows

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from dcase.errors import OutputExistsError
 from dcase.io import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -55,17 +56,27 @@ MIN_DURATION_S, MAX_DURATION_S = 2.0, 6.0
 # Paraphrases of each foreground event: (is_plural, phrase without article).
 EVENT_PHRASES: dict[str, list[tuple[bool, str]]] = {
     "low_tone": [(False, "low tone"), (False, "deep tone"), (False, "low pitched tone"), (False, "deep note")],
-    "high_tone": [(False, "high tone"), (False, "high pitched tone"), (False, "shrill whistle"),
-                  (False, "sharp high note")],
+    "high_tone": [
+        (False, "high tone"),
+        (False, "high pitched tone"),
+        (False, "shrill whistle"),
+        (False, "sharp high note"),
+    ],
     "noise": [(False, "burst of noise"), (False, "short hiss"), (False, "blast of static"), (False, "noise burst")],
-    "rising": [(False, "rising sweep"), (False, "upward chirp"), (False, "rising whistle"),
-               (False, "tone that rises in pitch")],
-    "falling": [(False, "falling sweep"), (False, "downward chirp"), (False, "falling whistle"),
-                (False, "tone that drops in pitch")],
-    "clicks": [(False, "series of clicks"), (True, "rapid clicks"), (True, "quick clicks"),
-               (False, "clicking sound")],
-    "beeps": [(False, "series of beeps"), (True, "rhythmic beeps"), (True, "repeated beeps"),
-              (False, "beeping sound")],
+    "rising": [
+        (False, "rising sweep"),
+        (False, "upward chirp"),
+        (False, "rising whistle"),
+        (False, "tone that rises in pitch"),
+    ],
+    "falling": [
+        (False, "falling sweep"),
+        (False, "downward chirp"),
+        (False, "falling whistle"),
+        (False, "tone that drops in pitch"),
+    ],
+    "clicks": [(False, "series of clicks"), (True, "rapid clicks"), (True, "quick clicks"), (False, "clicking sound")],
+    "beeps": [(False, "series of beeps"), (True, "rhythmic beeps"), (True, "repeated beeps"), (False, "beeping sound")],
 }
 EVENTS = tuple(EVENT_PHRASES)
 BACKGROUND_PHRASES = {
@@ -96,6 +107,7 @@ class ClipSpec:
 
 # ----------------------------------------------------------------------------------------------- structure
 
+
 def sample_spec(rng: np.random.Generator) -> ClipSpec:
     """Draw 1-3 distinct events (in order), their loudness, lengths and gaps, a background, a duration."""
     n = int(rng.choice([1, 2, 3], p=[0.3, 0.4, 0.3]))
@@ -114,6 +126,7 @@ def sample_spec(rng: np.random.Generator) -> ClipSpec:
 
 
 # ----------------------------------------------------------------------------------------------- audio
+
 
 def _envelope(n: int, attack_s: float, release_s: float) -> np.ndarray:
     e = np.ones(n)
@@ -204,6 +217,7 @@ def render_clip(spec: ClipSpec, rng: np.random.Generator) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------- captions
 
+
 def _article(phrase: str) -> str:
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
@@ -291,7 +305,9 @@ def mixup_captions(a: ClipSpec, b: ClipSpec, rng: np.random.Generator, n: int = 
         listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
         bg = ""
         if bgs:
-            bg = " with " + " and ".join(BACKGROUND_PHRASES[g][int(rng.integers(3))] for g in bgs) + " in the background"
+            bg = (
+                " with " + " and ".join(BACKGROUND_PHRASES[g][int(rng.integers(3))] for g in bgs) + " in the background"
+            )
         plural = len(names) > 1
         forms = [
             f"{listed} {'are' if plural else 'is'} heard at the same time{bg}",
@@ -308,6 +324,7 @@ def mixup_captions(a: ClipSpec, b: ClipSpec, rng: np.random.Generator, n: int = 
 
 
 # ----------------------------------------------------------------------------------------------- writing
+
 
 def _write_wav(path: Path, x: np.ndarray) -> None:
     buf = io.BytesIO()
@@ -355,7 +372,7 @@ def make_synth_corpus(
 
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to write into it")
+        raise OutputExistsError(f"{out} exists and is not empty; pass --overwrite to write into it")
     sizes = split_sizes(n_clips)
     extra = max(2, n_clips // 20)
     sizes["test"] = extra if n_test is None else n_test
@@ -387,17 +404,31 @@ def make_synth_corpus(
     bar.close()
 
     for split in ("development", "validation", "evaluation"):
-        _write_csv(out / f"clotho_captions_{split}.csv",
-                   ["file_name"] + [f"caption_{k}" for k in range(1, 6)], caption_rows[split])
+        _write_csv(
+            out / f"clotho_captions_{split}.csv",
+            ["file_name"] + [f"caption_{k}" for k in range(1, 6)],
+            caption_rows[split],
+        )
     for split in ("development", "validation", "evaluation", "test"):
         rows = []
         for name, spec in specs[split]:
             n = int(round(spec.duration_s * SAMPLE_RATE))
-            rows.append([name, "synthetic;procedural", name.split()[-1].removesuffix(".wav"), "none",
-                         f"[0, {n}]", "dcase-synth", "http://creativecommons.org/publicdomain/zero/1.0/"])
-        _write_csv(out / f"clotho_metadata_{split}.csv",
-                   ["file_name", "keywords", "sound_id", "sound_link", "start_end_samples", "manufacturer",
-                    "license"], rows)
+            rows.append(
+                [
+                    name,
+                    "synthetic;procedural",
+                    name.split()[-1].removesuffix(".wav"),
+                    "none",
+                    f"[0, {n}]",
+                    "dcase-synth",
+                    "http://creativecommons.org/publicdomain/zero/1.0/",
+                ]
+            )
+        _write_csv(
+            out / f"clotho_metadata_{split}.csv",
+            ["file_name", "keywords", "sound_id", "sound_link", "start_end_samples", "manufacturer", "license"],
+            rows,
+        )
     q_rng = np.random.default_rng([seed, 10**6])
     queries = [queries[i] for i in q_rng.permutation(len(queries))]
     _write_csv(out / "retrieval_captions.csv", ["caption"], [[q] for q, _ in queries])
@@ -410,15 +441,22 @@ def make_synth_corpus(
         data = []
         for _ in range(max(1, len(dev) // 4)):
             i, j = (int(v) for v in m_rng.choice(len(dev), size=2, replace=False))
-            data.append({
-                "selected_pair": [i, j],
-                "audio_files": [dev[i][0], dev[j][0]],
-                "chatgpt_mixups": mixup_captions(dev[i][1], dev[j][1], m_rng),
-            })
+            data.append(
+                {
+                    "selected_pair": [i, j],
+                    "audio_files": [dev[i][0], dev[j][0]],
+                    "chatgpt_mixups": mixup_captions(dev[i][1], dev[j][1], m_rng),
+                }
+            )
         n_pairs = len(data)
         atomic_write_text(out / MIXUP_JSON, json.dumps({"dataset": data}, indent=1, ensure_ascii=False))
-    info = {"generator": "dcase.data.synth", "seed": seed, "splits": sizes, "mixup_pairs": n_pairs,
-            "sample_rate": SAMPLE_RATE}
+    info = {
+        "generator": "dcase.data.synth",
+        "seed": seed,
+        "splits": sizes,
+        "mixup_pairs": n_pairs,
+        "sample_rate": SAMPLE_RATE,
+    }
     atomic_write_text(out / INFO_JSON, json.dumps(info, indent=2))
     log.info("synthetic corpus in %s: %s, %d mixup pairs", out, sizes, n_pairs)
     return out

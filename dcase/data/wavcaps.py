@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dcase.data.audio import AUDIO_EXTENSIONS
 from dcase.data.build import BadClips, DataError, read_table, rows_from_plan
 from dcase.data.manifest import ManifestRow
 
@@ -41,7 +42,8 @@ FREESOUND = "FreeSound"
 MIN_DURATION_S = 1.0
 MAX_DURATION_S = 30.0
 EXCLUDE_ID_COLUMNS = ("fsd_id", "id", "sound_id")
-AUDIO_EXTENSIONS = (".flac", ".wav")
+# the release is FLAC: look for .flac first, then the other accepted extensions
+WAVCAPS_EXTENSIONS = (".flac", *(e for e in AUDIO_EXTENSIONS if e != ".flac"))
 
 
 @dataclass
@@ -89,7 +91,7 @@ def _id_text(v: object) -> str:
 
 def _stem(id_: str) -> str:
     low = id_.lower()
-    for ext in AUDIO_EXTENSIONS:
+    for ext in WAVCAPS_EXTENSIONS:
         if low.endswith(ext):
             return id_[: -len(ext)]
     return id_
@@ -164,7 +166,7 @@ def _resolve_audio(audio_root: Path, source: str, id_: str, pattern: str | None)
     if pattern is not None:
         p = audio_root / pattern.format(source=source, id=stem)
         return (p if p.is_file() else None), p
-    cands = [audio_root / d / f"{stem}{ext}" for d in (source, f"{source}_flac") for ext in AUDIO_EXTENSIONS]
+    cands = [audio_root / d / f"{stem}{ext}" for d in (source, f"{source}_flac") for ext in WAVCAPS_EXTENSIONS]
     return next((c for c in cands if c.is_file()), None), cands[0]
 
 

@@ -29,15 +29,19 @@ from dcase.decoding.sample import (
     sample_from_encoder,
     score_sequences,
 )
+from dcase.errors import InputError
 
 log = logging.getLogger(__name__)
 
 ENSEMBLE_MODES = ("token", "pool")
-_PROBES = ("A dog barks while rain falls on a metal roof.", "Birds chirp; cars pass by, people talk!",
-           "an engine idles and someone hammers")
+_PROBES = (
+    "A dog barks while rain falls on a metal roof.",
+    "Birds chirp; cars pass by, people talk!",
+    "an engine idles and someone hammers",
+)
 
 
-class TokenizerMismatchError(ValueError):
+class TokenizerMismatchError(InputError):
     """Ensembled captioners do not share a tokenizer."""
 
 
@@ -47,8 +51,9 @@ def tokenizer_signature(tok: Any) -> dict[str, Any]:
         raise TokenizerMismatchError("a captioner has no tokenizer")
     return {
         "vocab": dict(tok.get_vocab()),
-        "special": {k: tok.convert_tokens_to_ids(v) for k, v in sorted(tok.special_tokens_map.items())
-                    if isinstance(v, str)},
+        "special": {
+            k: tok.convert_tokens_to_ids(v) for k, v in sorted(tok.special_tokens_map.items()) if isinstance(v, str)
+        },
         "probes": [list(tok(p)["input_ids"]) for p in _PROBES],
     }
 
@@ -66,16 +71,20 @@ def check_same_tokenizer(models: Sequence[Any], names: Sequence[str] | None = No
             ex = ", ".join(f"{k!r}: {a.get(k)} vs {b.get(k)}" for k in diff[:3])
             raise TokenizerMismatchError(
                 f"{name}'s tokenizer differs from {names[0]}'s: vocabularies of {len(b)} vs {len(a)} tokens, "
-                f"{len(diff)} entries differ (e.g. {ex}); token-level ensembles need one tokenizer")
+                f"{len(diff)} entries differ (e.g. {ex}); token-level ensembles need one tokenizer"
+            )
         for key in ("special", "probes"):
             if sig[key] != ref[key]:
                 raise TokenizerMismatchError(
                     f"{name}'s tokenizer differs from {names[0]}'s in its {key} ({sig[key]} vs {ref[key]}); "
-                    "token-level ensembles need one tokenizer")
+                    "token-level ensembles need one tokenizer"
+                )
     for m, name in zip(models[1:], names[1:], strict=True):
         if m.bart.config.vocab_size != models[0].bart.config.vocab_size:
-            raise TokenizerMismatchError(f"{name} has a vocabulary of {m.bart.config.vocab_size} logits, "
-                                         f"{names[0]} of {models[0].bart.config.vocab_size}")
+            raise TokenizerMismatchError(
+                f"{name} has a vocabulary of {m.bart.config.vocab_size} logits, "
+                f"{names[0]} of {models[0].bart.config.vocab_size}"
+            )
 
 
 def model_seeds(seeds: Sequence[int], m: int) -> list[int]:
@@ -84,9 +93,14 @@ def model_seeds(seeds: Sequence[int], m: int) -> list[int]:
 
 
 @torch.no_grad()
-def pool_from_encoder(models: Sequence[Any], encoded: Sequence[tuple[torch.Tensor, torch.Tensor]],
-                      cfg: SamplingConfig, seeds: Sequence[int], greedy: bool = False,
-                      beams: int = 0) -> list[list[Candidate]]:
+def pool_from_encoder(
+    models: Sequence[Any],
+    encoded: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    cfg: SamplingConfig,
+    seeds: Sequence[int],
+    greedy: bool = False,
+    beams: int = 0,
+) -> list[list[Candidate]]:
     """Candidate pooling: each model samples (or decodes greedily / with ``beams`` > 0 beams) its own candidates;
     per clip the texts are merged (counts added, first appearance kept in model order). A candidate's decoder
     score is the mean over models of its length-normalised log-likelihood: a model's score of its own sample is
@@ -109,8 +123,9 @@ def pool_from_encoder(models: Sequence[Any], encoded: Sequence[tuple[torch.Tenso
                 if c.text in merged:
                     merged[c.text].count += c.count
                 else:
-                    merged[c.text] = Candidate(c.text, c.count, c.token_ids, c.decoder_score,
-                                               [float("nan")] * len(models))
+                    merged[c.text] = Candidate(
+                        c.text, c.count, c.token_ids, c.decoder_score, [float("nan")] * len(models)
+                    )
                     merged[c.text].model_scores[m] = c.model_scores[0]
                     owner[c.text] = m
         out.append(list(merged.values()))
@@ -132,12 +147,14 @@ def pool_from_encoder(models: Sequence[Any], encoded: Sequence[tuple[torch.Tenso
 
 
 @torch.no_grad()
-def beam_candidates(model: Any, encoded: tuple[torch.Tensor, torch.Tensor], beams: int, max_new_tokens: int,
-                    min_new_tokens: int = 0) -> list[list[Candidate]]:
+def beam_candidates(
+    model: Any, encoded: tuple[torch.Tensor, torch.Tensor], beams: int, max_new_tokens: int, min_new_tokens: int = 0
+) -> list[list[Candidate]]:
     """One beam-search caption per clip (Hugging Face ``generate``), scored with ``sequence_logprobs``."""
     hid, mask = encoded
-    ids = model.generate_from_encoder(hid, mask, num_beams=beams, do_sample=False, max_new_tokens=max_new_tokens,
-                                      min_new_tokens=min_new_tokens)
+    ids = model.generate_from_encoder(
+        hid, mask, num_beams=beams, do_sample=False, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens
+    )
     labels = ids[:, 1:]
     scores = model.sequence_logprobs(hid, mask, labels).double()
     pad = model.bart.config.pad_token_id
@@ -151,5 +168,12 @@ def beam_candidates(model: Any, encoded: tuple[torch.Tensor, torch.Tensor], beam
     return out
 
 
-__all__ = ["ENSEMBLE_MODES", "TokenizerMismatchError", "beam_candidates", "check_same_tokenizer", "model_seeds",
-           "pool_from_encoder", "tokenizer_signature"]
+__all__ = [
+    "ENSEMBLE_MODES",
+    "TokenizerMismatchError",
+    "beam_candidates",
+    "check_same_tokenizer",
+    "model_seeds",
+    "pool_from_encoder",
+    "tokenizer_signature",
+]

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from dcase.errors import CheckpointError
+
 log = logging.getLogger(__name__)
 
 ERROR_NAMES: tuple[str, ...] = ("add_tail", "repeat_event", "repeat_adv", "remove_conj", "remove_verb", "error")
@@ -36,7 +38,7 @@ DEFAULT_THRESHOLD = 0.9
 MAX_LEN = 64
 
 
-class FluencyCheckerError(RuntimeError):
+class FluencyCheckerError(CheckpointError):
     """A configured fluency checker could not be loaded."""
 
 
@@ -94,8 +96,10 @@ class FluencyChecker:
         """Per-class sigmoid probabilities ``{name: float32 [N]}`` for ``texts`` [N]."""
         import torch
 
-        names = ERROR_NAMES if self.model.num_classes == len(ERROR_NAMES) else tuple(
-            f"class_{i}" for i in range(self.model.num_classes)
+        names = (
+            ERROR_NAMES
+            if self.model.num_classes == len(ERROR_NAMES)
+            else tuple(f"class_{i}" for i in range(self.model.num_classes))
         )
         chunks = []
         with torch.inference_mode():
@@ -107,8 +111,11 @@ class FluencyChecker:
                     max_length=MAX_LEN,
                     return_tensors="pt",
                 )
-                batch = {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask",
-                                                                                  "token_type_ids")}
+                batch = {
+                    k: v.to(self.device)
+                    for k, v in batch.items()
+                    if k in ("input_ids", "attention_mask", "token_type_ids")
+                }
                 chunks.append(self.model(**batch).float().sigmoid().cpu().numpy())
         probs = np.concatenate(chunks, 0) if chunks else np.zeros((0, len(names)), np.float32)
         return {n: probs[:, j] for j, n in enumerate(names)}

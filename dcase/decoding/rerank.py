@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dcase.errors import InputError, MissingInputError
 from dcase.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ DEFAULT_W_DEC = 0.3
 DEFAULT_THRESHOLD = 0.9
 
 
-class CandidatesError(ValueError):
+class CandidatesError(InputError):
     """The candidates table breaks its schema; the message names the column / clip / row."""
 
 
@@ -146,7 +147,9 @@ def validate_candidates(df: pd.DataFrame, source: str = "candidates") -> pd.Data
         )
     n_sel = out.groupby("clip_id", sort=False)["selected"].sum()
     if (n_sel > 1).any():
-        raise CandidatesError(f"{source}: clips with more than one selected candidate: {list(n_sel[n_sel > 1].index[:10])}")
+        raise CandidatesError(
+            f"{source}: clips with more than one selected candidate: {list(n_sel[n_sel > 1].index[:10])}"
+        )
     extra = [c for c in out.columns if c not in CANDIDATE_COLUMNS]
     return out[[*CANDIDATE_COLUMNS, *extra]].reset_index(drop=True)
 
@@ -163,7 +166,7 @@ def read_candidates(path: str | Path) -> pd.DataFrame:
     """Read and validate a candidates parquet file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"candidates file {path} does not exist")
+        raise MissingInputError(f"candidates file {path} does not exist")
     return validate_candidates(pd.read_parquet(path), str(path))
 
 
@@ -223,8 +226,9 @@ def lazy_fluency(
         take = {c: rows[:batch] for c, rows in pending.items()}
         idx = [i for rows in take.values() for i in rows]
         probs[idx] = np.asarray(error_probabilities(out["text"].iloc[idx].tolist()), dtype=np.float64)
-        pending = {c: rows[batch:] for c, rows in pending.items()
-                   if rows[batch:] and not (probs[take[c]] <= threshold).any()}
+        pending = {
+            c: rows[batch:] for c, rows in pending.items() if rows[batch:] and not (probs[take[c]] <= threshold).any()
+        }
     out["fluency_error_prob"] = probs
     return out
 

@@ -69,8 +69,10 @@ class SamplingConfig:
         if self.temperature <= 0:
             raise ValueError(f"sampling.temperature must be > 0, got {self.temperature}")
         if self.max_new_tokens < 1 or self.min_new_tokens > self.max_new_tokens:
-            raise ValueError(f"need 1 <= max_new_tokens and min_new_tokens <= max_new_tokens, got "
-                             f"{self.max_new_tokens} / {self.min_new_tokens}")
+            raise ValueError(
+                f"need 1 <= max_new_tokens and min_new_tokens <= max_new_tokens, got "
+                f"{self.max_new_tokens} / {self.min_new_tokens}"
+            )
         if self.batch_clips < 1 or self.topk_first < 1:
             raise ValueError("sampling.batch_clips and sampling.topk_first must be >= 1")
 
@@ -109,8 +111,9 @@ def _pick(vals: torch.Tensor, idx: torch.Tensor, u: torch.Tensor, top_p: float) 
     return idx.gather(-1, j.unsqueeze(-1)).squeeze(-1)
 
 
-def nucleus_sample(logprobs: torch.Tensor, u: torch.Tensor, top_p: float, temperature: float,
-                   topk_first: int = 64) -> torch.Tensor:
+def nucleus_sample(
+    logprobs: torch.Tensor, u: torch.Tensor, top_p: float, temperature: float, topk_first: int = 64
+) -> torch.Tensor:
     """Draw one token per row: logprobs [R, V], uniforms u [R] (float64 in [0, 1)) -> token ids [R] (long).
 
     Token ``argmin_j {C_j > u * C_K}`` of the descending cumulative kept mass ``C`` (module docstring).
@@ -179,9 +182,14 @@ class SharedKVDecoder:
         shape = (rows, self.n_heads, steps, self.head_dim)
         return [(like.new_empty(shape), like.new_empty(shape)) for _ in range(self.n_layers)]
 
-    def forward(self, tokens: torch.Tensor, start: int, cross: list[tuple[torch.Tensor, torch.Tensor]],
-                enc_mask: torch.Tensor, cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-                ) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        start: int,
+        cross: list[tuple[torch.Tensor, torch.Tensor]],
+        enc_mask: torch.Tensor,
+        cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> torch.Tensor:
         """tokens [B, n, T] at positions ``start ..`` -> hidden [B, n, T, D].
 
         With ``cache`` (incremental decoding, T = 1 usually): K/V are written at ``start ..`` and attention spans
@@ -192,7 +200,7 @@ class SharedKVDecoder:
         if cache is not None and T > 1 and start > 0:
             raise ValueError("cached decoding takes one token per step after the first call")
         dec = self.decoder
-        pos = dec.embed_positions.weight[dec.embed_positions.offset + start:dec.embed_positions.offset + start + T]
+        pos = dec.embed_positions.weight[dec.embed_positions.offset + start : dec.embed_positions.offset + start + T]
         x = dec.embed_tokens(tokens) + pos  # [B, n, T, D]
         x = dec.layernorm_embedding(x)
         enc_keep = enc_mask.bool()[:, None, None, :]  # [B, 1, 1, S]
@@ -204,9 +212,9 @@ class SharedKVDecoder:
             v = sa.v_proj(rows).view(B * n, T, H, d).transpose(1, 2)
             if cache is not None:
                 kc, vc = cache[i]
-                kc[:, :, start:start + T] = k
-                vc[:, :, start:start + T] = v
-                k, v = kc[:, :, :start + T], vc[:, :, :start + T]
+                kc[:, :, start : start + T] = k
+                vc[:, :, start : start + T] = v
+                k, v = kc[:, :, : start + T], vc[:, :, : start + T]
                 a = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1 and start == 0, scale=sa.scaling)
             else:
                 a = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=sa.scaling)
@@ -245,8 +253,9 @@ def _as_list(models: Any) -> list[Any]:
 
 
 @torch.no_grad()
-def encode_batch(models: Sequence[Any], codes: torch.Tensor, codes_mask: torch.Tensor, clip_emb: torch.Tensor
-                 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def encode_batch(
+    models: Sequence[Any], codes: torch.Tensor, codes_mask: torch.Tensor, clip_emb: torch.Tensor
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """One encoder pass per model: -> [(hidden [B, S, D], enc_mask [B, S])]."""
     out = []
     for m in models:
@@ -256,8 +265,13 @@ def encode_batch(models: Sequence[Any], codes: torch.Tensor, codes_mask: torch.T
 
 
 @torch.no_grad()
-def sample_from_encoder(models: Any, encoded: Sequence[tuple[torch.Tensor, torch.Tensor]], cfg: SamplingConfig,
-                        seeds: Sequence[int], greedy: bool = False) -> SampleBatch:
+def sample_from_encoder(
+    models: Any,
+    encoded: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    cfg: SamplingConfig,
+    seeds: Sequence[int],
+    greedy: bool = False,
+) -> SampleBatch:
     """Sample ``cfg.num_candidates`` captions per clip (or one greedy caption with ``greedy``) from encoder
     outputs of one or several models (token-level ensemble: mean of per-step log-probabilities).
 
@@ -307,7 +321,8 @@ def sample_from_encoder(models: Any, encoded: Sequence[tuple[torch.Tensor, torch
             nxt = nucleus_sample(lp, u[active][:, :, t][alive], cfg.top_p, cfg.temperature, cfg.topk_first)
         for m, lpm in enumerate(lp_models):
             sums[m, active] += torch.zeros_like(done, dtype=torch.float64).masked_scatter(
-                alive, lpm.gather(-1, nxt[:, None])[:, 0].double())
+                alive, lpm.gather(-1, nxt[:, None])[:, 0].double()
+            )
         step = torch.full_like(cur, d0.pad_id)
         step[alive] = nxt
         tokens[active, :, t] = step
@@ -329,8 +344,15 @@ def sample_from_encoder(models: Any, encoded: Sequence[tuple[torch.Tensor, torch
 
 
 @torch.no_grad()
-def sample_candidates(models: Any, codes: torch.Tensor, codes_mask: torch.Tensor, clip_emb: torch.Tensor,
-                      cfg: SamplingConfig, seeds: Sequence[int] | None = None, greedy: bool = False) -> SampleBatch:
+def sample_candidates(
+    models: Any,
+    codes: torch.Tensor,
+    codes_mask: torch.Tensor,
+    clip_emb: torch.Tensor,
+    cfg: SamplingConfig,
+    seeds: Sequence[int] | None = None,
+    greedy: bool = False,
+) -> SampleBatch:
     """Encode once per model, then :func:`sample_from_encoder`. codes [B, N, L], codes_mask [B, L],
     clip_emb [B, clip_dim]; ``seeds`` default to ``clip_seed(cfg.seed, b)`` for b in range(B)."""
     models = _as_list(models)
@@ -340,8 +362,9 @@ def sample_candidates(models: Any, codes: torch.Tensor, codes_mask: torch.Tensor
 
 
 @torch.no_grad()
-def score_sequences(model: Any, enc_hidden: torch.Tensor, enc_mask: torch.Tensor,
-                    sequences: Sequence[Sequence[Sequence[int]]]) -> list[torch.Tensor]:
+def score_sequences(
+    model: Any, enc_hidden: torch.Tensor, enc_mask: torch.Tensor, sequences: Sequence[Sequence[Sequence[int]]]
+) -> list[torch.Tensor]:
     """Teacher-forced length-normalised log-likelihood (temperature 1) of token sequences, one batched pass with
     shared cross-attention K/V: enc_hidden [B, S, D], enc_mask [B, S], sequences[b] = list of id lists (ids after
     the decoder start token; a trailing pad is ignored) -> per clip float64 [len(sequences[b])].
@@ -358,14 +381,14 @@ def score_sequences(model: Any, enc_hidden: torch.Tensor, enc_mask: torch.Tensor
     labels = torch.full((B, n, T), dm.pad_id, dtype=torch.long, device=device)
     for b, seqs in enumerate(sequences):
         for j, q in enumerate(seqs):
-            labels[b, j, :len(q)] = torch.as_tensor(list(q), dtype=torch.long)
+            labels[b, j, : len(q)] = torch.as_tensor(list(q), dtype=torch.long)
     dec_in = torch.cat([torch.full((B, n, 1), dm.start_id, dtype=torch.long, device=device), labels[:, :, :-1]], 2)
     dec_in = dec_in.masked_fill(dec_in == dm.pad_id, dm.pad_id)
     h = dm.forward(dec_in, 0, dm.cross_kv(enc_hidden), enc_mask)  # [B, n, T, D]
     lp = dm.logprobs(h).gather(-1, labels[..., None])[..., 0].double()  # [B, n, T]
     keep = labels != dm.pad_id
     score = (lp * keep).sum(-1) / keep.sum(-1).clamp(min=1)
-    return [score[b, :len(s)].cpu() for b, s in enumerate(sequences)]
+    return [score[b, : len(s)].cpu() for b, s in enumerate(sequences)]
 
 
 # ------------------------------------------------------------------------------------------- candidates
@@ -381,8 +404,12 @@ class Candidate:
     model_scores: list[float]
 
 
-def merge_candidates(texts: Sequence[str], token_ids: Sequence[Sequence[int]], scores: Sequence[float],
-                     model_scores: Sequence[Sequence[float]] | None = None) -> list[Candidate]:
+def merge_candidates(
+    texts: Sequence[str],
+    token_ids: Sequence[Sequence[int]],
+    scores: Sequence[float],
+    model_scores: Sequence[Sequence[float]] | None = None,
+) -> list[Candidate]:
     """Merge samples with identical text (after stripping) keeping first-appearance order and counts; empty
     texts are dropped (logged). The first sample's ids and scores represent the merged candidate."""
     out: dict[str, Candidate] = {}
@@ -407,13 +434,26 @@ def batch_candidates(model: Any, batch: SampleBatch) -> list[list[Candidate]]:
     B, n, _ = batch.tokens.shape
     out = []
     for b in range(B):
-        ids = [batch.tokens[b, j, :int(batch.lengths[b, j])].tolist() for j in range(n)]
+        ids = [batch.tokens[b, j, : int(batch.lengths[b, j])].tolist() for j in range(n)]
         texts = model.decode_text(batch.tokens[b])
         ms = batch.model_scores[:, b].T.tolist()  # [n, M]
         out.append(merge_candidates(texts, ids, batch.scores[b].tolist(), ms))
     return out
 
 
-__all__ = ["Candidate", "SampleBatch", "SamplingConfig", "SharedKVDecoder", "batch_candidates", "clip_seed",
-           "clip_uniforms", "encode_batch", "merge_candidates", "nucleus_probs", "nucleus_sample",
-           "sample_candidates", "sample_from_encoder", "score_sequences"]
+__all__ = [
+    "Candidate",
+    "SampleBatch",
+    "SamplingConfig",
+    "SharedKVDecoder",
+    "batch_candidates",
+    "clip_seed",
+    "clip_uniforms",
+    "encode_batch",
+    "merge_candidates",
+    "nucleus_probs",
+    "nucleus_sample",
+    "sample_candidates",
+    "sample_from_encoder",
+    "score_sequences",
+]

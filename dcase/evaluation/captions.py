@@ -48,6 +48,8 @@ from typing import Any
 
 import numpy as np
 
+from dcase.errors import MissingInputError
+
 log = logging.getLogger(__name__)
 
 ALL_METRICS: tuple[str, ...] = (
@@ -366,7 +368,7 @@ def resolve_checker(settings: MetricSettings | None = None) -> tuple[str | None,
     if configured:
         p = Path(configured).expanduser()
         if not p.is_file():
-            raise FileNotFoundError(f"the configured FENSE checker {p} does not exist")
+            raise MissingInputError(f"the configured FENSE checker {p} does not exist")
         return str(p), True, None
     if os.environ.get("FENSE_DATA"):
         data_home = Path(os.environ["FENSE_DATA"]).expanduser()
@@ -380,9 +382,13 @@ def resolve_checker(settings: MetricSettings | None = None) -> tuple[str | None,
     p = data_home / f"{DEFAULT_CHECKER_NAME}.ckpt"
     if p.is_file():
         return str(p), False, None
-    return None, False, (
-        f"FENSE checker {p} is absent (its download host is unreachable offline; copy the file there or set "
-        "DCASE_FENSE_CHECKER)"
+    return (
+        None,
+        False,
+        (
+            f"FENSE checker {p} is absent (its download host is unreachable offline; copy the file there or set "
+            "DCASE_FENSE_CHECKER)"
+        ),
     )
 
 
@@ -502,8 +508,9 @@ def _load_checker(settings: MetricSettings, resources: dict[str, dict[str, Any]]
     if path is None:
         return None
     try:
-        return load_fluency_checker(path, backbone=settings.checker_backbone, device=settings.device,
-                                    batch_size=settings.batch_size)
+        return load_fluency_checker(
+            path, backbone=settings.checker_backbone, device=settings.device, batch_size=settings.batch_size
+        )
     except FluencyCheckerError as e:
         if configured:
             raise
@@ -679,7 +686,7 @@ def read_references(path: str | Path) -> dict[str, list[str]]:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"references file {path} does not exist")
+        raise MissingInputError(f"references file {path} does not exist")
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
     cap_cols = [c for c in df.columns if re.fullmatch(r"caption_\d+", str(c))]
     if "file_name" not in df.columns or not cap_cols:
@@ -701,8 +708,12 @@ def read_references(path: str | Path) -> dict[str, list[str]]:
     return out
 
 
-def align(predictions: Mapping[str, str], references: Mapping[str, list[str]], pred_name: str = "predictions",
-          ref_name: str = "references") -> tuple[list[str], list[str], list[list[str]]]:
+def align(
+    predictions: Mapping[str, str],
+    references: Mapping[str, list[str]],
+    pred_name: str = "predictions",
+    ref_name: str = "references",
+) -> tuple[list[str], list[str], list[list[str]]]:
     """Join on file name: (file names in reference order, candidates, references).
 
     Missing or extra clips are an error naming (up to 10 of) them.

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dcase.errors import MissingInputError
 from dcase.io import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,9 @@ def relevant_ranks(sim: np.ndarray, relevant: np.ndarray) -> np.ndarray:
     if sim.ndim != 2 or relevant.shape != (sim.shape[0],):
         raise ValueError(f"sim must be [Q, N] and relevant [Q]; got {sim.shape} and {relevant.shape}")
     if len(relevant) and (relevant.min() < 0 or relevant.max() >= sim.shape[1]):
-        raise ValueError(f"relevant item indices must be in [0, {sim.shape[1]}), got range "
-                         f"[{relevant.min()}, {relevant.max()}]")
+        raise ValueError(
+            f"relevant item indices must be in [0, {sim.shape[1]}), got range [{relevant.min()}, {relevant.max()}]"
+        )
     q = np.arange(sim.shape[0])
     s_rel = sim[q, relevant][:, None]
     higher = (sim > s_rel).sum(1)
@@ -80,8 +82,9 @@ def top_k(sim: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-sim, axis=1, kind="stable")[:, :k]
 
 
-def sinkhorn_scores(cost: np.ndarray, epsilon: float = 0.03, num_iter: int = 1000, normalize: bool = True
-                    ) -> np.ndarray:
+def sinkhorn_scores(
+    cost: np.ndarray, epsilon: float = 0.03, num_iter: int = 1000, normalize: bool = True
+) -> np.ndarray:
     """Transductive ranking scores: log of the entropic OT plan between *all* queries and *all* items.
 
     cost [Q, N] (e.g. the retriever's Mahalanobis cost), uniform marginals, log-domain Sinkhorn (POT,
@@ -94,8 +97,9 @@ def sinkhorn_scores(cost: np.ndarray, epsilon: float = 0.03, num_iter: int = 100
         cost = cost / cost.max()
     q, n = cost.shape
     a, b = np.full(q, 1.0 / q), np.full(n, 1.0 / n)
-    _, lg = ot.sinkhorn(a, b, cost, epsilon, method="sinkhorn_log", numItermax=num_iter, stopThr=1e-9,
-                        log=True, warn=False)
+    _, lg = ot.sinkhorn(
+        a, b, cost, epsilon, method="sinkhorn_log", numItermax=num_iter, stopThr=1e-9, log=True, warn=False
+    )
     return lg["log_u"][:, None] - cost / epsilon + lg["log_v"][None, :]
 
 
@@ -163,8 +167,14 @@ class AudioIndex:
     (index config, dim, count and any ``meta`` such as the retriever checkpoint it was computed with).
     """
 
-    def __init__(self, embeddings: np.ndarray, clip_ids: Sequence[str], cfg: IndexConfig | None = None,
-                 meta: dict | None = None, index=None) -> None:
+    def __init__(
+        self,
+        embeddings: np.ndarray,
+        clip_ids: Sequence[str],
+        cfg: IndexConfig | None = None,
+        meta: dict | None = None,
+        index=None,
+    ) -> None:
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
         if embeddings.ndim != 2 or embeddings.shape[0] != len(clip_ids):
             raise ValueError(f"embeddings {embeddings.shape} do not match {len(clip_ids)} clip ids")
@@ -194,9 +204,18 @@ class AudioIndex:
         atomic_write_text(path / "clip_ids.json", json.dumps(self.clip_ids))
         with atomic_path(path / "index.faiss") as tmp:
             faiss.write_index(self._cpu_index, str(tmp))
-        atomic_write_text(path / "index.json", json.dumps(
-            {"config": asdict(self.cfg), "dim": int(self.embeddings.shape[1]), "count": len(self),
-             "meta": self.meta}, indent=2))
+        atomic_write_text(
+            path / "index.json",
+            json.dumps(
+                {
+                    "config": asdict(self.cfg),
+                    "dim": int(self.embeddings.shape[1]),
+                    "count": len(self),
+                    "meta": self.meta,
+                },
+                indent=2,
+            ),
+        )
         return path
 
     @classmethod
@@ -204,12 +223,13 @@ class AudioIndex:
         faiss = _faiss()
         path = Path(path)
         if not (path / "index.json").is_file():
-            raise FileNotFoundError(f"{path}: not an audio index directory (no index.json)")
+            raise MissingInputError(f"{path}: not an audio index directory (no index.json)")
         info = json.loads((path / "index.json").read_text())
         emb = np.load(path / "embeddings.npy")
         ids = json.loads((path / "clip_ids.json").read_text())
         index = faiss.read_index(str(path / "index.faiss"))
         if index.ntotal != len(ids) or emb.shape[0] != len(ids):
-            raise ValueError(f"{path}: index holds {index.ntotal} vectors, embeddings {emb.shape[0]}, "
-                             f"ids {len(ids)}; rebuild it")
+            raise ValueError(
+                f"{path}: index holds {index.ntotal} vectors, embeddings {emb.shape[0]}, ids {len(ids)}; rebuild it"
+            )
         return cls(emb, ids, IndexConfig(**info["config"]), info.get("meta"), index=index)

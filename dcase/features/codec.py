@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from dcase.errors import InputError, MissingInputError
+
 log = logging.getLogger(__name__)
 
 FULL_24KHZ: dict[str, Any] = {
@@ -62,7 +64,7 @@ TINY_24KHZ: dict[str, Any] = {
 }
 
 
-class CodecError(ValueError):
+class CodecError(InputError):
     """A codec that cannot be built or loaded, or audio it cannot encode."""
 
 
@@ -79,7 +81,7 @@ def dac_config(spec: str | dict[str, Any]) -> Any:
     else:
         path = Path(spec)
         if not path.is_file():
-            raise FileNotFoundError(f"codec config not found: {path} (or use 'tiny' / 'full')")
+            raise MissingInputError(f"codec config not found: {path} (or use 'tiny' / 'full')")
         import yaml
 
         given = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
@@ -212,7 +214,7 @@ def convert_descript_checkpoint(pth: str | Path, out_dir: str | Path) -> Path:
     """Convert Descript's ``weights_*.pth`` into a DacModel directory (``save_pretrained``). Returns out_dir."""
     pth = Path(pth)
     if not pth.is_file():
-        raise FileNotFoundError(f"Descript checkpoint not found: {pth}")
+        raise MissingInputError(f"Descript checkpoint not found: {pth}")
     obj = torch.load(str(pth), map_location="cpu", weights_only=True)
     if not isinstance(obj, dict) or "state_dict" not in obj or "metadata" not in obj:
         raise CodecError(f"{pth}: not a Descript DAC checkpoint (expected keys 'state_dict' and 'metadata')")
@@ -282,7 +284,9 @@ class DacCodec:
         self.frame_rate = self.sample_rate / self.hop
         self.context_frames = math.ceil(receptive_field_samples(cfg) / self.hop) + 2
         self.chunk_frames = max(1, int(round(chunk_seconds * self.frame_rate)))
-        self.max_batch_frames = max(self.chunk_frames + 2 * self.context_frames, int(max_batch_seconds * self.frame_rate))
+        self.max_batch_frames = max(
+            self.chunk_frames + 2 * self.context_frames, int(max_batch_seconds * self.frame_rate)
+        )
         if int(cfg.codebook_size) > 32768:
             raise CodecError(f"codebook_size {cfg.codebook_size} does not fit int16 codes")
 
@@ -357,9 +361,9 @@ class DacCodec:
 
         Clips are cut into windows (long clips) and grouped by length into batches of at most
         ``max_batch_frames`` padded frames in flight (split among ``workers``), so memory is bounded
-        independently of clip length. ``workers > 1`` (CPU): that many batches run at once, each on one torch thread. Codes then
-        equal a one-thread lone encoding; against a multi-thread one they can differ where two codewords are
-        within float rounding (convolutions round differently with another thread count).
+        independently of clip length. ``workers > 1`` (CPU): that many batches run at once, each on one torch
+        thread. Codes then equal a one-thread lone encoding; against a multi-thread one they can differ where two
+        codewords are within float rounding (convolutions round differently with another thread count).
         """
         tensors = [torch.as_tensor(np.asarray(w, dtype=np.float32)) for w in waves]
         for i, w in enumerate(tensors):
@@ -418,8 +422,10 @@ def load_codec(
     path = Path(spec_s)
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise CodecError(f"{path}: not a DacModel directory (no config.json); convert a Descript .pth with "
-                             f"'dcase extract convert-dac'")
+            raise CodecError(
+                f"{path}: not a DacModel directory (no config.json); convert a Descript .pth with "
+                f"'dcase extract convert-dac'"
+            )
         from dcase.io import sha256_dir
 
         model = DacModel.from_pretrained(str(path))
@@ -428,8 +434,9 @@ def load_codec(
         cfg = dac_config(spec_s)
         torch.manual_seed(seed)
         model = DacModel(cfg)
-        return DacCodec(model, f"random:{path.stem if path.suffix else spec_s}:seed{seed}", None, chunk_seconds,
-                        max_batch_seconds)
+        return DacCodec(
+            model, f"random:{path.stem if path.suffix else spec_s}:seed{seed}", None, chunk_seconds, max_batch_seconds
+        )
     if path.suffix == ".pth":
         raise CodecError(f"{spec_s}: convert Descript checkpoints first: dcase extract convert-dac {spec_s} DIR")
     try:

@@ -14,6 +14,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from dcase.errors import MissingInputError
+
 log = logging.getLogger(__name__)
 
 
@@ -34,7 +36,7 @@ def load_embedder(path: str | Path) -> AudioEmbedder:
 
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"embedder checkpoint not found: {path}")
+        raise MissingInputError(f"embedder checkpoint not found: {path}")
     if path.is_dir() and (path / "retriever_config.json").is_file():
         try:
             from dcase.models.retriever import Retriever
@@ -73,8 +75,9 @@ def embedder_provenance(model: AudioEmbedder, path: str | Path) -> dict[str, Any
 
 
 @torch.inference_mode()
-def embed_waves(model: AudioEmbedder, waves: Sequence[np.ndarray], max_batch_samples: int = 32000 * 300
-                ) -> list[np.ndarray]:
+def embed_waves(
+    model: AudioEmbedder, waves: Sequence[np.ndarray], max_batch_samples: int = 32000 * 300
+) -> list[np.ndarray]:
     """Mono clips at ``model.sample_rate`` -> float32 [D] each. Batches sorted by length within a sample budget."""
     order = sorted(range(len(waves)), key=lambda i: -len(waves[i]))
     out: list[np.ndarray | None] = [None] * len(waves)

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from dcase.errors import InputError
 from dcase.features.store import (
     SKIPPED,
     ShardWriter,
@@ -36,7 +37,7 @@ from dcase.io import atomic_write_text
 log = logging.getLogger(__name__)
 
 
-class ExtractError(ValueError):
+class ExtractError(InputError):
     """A clip that cannot be turned into features; the message names the clip and its file."""
 
 
@@ -209,8 +210,11 @@ def run_extraction(
         report.store_clips = len(index)
         from dcase.config import write_run_info
 
-        write_run_info(out / "run", cfg, extra={"world_size": world, "provenance": provenance,
-                                                "encoded_main_process": report.encoded})
+        write_run_info(
+            out / "run",
+            cfg,
+            extra={"world_size": world, "provenance": provenance, "encoded_main_process": report.encoded},
+        )
         log.info("%s: %d clips in the store, %d skipped", out, len(index), len(skipped))
     state.wait_for_everyone()
     return report
@@ -241,14 +245,25 @@ def extract_codec(
     """
     from dcase.features.codec import load_codec
 
-    cfg = ExtractConfig("codec", str(manifest), str(out), str(codec), batch_size, chunk_seconds, skip_bad,
-                        list(splits) if splits else None, shard_size, workers=workers)
+    cfg = ExtractConfig(
+        "codec",
+        str(manifest),
+        str(out),
+        str(codec),
+        batch_size,
+        chunk_seconds,
+        skip_bad,
+        list(splits) if splits else None,
+        shard_size,
+        workers=workers,
+    )
     model = load_codec(codec, chunk_seconds=chunk_seconds)
     model.model.to(process_state().device)
     rows = _read_rows(manifest, splits)
     prov = {"kind": "codec", **model.provenance()}
-    return run_extraction(rows, out, prov, lambda w: model.encode_many(w, workers), model.sample_rate, model.hop,
-                          cfg, progress)
+    return run_extraction(
+        rows, out, prov, lambda w: model.encode_many(w, workers), model.sample_rate, model.hop, cfg, progress
+    )
 
 
 def extract_embeddings(
@@ -266,13 +281,21 @@ def extract_embeddings(
 
     from dcase.features.embed import embed_waves, embedder_provenance, load_embedder
 
-    cfg = ExtractConfig("embed", str(manifest), str(out), str(embedder), batch_size, 0.0, skip_bad,
-                        list(splits) if splits else None, shard_size)
+    cfg = ExtractConfig(
+        "embed",
+        str(manifest),
+        str(out),
+        str(embedder),
+        batch_size,
+        0.0,
+        skip_bad,
+        list(splits) if splits else None,
+        shard_size,
+    )
     model = load_embedder(embedder)
     if isinstance(model, torch.nn.Module):
         model.to(process_state().device)
     rows = _read_rows(manifest, splits)
     prov = {"kind": "embed", **embedder_provenance(model, embedder)}
     # embedders handle short clips themselves (CNext zero-pads them to one output frame)
-    return run_extraction(rows, out, prov, lambda w: embed_waves(model, w), int(model.sample_rate), 1, cfg,
-                          progress)
+    return run_extraction(rows, out, prov, lambda w: embed_waves(model, w), int(model.sample_rate), 1, cfg, progress)

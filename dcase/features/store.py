@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from dcase.errors import InputError
 from dcase.io import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ SKIPPED = "skipped.json"
 RUN_FIELDS = ("manifest_hash", "manifest_hashes", "created")
 
 
-class StoreError(ValueError):
+class StoreError(InputError):
     """A store that is missing, corrupt, incomplete, or of a different provenance."""
 
 
@@ -55,8 +56,11 @@ def provenance_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]
         if a == b:
             continue
         if isinstance(a, dict) and isinstance(b, dict):
-            out += [f"{k}.{s}: store has {a.get(s)!r}, this run has {b.get(s)!r}"
-                    for s in sorted(set(a) | set(b)) if a.get(s) != b.get(s)]
+            out += [
+                f"{k}.{s}: store has {a.get(s)!r}, this run has {b.get(s)!r}"
+                for s in sorted(set(a) | set(b))
+                if a.get(s) != b.get(s)
+            ]
         else:
             out.append(f"{k}: store has {a!r}, this run has {b!r}")
     return out
@@ -282,5 +286,9 @@ def verify_store(store: FeatureStore | str | Path, manifest: Any) -> dict[str, A
             + "\n  ".join(problems[:30])
             + ("\n  ..." if len(problems) > 30 else "")
         )
-    return {"clips": len(df), "ok": n_ok, "skipped": len([c for c in df["clip_id"] if c in skipped]),
-            "extra_in_store": len(set(store.index) - set(df["clip_id"]))}
+    return {
+        "clips": len(df),
+        "ok": n_ok,
+        "skipped": len([c for c in df["clip_id"] if c in skipped]),
+        "extra_in_store": len(set(store.index) - set(df["clip_id"])),
+    }

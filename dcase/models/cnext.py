@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dcase.errors import MissingInputError
+
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = "cnext_config.json"
@@ -64,8 +66,15 @@ class CNextConfig:
     def tiny(cls) -> CNextConfig:
         """A debug-size model for tests: 32 mel bins, 2 small stages per level, 16..64 channels."""
         return cls(
-            n_fft=256, hop_length=80, n_mels=32, f_max=14000.0, depths=[1, 1, 1, 1], dims=[16, 16, 32, 64],
-            stem_kernel=[4, 4], stem_time_padding=2, num_classes=10,
+            n_fft=256,
+            hop_length=80,
+            n_mels=32,
+            f_max=14000.0,
+            depths=[1, 1, 1, 1],
+            dims=[16, 16, 32, 64],
+            stem_kernel=[4, 4],
+            stem_time_padding=2,
+            num_classes=10,
         )
 
     @property
@@ -124,9 +133,7 @@ class LogMel(nn.Module):
     def __init__(self, cfg: CNextConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.register_buffer(
-            "melW", mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.f_min, cfg.f_max)
-        )
+        self.register_buffer("melW", mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.f_min, cfg.f_max))
         self.register_buffer("window", torch.hann_window(cfg.n_fft, periodic=True), persistent=False)
 
     def n_frames(self, lengths: torch.Tensor) -> torch.Tensor:
@@ -343,7 +350,7 @@ class CNext(nn.Module):
         path = Path(path)
         cfg_file = path / CONFIG_NAME
         if not cfg_file.is_file():
-            raise FileNotFoundError(f"{path}: not a CNext directory (no {CONFIG_NAME})")
+            raise MissingInputError(f"{path}: not a CNext directory (no {CONFIG_NAME})")
         model = cls(CNextConfig(**json.loads(cfg_file.read_text())))
         model.load_state_dict(load_file(str(path / WEIGHTS_NAME)))
         return model.eval()
@@ -417,7 +424,7 @@ def load_cnext_checkpoint(path: str | Path, config: CNextConfig | None = None) -
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"CNext checkpoint not found: {path}")
+        raise MissingInputError(f"CNext checkpoint not found: {path}")
     obj = torch.load(str(path), map_location="cpu", weights_only=True)
     state = obj.get("model", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

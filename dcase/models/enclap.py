@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dcase.errors import MissingInputError
 from dcase.losses import IGNORE_INDEX, caption_loss, mcm_loss
 
 log = logging.getLogger(__name__)
@@ -52,9 +53,20 @@ WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
 
 
-_BART_FIELDS = ("vocab_size", "d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads",
-                "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "max_position_embeddings", "dropout",
-                "attention_dropout", "activation_dropout")
+_BART_FIELDS = (
+    "vocab_size",
+    "d_model",
+    "encoder_layers",
+    "decoder_layers",
+    "encoder_attention_heads",
+    "decoder_attention_heads",
+    "encoder_ffn_dim",
+    "decoder_ffn_dim",
+    "max_position_embeddings",
+    "dropout",
+    "attention_dropout",
+    "activation_dropout",
+)
 
 
 @dataclass
@@ -96,15 +108,34 @@ class EnCLAPConfig:
     @classmethod
     def tiny(cls, **overrides: Any) -> EnCLAPConfig:
         """A debug-size random model (tests, demo)."""
-        base = dict(vocab_size=300, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-                    decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=130,
-                    dropout=0.0, n_codebooks=4, codebook_size=16, clip_dim=8, max_codec_positions=128)
+        base = dict(
+            vocab_size=300,
+            d_model=32,
+            encoder_layers=1,
+            decoder_layers=1,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            max_position_embeddings=130,
+            dropout=0.0,
+            n_codebooks=4,
+            codebook_size=16,
+            clip_dim=8,
+            max_codec_positions=128,
+        )
         base.update(overrides)
         return cls(**base)
 
 
-def sample_span_mask(lengths: torch.Tensor, n_codebooks: int, max_len: int, rate: float = 0.15, span: int = 10,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_span_mask(
+    lengths: torch.Tensor,
+    n_codebooks: int,
+    max_len: int,
+    rate: float = 0.15,
+    span: int = 10,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """MCM span mask: lengths [B] -> bool [B, N, max_len], drawn independently per (clip, codebook).
 
     Each row of valid length ``len`` gets ``k`` non-overlapping spans of ``s = min(span, len)`` frames inside
@@ -117,8 +148,12 @@ def sample_span_mask(lengths: torch.Tensor, n_codebooks: int, max_len: int, rate
     R = lens.numel()
     s = lens.clamp(max=span).clamp(min=1)
     target = rate * lens.double() / s
-    k = torch.floor(target) + (torch.rand(R, generator=generator, device=device, dtype=torch.float64)
-                               < target - torch.floor(target)).double()
+    k = (
+        torch.floor(target)
+        + (
+            torch.rand(R, generator=generator, device=device, dtype=torch.float64) < target - torch.floor(target)
+        ).double()
+    )
     k = torch.minimum(k.long(), lens // s)
     n_slots = lens - k * (s - 1)
     pos = torch.arange(max_len, device=device)
@@ -158,17 +193,28 @@ class EnCLAP(nn.Module):
                 # fp32 master weights whatever the checkpoint's storage dtype (autocast handles bf16/fp16)
                 bart = BartForConditionalGeneration.from_pretrained(config.bart_name_or_path, dtype=torch.float32)
             else:
-                bart = BartForConditionalGeneration(BartConfig(
-                    vocab_size=config.vocab_size, d_model=config.d_model, encoder_layers=config.encoder_layers,
-                    decoder_layers=config.decoder_layers, encoder_attention_heads=config.encoder_attention_heads,
-                    decoder_attention_heads=config.decoder_attention_heads,
-                    encoder_ffn_dim=config.encoder_ffn_dim, decoder_ffn_dim=config.decoder_ffn_dim,
-                    max_position_embeddings=config.max_position_embeddings, dropout=config.dropout,
-                    attention_dropout=config.attention_dropout, activation_dropout=config.activation_dropout,
-                    pad_token_id=PAD_TOKEN_ID, bos_token_id=BOS_TOKEN_ID, eos_token_id=EOS_TOKEN_ID,
-                    decoder_start_token_id=EOS_TOKEN_ID,  # BART starts decoding with </s>, then <s>
-                    forced_bos_token_id=BOS_TOKEN_ID, forced_eos_token_id=EOS_TOKEN_ID,
-                ))
+                bart = BartForConditionalGeneration(
+                    BartConfig(
+                        vocab_size=config.vocab_size,
+                        d_model=config.d_model,
+                        encoder_layers=config.encoder_layers,
+                        decoder_layers=config.decoder_layers,
+                        encoder_attention_heads=config.encoder_attention_heads,
+                        decoder_attention_heads=config.decoder_attention_heads,
+                        encoder_ffn_dim=config.encoder_ffn_dim,
+                        decoder_ffn_dim=config.decoder_ffn_dim,
+                        max_position_embeddings=config.max_position_embeddings,
+                        dropout=config.dropout,
+                        attention_dropout=config.attention_dropout,
+                        activation_dropout=config.activation_dropout,
+                        pad_token_id=PAD_TOKEN_ID,
+                        bos_token_id=BOS_TOKEN_ID,
+                        eos_token_id=EOS_TOKEN_ID,
+                        decoder_start_token_id=EOS_TOKEN_ID,  # BART starts decoding with </s>, then <s>
+                        forced_bos_token_id=BOS_TOKEN_ID,
+                        forced_eos_token_id=EOS_TOKEN_ID,
+                    )
+                )
         self.bart = bart
         bc = bart.config
         # the BART fields of the config describe the BART actually used (e.g. facebook/bart-large's)
@@ -177,12 +223,18 @@ class EnCLAP(nn.Module):
         # explicit generation defaults (a hub checkpoint's own, e.g. bart-large's beam/no-repeat settings, are
         # replaced): decoding starts with </s>, forces <s> first, stops at </s>; greedy unless told otherwise
         bart.generation_config = GenerationConfig(
-            decoder_start_token_id=bc.decoder_start_token_id, bos_token_id=bc.bos_token_id,
-            eos_token_id=bc.eos_token_id, pad_token_id=bc.pad_token_id, forced_bos_token_id=bc.bos_token_id,
-            max_new_tokens=config.max_caption_tokens)
+            decoder_start_token_id=bc.decoder_start_token_id,
+            bos_token_id=bc.bos_token_id,
+            eos_token_id=bc.eos_token_id,
+            pad_token_id=bc.pad_token_id,
+            forced_bos_token_id=bc.bos_token_id,
+            max_new_tokens=config.max_caption_tokens,
+        )
         if config.max_codec_positions + 2 > bc.max_position_embeddings:
-            raise ValueError(f"max_codec_positions={config.max_codec_positions} + <s> + </s> exceeds BART's "
-                             f"max_position_embeddings={bc.max_position_embeddings}")
+            raise ValueError(
+                f"max_codec_positions={config.max_codec_positions} + <s> + </s> exceeds BART's "
+                f"max_position_embeddings={bc.max_position_embeddings}"
+            )
         self.tokenizer = tokenizer
         if tokenizer is not None and len(tokenizer) > bc.vocab_size:
             raise ValueError(f"tokenizer has {len(tokenizer)} tokens but BART's vocabulary is {bc.vocab_size}")
@@ -201,10 +253,11 @@ class EnCLAP(nn.Module):
     def codebook_table(self, n: int) -> torch.Tensor:
         """Embedding table ``W_n`` of codebook ``n``: [codebook_size + 2, D] (a view)."""
         rows = self.config.codebook_size + CODEC_SPECIAL_IDS
-        return self.codebook_embed.weight[n * rows:(n + 1) * rows]
+        return self.codebook_embed.weight[n * rows : (n + 1) * rows]
 
-    def embed_inputs(self, codes: torch.Tensor, codes_mask: torch.Tensor, clip_emb: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed_inputs(
+        self, codes: torch.Tensor, codes_mask: torch.Tensor, clip_emb: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Build ``I_b`` (eqs. 1-3). codes [B, N, L] (ids < codebook_size + 2), codes_mask [B, L] bool (valid
         prefix), clip_emb [B, clip_dim] -> (inputs_embeds [B, L+3, D], attention_mask [B, L+3] long)."""
         B, N, L = codes.shape
@@ -217,8 +270,9 @@ class EnCLAP(nn.Module):
         # e_codec: sum over codebooks of W_n[c_n,l] (one EmbeddingBag "sum" per frame)
         flat = (codes.long() + self.codebook_offsets[None, :, None]).transpose(1, 2).reshape(B * L, N)
         e_codec = self.codebook_embed(flat).view(B, L, -1)
-        bos_eos = enc.embed_tokens(torch.tensor([self.bart.config.bos_token_id, self.bart.config.eos_token_id],
-                                                device=codes.device))  # [2, D] (BART's scaled word embeddings)
+        bos_eos = enc.embed_tokens(
+            torch.tensor([self.bart.config.bos_token_id, self.bart.config.eos_token_id], device=codes.device)
+        )  # [2, D] (BART's scaled word embeddings)
         slot = torch.arange(L + 2, device=codes.device)[None]  # positions in I_concat
         is_bos = (slot == 0)[..., None]
         is_code = ((slot >= 1) & (slot <= lengths[:, None]))[..., None]
@@ -229,8 +283,9 @@ class EnCLAP(nn.Module):
         i_pos = i_concat + pos[None]  # eq. 2
         e_clip = self.clip_proj(clip_emb.to(i_pos.dtype))[:, None]  # [B, 1, D], no position
         inputs_embeds = torch.cat([e_clip, i_pos], dim=1)  # eq. 3
-        attention_mask = torch.cat([torch.ones(B, 1, dtype=torch.long, device=codes.device),
-                                    (slot <= lengths[:, None] + 1).long()], dim=1)
+        attention_mask = torch.cat(
+            [torch.ones(B, 1, dtype=torch.long, device=codes.device), (slot <= lengths[:, None] + 1).long()], dim=1
+        )
         return inputs_embeds, attention_mask
 
     def encode(self, codes: torch.Tensor, codes_mask: torch.Tensor, clip_emb: torch.Tensor) -> tuple[Any, torch.Tensor]:
@@ -253,8 +308,10 @@ class EnCLAP(nn.Module):
 
     def _checked_codes(self, codes: torch.Tensor, codes_mask: torch.Tensor) -> torch.Tensor:
         if codes.ndim != 3 or codes_mask.shape != (codes.shape[0], codes.shape[2]):
-            raise ValueError(f"expected codes [B, N, L] and codes_mask [B, L], got {tuple(codes.shape)} and "
-                             f"{tuple(codes_mask.shape)}")
+            raise ValueError(
+                f"expected codes [B, N, L] and codes_mask [B, L], got {tuple(codes.shape)} and "
+                f"{tuple(codes_mask.shape)}"
+            )
         valid = codes_mask.bool()
         if (valid[:, 1:] & ~valid[:, :-1]).any():
             raise ValueError("codes_mask must mark a prefix of valid frames (right padding)")
@@ -264,10 +321,18 @@ class EnCLAP(nn.Module):
         return torch.where(valid[:, None, :], codes.long(), self.config.pad_code)
 
     # ------------------------------------------------------------------------------------------- training
-    def forward(self, codes: torch.Tensor, codes_mask: torch.Tensor, clip_emb: torch.Tensor,
-                labels: torch.Tensor | None = None, decoder_input_ids: torch.Tensor | None = None,
-                mcm: bool = False, mcm_all_positions: bool = False, label_smoothing: float | None = None,
-                mcm_lambda: float | None = None) -> EnCLAPOutput:
+    def forward(
+        self,
+        codes: torch.Tensor,
+        codes_mask: torch.Tensor,
+        clip_emb: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,
+        mcm: bool = False,
+        mcm_all_positions: bool = False,
+        label_smoothing: float | None = None,
+        mcm_lambda: float | None = None,
+    ) -> EnCLAPOutput:
         """Teacher-forced forward. labels [B, T] (``IGNORE_INDEX`` at padding) -> ``EnCLAPOutput``.
 
         With ``mcm=True`` a fresh span mask corrupts the codes (the caption is predicted from the corrupted
@@ -280,8 +345,9 @@ class EnCLAP(nn.Module):
         codes = self._checked_codes(codes, codes_mask)
         mask = None
         if mcm:
-            mask = sample_span_mask(codes_mask.long().sum(1), cfg.n_codebooks, codes.shape[2], cfg.mcm_rate,
-                                    cfg.mcm_span)
+            mask = sample_span_mask(
+                codes_mask.long().sum(1), cfg.n_codebooks, codes.shape[2], cfg.mcm_rate, cfg.mcm_span
+            )
             inputs = codes.masked_fill(mask, cfg.mask_code)
         else:
             inputs = codes
@@ -291,8 +357,7 @@ class EnCLAP(nn.Module):
                 raise ValueError("forward needs labels or decoder_input_ids")
             bc = self.bart.config
             decoder_input_ids = shift_tokens_right(labels, bc.pad_token_id, bc.decoder_start_token_id)
-        logits = self.bart(encoder_outputs=enc_out, attention_mask=enc_mask,
-                           decoder_input_ids=decoder_input_ids).logits
+        logits = self.bart(encoder_outputs=enc_out, attention_mask=enc_mask, decoder_input_ids=decoder_input_ids).logits
         out = EnCLAPOutput(loss=None, logits=logits, mcm_mask=mask)
         if labels is None:
             return out
@@ -300,7 +365,7 @@ class EnCLAP(nn.Module):
         out.caption_loss = caption_loss(logits, labels, ls)
         out.loss = out.caption_loss
         if mcm:
-            hidden = enc_out.last_hidden_state[:, FIRST_CODE_SLOT:FIRST_CODE_SLOT + codes.shape[2]]  # [B, L, D]
+            hidden = enc_out.last_hidden_state[:, FIRST_CODE_SLOT : FIRST_CODE_SLOT + codes.shape[2]]  # [B, L, D]
             head_logits, targets = [], []
             for n, head in enumerate(self.mcm_heads):
                 m = mask[:, n]  # [B, L]
@@ -317,8 +382,9 @@ class EnCLAP(nn.Module):
 
     # ----------------------------------------------------------------------------------------- generation
     @torch.no_grad()
-    def generate(self, codes: torch.Tensor, codes_mask: torch.Tensor, clip_emb: torch.Tensor,
-                 **gen_kwargs: Any) -> torch.Tensor:
+    def generate(
+        self, codes: torch.Tensor, codes_mask: torch.Tensor, clip_emb: torch.Tensor, **gen_kwargs: Any
+    ) -> torch.Tensor:
         """Hugging Face ``generate`` (greedy, sampling, beam search; KV cache) from one encoder pass.
         -> token ids [B * num_return_sequences, T] starting with the decoder start token."""
         enc_out, enc_mask = self.encode(codes, codes_mask, clip_emb)
@@ -331,18 +397,19 @@ class EnCLAP(nn.Module):
 
         # a fresh wrapper: generate expands the encoder outputs for beams/samples in place
         hidden = encoder_out if torch.is_tensor(encoder_out) else encoder_out.last_hidden_state
-        return self.bart.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden), attention_mask=enc_mask,
-                                  **gen_kwargs)
+        return self.bart.generate(
+            encoder_outputs=BaseModelOutput(last_hidden_state=hidden), attention_mask=enc_mask, **gen_kwargs
+        )
 
-    def decode_logits(self, encoder_out: Any, enc_mask: torch.Tensor, decoder_input_ids: torch.Tensor
-                      ) -> torch.Tensor:
+    def decode_logits(self, encoder_out: Any, enc_mask: torch.Tensor, decoder_input_ids: torch.Tensor) -> torch.Tensor:
         """Decoder logits [B, T, V] for given encoder outputs [B, S, D] (tensor or BaseModelOutput)."""
         from transformers.modeling_outputs import BaseModelOutput
 
         if torch.is_tensor(encoder_out):
             encoder_out = BaseModelOutput(last_hidden_state=encoder_out)
-        return self.bart(encoder_outputs=encoder_out, attention_mask=enc_mask,
-                         decoder_input_ids=decoder_input_ids).logits
+        return self.bart(
+            encoder_outputs=encoder_out, attention_mask=enc_mask, decoder_input_ids=decoder_input_ids
+        ).logits
 
     @torch.no_grad()
     def sequence_logprobs(self, encoder_out: Any, enc_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -366,8 +433,13 @@ class EnCLAP(nn.Module):
         """Captions -> labels [B, T] (``<s> ... </s>``, ``IGNORE_INDEX`` padding, at most max_caption_tokens)."""
         if self.tokenizer is None:
             raise ValueError("this EnCLAP has no tokenizer")
-        enc = self.tokenizer(list(captions), padding=True, truncation=True,
-                             max_length=self.config.max_caption_tokens, return_tensors="pt")
+        enc = self.tokenizer(
+            list(captions),
+            padding=True,
+            truncation=True,
+            max_length=self.config.max_caption_tokens,
+            return_tensors="pt",
+        )
         ids = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, IGNORE_INDEX)
         return ids.to(device) if device is not None else ids
 
@@ -397,7 +469,7 @@ class EnCLAP(nn.Module):
 
         path = Path(path)
         if not (path / CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"{path}: not an EnCLAP checkpoint (no {CONFIG_FILE})")
+            raise MissingInputError(f"{path}: not an EnCLAP checkpoint (no {CONFIG_FILE})")
         meta = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
         known = {f.name for f in dataclasses.fields(EnCLAPConfig)}
         config = EnCLAPConfig(**{k: v for k, v in meta["enclap"].items() if k in known})
@@ -445,17 +517,40 @@ def train_caption_tokenizer(captions: Iterable[str], vocab_size: int) -> Any:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), min_frequency=1,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        min_frequency=1,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(captions, trainer)
     bos, eos = SPECIAL_TOKENS[0], SPECIAL_TOKENS[2]
     tok.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A {eos}", pair=f"{bos} $A {eos} {eos} $B {eos}",
-        special_tokens=[(bos, tok.token_to_id(bos)), (eos, tok.token_to_id(eos))])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, pad_token=SPECIAL_TOKENS[1], eos_token=eos,
-                                   unk_token=SPECIAL_TOKENS[3], mask_token=SPECIAL_TOKENS[4])
+        single=f"{bos} $A {eos}",
+        pair=f"{bos} $A {eos} {eos} $B {eos}",
+        special_tokens=[(bos, tok.token_to_id(bos)), (eos, tok.token_to_id(eos))],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=bos,
+        pad_token=SPECIAL_TOKENS[1],
+        eos_token=eos,
+        unk_token=SPECIAL_TOKENS[3],
+        mask_token=SPECIAL_TOKENS[4],
+    )
 
 
-__all__ = ["BOS_SLOT", "CLIP_SLOT", "CODEC_MASK_OFFSET", "CODEC_PAD_OFFSET", "FIRST_CODE_SLOT", "EnCLAP",
-           "EnCLAPConfig", "EnCLAPOutput", "build_enclap", "sample_span_mask",
-           "train_caption_tokenizer"]
+__all__ = [
+    "BOS_SLOT",
+    "CLIP_SLOT",
+    "CODEC_MASK_OFFSET",
+    "CODEC_PAD_OFFSET",
+    "FIRST_CODE_SLOT",
+    "EnCLAP",
+    "EnCLAPConfig",
+    "EnCLAPOutput",
+    "build_enclap",
+    "sample_span_mask",
+    "train_caption_tokenizer",
+]

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dcase.config import from_dict
+from dcase.errors import MissingInputError
 from dcase.losses import info_nce_loss, mahalanobis_cost, mltm_loss
 from dcase.models.cnext import CNext, CNextConfig, load_cnext_checkpoint
 
@@ -121,15 +122,28 @@ def build_tiny_bert(path: str | Path, hidden: int = 32, layers: int = 2, vocab: 
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     # (transformers 5 ignores ``vocab_file`` in BertTokenizerFast: build the WordPiece model with tokenizers)
     wp = BertWordPieceTokenizer(str(path / "vocab.txt"), lowercase=True)
-    tok = BertTokenizerFast(tokenizer_object=wp._tokenizer, unk_token="[UNK]", pad_token="[PAD]",
-                            cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]", do_lower_case=True)
+    tok = BertTokenizerFast(
+        tokenizer_object=wp._tokenizer,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        do_lower_case=True,
+    )
     unk = tok.tokenize("a low hum").count("[UNK]")
     if unk:
         raise RuntimeError(f"tiny BERT tokenizer maps plain words to [UNK] ({unk} of them)")
     tok.save_pretrained(str(path))
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
-                     num_attention_heads=max(1, hidden // 16), intermediate_size=2 * hidden,
-                     max_position_embeddings=128, pad_token_id=0)
+    cfg = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=max(1, hidden // 16),
+        intermediate_size=2 * hidden,
+        max_position_embeddings=128,
+        pad_token_id=0,
+    )
     BertModel(cfg).save_pretrained(str(path))
     return path
 
@@ -159,9 +173,10 @@ def load_text_tower(cfg: TextTowerConfig, config_only: bool = False) -> tuple[nn
         else:
             model = AutoModel.from_pretrained(src)
     except OSError as e:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"text encoder {cfg.name_or_path!r} could not be loaded ({e}). Offline, give a local directory "
-            f"(e.g. a `huggingface-cli download` snapshot) or a sentence-transformers folder") from e
+            f"(e.g. a `huggingface-cli download` snapshot) or a sentence-transformers folder"
+        ) from e
     if hasattr(model, "pooler"):
         model.pooler = None  # unused: we pool ourselves
     return model, tokenizer, pooling
@@ -227,8 +242,9 @@ class Retriever(nn.Module):
         return F.normalize(self.audio_proj(self.audio_features(waves, lengths)), dim=-1)
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.config.text.max_length,
-                             return_tensors="pt")
+        enc = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.config.text.max_length, return_tensors="pt"
+        )
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
     def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -245,12 +261,14 @@ class Retriever(nn.Module):
         """Loss of a batch of matching pairs (normalised embeddings [B, D] each)."""
         c = self.config
         if c.loss == "mltm":
-            return mltm_loss(audio, text, self.metric_L, epsilon=c.mltm_epsilon, mass=c.mltm_mass,
-                             num_iter=c.mltm_iters)
+            return mltm_loss(
+                audio, text, self.metric_L, epsilon=c.mltm_epsilon, mass=c.mltm_mass, num_iter=c.mltm_iters
+            )
         return info_nce_loss(audio, text, self.logit_scale.clamp(max=math.log(100.0)).exp())
 
-    def forward(self, waves: torch.Tensor, lengths: torch.Tensor, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, waves: torch.Tensor, lengths: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """A training step's forward: embeddings of both towers and the pair loss (computed here for DDP)."""
         audio = self.encode_audio(waves, lengths)
         text = self.encode_text(input_ids, attention_mask)
@@ -280,7 +298,7 @@ class Retriever(nn.Module):
         self.eval()
         out = []
         for i in range(0, len(texts), batch_size):
-            enc = self.tokenize(texts[i:i + batch_size])
+            enc = self.tokenize(texts[i : i + batch_size])
             out.append(self.encode_text(enc["input_ids"].to(dev), enc["attention_mask"].to(dev)).cpu())
         self.train(was_training)
         return torch.cat(out) if out else torch.zeros(0, self.embed_dim)
@@ -310,7 +328,7 @@ class Retriever(nn.Module):
 
         path = Path(path)
         if not (path / CONFIG_NAME).is_file():
-            raise FileNotFoundError(f"{path}: not a retriever checkpoint (no {CONFIG_NAME})")
+            raise MissingInputError(f"{path}: not a retriever checkpoint (no {CONFIG_NAME})")
         data = json.loads((path / CONFIG_NAME).read_text())
         data.pop("text_source", None)
         cfg = from_dict(RetrieverConfig, data, prefix=str(path / CONFIG_NAME))
