@@ -155,6 +155,53 @@ def manifest(
         typer.secho(f"left out {len(res.skipped)} clip(s); see {res.report_path}", fg=typer.colors.YELLOW)
 
 
+def _path_options(values: list[str] | None) -> dict[str, Path]:
+    from dcase.errors import InputError
+
+    out: dict[str, Path] = {}
+    for v in values or []:
+        key, sep, value = v.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise InputError(f"--path expects KEY=PATH (e.g. wavcaps=/data/WavCaps), got {v!r}")
+        out[key.strip()] = Path(value.strip())
+    return out
+
+
+@app.command("locate")
+@user_errors
+def locate(
+    data_root: Path = typer.Option(
+        None,
+        "--data-root",
+        help="Folder holding CLOTHO_v2.1/, AUDIOCAPS/, WavCaps/, Clotho-ChatGPT-Mixup/ and "
+        "dcase2024_task6_excluded_freesound_ids.csv.",
+    ),
+    path: list[str] = typer.Option(
+        None,
+        "--path",
+        help="KEY=PATH, repeatable: a dataset's location instead of (or over) the data root. Keys: clotho, "
+        "audiocaps, wavcaps, clotho_mixup, wavcaps_exclusion_csv, clotho_mixup_rejected.",
+    ),
+) -> None:
+    """Show which datasets are found (and in which layout) without reading any audio.
+
+    Absent datasets are warnings; datasets that are there but unusable are problems (exit status 2).
+
+    Example:
+
+      dcase data locate --data-root data
+
+      dcase data locate --path clotho=/corpora/CLOTHO_v2.1 --path wavcaps=/corpora/WavCaps
+    """
+    from dcase.data.locate import locate_datasets
+
+    found = locate_datasets(data_root, _path_options(path))
+    for line in found.lines():
+        typer.echo(line)
+    if found.problems:
+        raise typer.Exit(2)
+
+
 @app.command("stats")
 @user_errors
 def stats(
