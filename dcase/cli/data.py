@@ -202,6 +202,65 @@ def locate(
         raise typer.Exit(2)
 
 
+@app.command("download")
+@user_errors
+def download(
+    data_root: Path = typer.Option(..., "--data-root", help="Folder to download into (created if needed)."),
+    datasets: list[str] = typer.Option(
+        None,
+        "--datasets",
+        help="What to download (repeat or comma-separate): clotho, audiocaps, wavcaps, clotho_mixup, exclusion_csv "
+        "(default: all).",
+    ),
+    clotho_subsets: list[str] = typer.Option(
+        None,
+        "--clotho-subsets",
+        help="aac-datasets Clotho subsets (default: dev, val, eval, dcase_aac_test, "
+        "dcase_t2a_audio, dcase_t2a_captions).",
+    ),
+    audiocaps_subsets: list[str] = typer.Option(
+        None, "--audiocaps-subsets", help="aac-datasets AudioCaps subsets (default: train, val, test)."
+    ),
+    wavcaps_subsets: list[str] = typer.Option(
+        None,
+        "--wavcaps-subsets",
+        help="aac-datasets WavCaps subsets (default: audioset, bbc, soundbible, freesound_no_clotho_v2; leave "
+        "out freesound_no_clotho_v2 to skip the FreeSound audio, e.g. with --freesound-policy all).",
+    ),
+    audiocaps_sample_rate: int = typer.Option(
+        32000, "--audiocaps-sample-rate", min=8000, help="Sample rate of the AudioCaps FLAC files."
+    ),
+    workers: int = typer.Option(1, "--workers", min=1, help="Parallel AudioCaps downloads."),
+    force: bool = typer.Option(False, "--force", help="Download again files that are already there."),
+) -> None:
+    """Download Clotho, AudioCaps and WavCaps (through aac-datasets), Clotho-ChatGPT-Mixup and the DCASE list of
+    excluded Freesound ids into the data-root layout that `dcase data locate` and the pipeline read.
+
+    Needs the optional extra: pip install 'dcase[download]' (aac-datasets; AudioCaps also needs ffmpeg and
+    yt-dlp). Offline or without the extra, it fails with what to download by hand and where to put it.
+
+    Example:
+
+      dcase data download --data-root data --datasets clotho,clotho_mixup,exclusion_csv
+    """
+    from dcase.data import download as dl
+    from dcase.data.locate import locate_datasets
+
+    plan = dl.DownloadPlan(
+        datasets=tuple(_split_list(datasets) or dl.DOWNLOADABLE),
+        clotho_subsets=tuple(_split_list(clotho_subsets) or dl.CLOTHO_SUBSETS),
+        audiocaps_subsets=tuple(_split_list(audiocaps_subsets) or dl.AUDIOCAPS_SUBSETS),
+        wavcaps_subsets=tuple(_split_list(wavcaps_subsets) or dl.WAVCAPS_SUBSETS),
+        audiocaps_sample_rate=audiocaps_sample_rate,
+        workers=workers,
+        force=force,
+    )
+    for line in dl.download_datasets(data_root, plan):
+        typer.echo(f"downloaded {line}")
+    for line in locate_datasets(data_root).lines():
+        typer.echo(line)
+
+
 @app.command("stats")
 @user_errors
 def stats(
