@@ -111,15 +111,11 @@ def read_clotho_metadata(root: str | Path, split: str) -> pd.DataFrame | None:
     return df
 
 
-def read_clotho_captions(path: str | Path, bad: BadClips | None = None) -> list[tuple[int, str, list[str]]]:
-    """Rows of a ``clotho_captions_<split>.csv``: [(row number (1 = first data row), file_name, 5 captions)].
-
-    Exact text (no stripping). Empty cells and duplicate file names go to ``bad`` (strict: raise).
-    """
-    path = Path(path)
-    bad = bad if bad is not None else BadClips()
+def _read_captions(path: Path, bad: BadClips) -> tuple[list[tuple[int, str, list[str]]], set[str]]:
+    """(good rows, every non-empty file name of the CSV, bad rows included)."""
     df = read_table(path, required=CAPTION_COLUMNS)
     out: list[tuple[int, str, list[str]]] = []
+    names: set[str] = set()
     seen: dict[str, int] = {}
     for i, rec in enumerate(df[list(CAPTION_COLUMNS)].itertuples(index=False, name=None)):
         row_no = i + 1
@@ -127,6 +123,7 @@ def read_clotho_captions(path: str | Path, bad: BadClips | None = None) -> list[
         if not fname.strip():
             bad(f"<row {row_no}>", path, f"row {row_no}: column 'file_name' is empty")
             continue
+        names.add(fname)
         empty = [CAPTION_COLUMNS[k + 1] for k, c in enumerate(caps) if not c.strip()]
         if empty:
             bad(fname, path, f"row {row_no}: empty caption in column(s) {empty}")
@@ -136,7 +133,15 @@ def read_clotho_captions(path: str | Path, bad: BadClips | None = None) -> list[
             continue
         seen[fname] = row_no
         out.append((row_no, fname, caps))
-    return out
+    return out, names
+
+
+def read_clotho_captions(path: str | Path, bad: BadClips | None = None) -> list[tuple[int, str, list[str]]]:
+    """Rows of a ``clotho_captions_<split>.csv``: [(row number (1 = first data row), file_name, 5 captions)].
+
+    Exact text (no stripping). Empty cells and duplicate file names go to ``bad`` (strict: raise).
+    """
+    return _read_captions(Path(path), bad if bad is not None else BadClips())[0]
 
 
 def read_retrieval_captions(path: str | Path) -> list[str]:
@@ -207,8 +212,9 @@ def plan_clotho(root: str | Path, splits: Sequence[str] | None, bad: BadClips) -
             csv_path = clotho_captions_csv(root, split)
             if csv_path is None:
                 raise DataError(f"{root}: clotho_captions_{split}.csv not found (needed for split {split!r})")
-            listed: set[str] = set()
-            for row_no, fname, caps in read_clotho_captions(csv_path, bad):
+            good, named = _read_captions(csv_path, bad)
+            listed = {lookup.get(unicodedata.normalize("NFC", n)) for n in named} - {None}
+            for row_no, fname, caps in good:
                 if not _plain_name(audio_dir, fname):
                     bad(
                         fname,
@@ -221,7 +227,6 @@ def plan_clotho(root: str | Path, splits: Sequence[str] | None, bad: BadClips) -
                 if disk is None:
                     bad(fname, audio_dir / fname, f"audio file not found (listed in {csv_path.name} row {row_no})")
                     continue
-                listed.add(disk)
                 planned.append((split, fname, audio_dir / disk, caps))
             for name in sorted(n for n in on_disk if is_audio_file(n) and n not in listed):
                 bad.drop(name, audio_dir / name, f"audio file not listed in {csv_path.name}; left out")
