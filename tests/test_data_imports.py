@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dcase.cli import app
-from dcase.data import manifest, sources
+from dcase.data import manifest, registry, sources
 from dcase.errors import InputError
 
 DATA = Path(__file__).resolve().parents[1] / "dcase" / "data"
@@ -62,12 +62,12 @@ def test_the_checker_sees_function_level_imports(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("reader", READERS)
 def test_readers_import_only_shared_helpers(reader: str) -> None:
-    allowed = {"dcase.data.common", "dcase.data.manifest", "dcase.data.audio"}
+    allowed = {"dcase.data.common", "dcase.data.manifest", "dcase.data.audio", "dcase.data.registry"}
     assert _imports(DATA / f"{reader}.py") <= allowed
 
 
 def test_source_names_come_from_the_registry() -> None:
-    assert tuple(sources.REGISTRY) == manifest.SOURCES == sources.SOURCES
+    assert tuple(sources.REGISTRY) == manifest.SOURCES == sources.SOURCES == registry.SOURCES
     assert sources.READABLE_SOURCES == ("clotho", "audiocaps", "wavcaps", "clotho_mixup")
     assert sources.SOURCE_CHOICES == ("clotho", "audiocaps", "wavcaps", "clotho_mixup", "clotho-mixup")
     assert sources.canonical_source("clotho-mixup") == sources.canonical_source("clotho_mixup") == "clotho_mixup"
@@ -76,3 +76,17 @@ def test_source_names_come_from_the_registry() -> None:
     # the CLI lists the registry's spellings
     r = CliRunner().invoke(app, ["data", "manifest", "--help"], env={"COLUMNS": "300"})
     assert r.exit_code == 0 and f"Dataset to read: {', '.join(sources.SOURCE_CHOICES)}." in r.output
+
+
+def test_data_cli_module_stays_light() -> None:
+    """`dcase --help` must not pay for pandas/pyarrow/soundfile: the CLI takes the names from the registry."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import dcase.cli.data, dcase.data.registry; "
+        "heavy = [m for m in ('pandas', 'pyarrow', 'soundfile', 'dcase.data.sources') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr

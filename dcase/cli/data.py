@@ -7,8 +7,7 @@ from pathlib import Path
 import typer
 
 from dcase.cli.common import user_errors
-from dcase.data.sources import SOURCE_CHOICES
-from dcase.data.wavcaps import DEFAULT_FREESOUND_POLICY, FREESOUND_POLICIES
+from dcase.data.registry import DEFAULT_FREESOUND_POLICY, FREESOUND_POLICIES, SOURCE_CHOICES
 
 app = typer.Typer(no_args_is_help=True)
 

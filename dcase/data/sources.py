@@ -1,7 +1,7 @@
-"""The data sources: one registry of names, folders and readers, and ``build_manifest``.
+"""The data sources' readers and ``build_manifest``.
 
-Every list of source names derives from ``REGISTRY``, whose keys are the manifest's ``source`` values
-(``dcase.data.manifest.SOURCES``, the schema's allowed values, which this module checks it covers exactly):
+The names come from ``dcase.data.registry`` (re-exported here: ``SOURCES``, ``READABLE_SOURCES``,
+``SOURCE_CHOICES``, ``canonical_source``); this module attaches a reader to each readable name (``REGISTRY``):
 
 ============  ========================  ===========================  ==========================
 name          alias (CLI spelling)      folder under a data root     reader
@@ -16,7 +16,8 @@ synth                                   (none)                       (none: ``dc
 
 The folder names are aac-datasets' (``CLOTHO_v2.1``, ``AUDIOCAPS``, ``WavCaps``) plus the mixup release's.
 ``build_manifest`` reads one source and writes its manifest; ``build_manifest_from`` does the same from an entry
-of ``dcase.data.locate.locate_datasets``. Module graph (no cycle): ``common`` <- readers <- ``sources`` <- ``locate``.
+of ``dcase.data.locate.locate_datasets``. Module graph (no cycle): ``registry`` <- ``manifest`` <- ``common`` <-
+readers <- ``sources`` <- ``locate``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,16 @@ import pandas as pd
 
 from dcase.data import audiocaps, clotho, mixup, wavcaps
 from dcase.data.common import BadClip, BadClips, DataError, report_path_for
-from dcase.data.manifest import SOURCES, ManifestRow, write_manifest
+from dcase.data.manifest import ManifestRow, write_manifest
+from dcase.data.registry import (
+    DEFAULT_FREESOUND_POLICY,
+    FREESOUND_POLICIES,
+    INFO,
+    READABLE_SOURCES,
+    SOURCE_CHOICES,
+    SOURCES,
+    canonical_source,
+)
 from dcase.errors import InputError, OutputExistsError
 
 log = logging.getLogger(__name__)
@@ -97,9 +107,9 @@ def _read_wavcaps(root: Path, bad: BadClips, o: ReadOptions) -> tuple[list[Manif
     if o.splits:
         raise InputError("WavCaps has no splits (every clip is 'train'); drop --splits")
     _refuse(o, "WavCaps", ["csv_dir", "rejected_json", "clotho_root"])
-    policy = o.freesound_policy if o.freesound_policy is not None else wavcaps.DEFAULT_FREESOUND_POLICY
-    if policy not in wavcaps.FREESOUND_POLICIES:
-        raise InputError(f"unknown FreeSound policy {policy!r}; expected one of {list(wavcaps.FREESOUND_POLICIES)}")
+    policy = o.freesound_policy if o.freesound_policy is not None else DEFAULT_FREESOUND_POLICY
+    if policy not in FREESOUND_POLICIES:
+        raise InputError(f"unknown FreeSound policy {policy!r}; expected one of {list(FREESOUND_POLICIES)}")
     return wavcaps.read_wavcaps(
         root,
         o.audio_root,
@@ -136,7 +146,8 @@ def _read_mixup(root: Path, bad: BadClips, o: ReadOptions) -> tuple[list[Manifes
 @dataclass(frozen=True)
 class SourceSpec:
     """One data source: its canonical name (the manifest's ``source`` value), title, other accepted spellings,
-    folder name under a data root, and reader (None for sources that are not read from a dataset layout)."""
+    folder name under a data root (from ``dcase.data.registry``), and reader (None for sources that are not read
+    from a dataset layout)."""
 
     name: str
     title: str
@@ -145,41 +156,17 @@ class SourceSpec:
     reader: Reader | None = None
 
 
+_READERS: dict[str, Reader] = {
+    "clotho": _read_clotho,
+    "audiocaps": _read_audiocaps,
+    "wavcaps": _read_wavcaps,
+    "clotho_mixup": _read_mixup,
+}
+if tuple(_READERS) != READABLE_SOURCES:  # pragma: no cover - a bug: every readable name needs a reader
+    raise RuntimeError(f"readers {tuple(_READERS)} != readable sources {READABLE_SOURCES}")
 REGISTRY: Mapping[str, SourceSpec] = MappingProxyType(
-    {
-        s.name: s
-        for s in (
-            SourceSpec("clotho", "Clotho v2.1", folder="CLOTHO_v2.1", reader=_read_clotho),
-            SourceSpec("audiocaps", "AudioCaps", folder="AUDIOCAPS", reader=_read_audiocaps),
-            SourceSpec("wavcaps", "WavCaps", folder="WavCaps", reader=_read_wavcaps),
-            SourceSpec(
-                "clotho_mixup",
-                "Clotho-ChatGPT-Mixup",
-                aliases=("clotho-mixup",),
-                folder="Clotho-ChatGPT-Mixup",
-                reader=_read_mixup,
-            ),
-            SourceSpec("synth", "synthetic demo corpus"),
-        )
-    }
+    {n: SourceSpec(n, i.title, i.aliases, i.folder, _READERS.get(n)) for n, i in INFO.items()}
 )
-if tuple(REGISTRY) != SOURCES:  # pragma: no cover - a bug: the schema and the registry must list the same names
-    raise RuntimeError(f"data source registry {tuple(REGISTRY)} != manifest SOURCES {SOURCES}")
-
-READABLE_SOURCES: tuple[str, ...] = tuple(n for n, s in REGISTRY.items() if s.reader is not None)
-"""Sources that ``build_manifest`` reads from a dataset layout, in registry order."""
-SOURCE_CHOICES: tuple[str, ...] = tuple(name for n in READABLE_SOURCES for name in (n, *REGISTRY[n].aliases))
-"""Every accepted spelling of a readable source (canonical names and aliases)."""
-_BY_SPELLING = {name: n for n in READABLE_SOURCES for name in (n, *REGISTRY[n].aliases)}
-
-
-def canonical_source(name: str) -> str:
-    """The canonical name of a readable source given by any accepted spelling (``clotho-mixup`` ->
-    ``clotho_mixup``). InputError listing the choices for an unknown name."""
-    try:
-        return _BY_SPELLING[name]
-    except KeyError:
-        raise InputError(f"unknown data source {name!r}; expected one of {list(SOURCE_CHOICES)}") from None
 
 
 @dataclass(frozen=True)

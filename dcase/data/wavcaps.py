@@ -33,7 +33,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from dcase.data.audio import AUDIO_EXTENSIONS
 from dcase.data.common import (
@@ -47,6 +46,7 @@ from dcase.data.common import (
     rows_from_plan,
 )
 from dcase.data.manifest import ManifestRow
+from dcase.data.registry import DEFAULT_FREESOUND_POLICY, FREESOUND_POLICIES, FreesoundPolicy
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,6 @@ FREESOUND = "FreeSound"
 MIN_DURATION_S = 1.0
 MAX_DURATION_S = 30.0
 DURATION_RANGE = (MIN_DURATION_S, MAX_DURATION_S)
-FreesoundPolicy = Literal["listed_ids", "all", "keep"]
-FREESOUND_POLICIES: tuple[FreesoundPolicy, ...] = ("listed_ids", "all", "keep")
-DEFAULT_FREESOUND_POLICY: FreesoundPolicy = "listed_ids"
 AAC_AUDIO_DIR = "Audio"  # aac-datasets' extracted audio
 HAND_AUDIO_DIR = "audio"
 JSON_DIR = "json_files"
