@@ -254,3 +254,23 @@ def test_cli_locate(tmp_path: Path) -> None:
     assert "does not exist" in r.output
     r = CliRunner().invoke(app, ["data", "locate", "--path", "audiocaps"])
     assert r.exit_code == 2 and "--path expects KEY=PATH" in r.output
+
+
+def test_found_datasets_serialise_and_pickle(tmp_path: Path) -> None:
+    import json
+    import pickle
+
+    d = make_data_root(tmp_path / "D")
+    found = locate_datasets(d)
+    record = json.loads(json.dumps(found.to_dict()))
+    assert record["data_root"] == str(d) and list(record["datasets"]) == [
+        "clotho",
+        "audiocaps",
+        "wavcaps",
+        "clotho_mixup",
+    ]
+    assert record["datasets"]["audiocaps"]["build_options"] == {
+        "csv_dir": str(d / "AUDIOCAPS" / "csv_files_v1"),
+        "splits": ["train", "val", "test"],
+    }
+    assert pickle.loads(pickle.dumps(found)) == found

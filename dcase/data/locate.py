@@ -24,7 +24,6 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from dcase.data import audiocaps, clotho, mixup, wavcaps
@@ -51,7 +50,16 @@ class DatasetsFound:
     problems: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "datasets", MappingProxyType(dict(self.datasets)))
+        object.__setattr__(self, "datasets", dict(self.datasets))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (paths as strings), e.g. to record in a run what data was found."""
+        return {
+            "data_root": str(self.data_root) if self.data_root is not None else None,
+            "datasets": {k: f.to_dict() for k, f in self.datasets.items()},
+            "warnings": list(self.warnings),
+            "problems": list(self.problems),
+        }
 
     def __contains__(self, source: object) -> bool:
         return isinstance(source, str) and _canonical_or_none(source) in self.datasets

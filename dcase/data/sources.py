@@ -189,12 +189,32 @@ class FoundDataset:
     build_options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("audio_dirs", "files", "build_options"):
-            object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
+        for name in ("audio_dirs", "files", "build_options"):  # own copies: the caller's dicts may change
+            object.__setattr__(self, name, dict(getattr(self, name)))
 
     @property
     def title(self) -> str:
         return REGISTRY[self.source].title
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (paths as strings), e.g. to record in a run what data was used."""
+
+        def plain(v: Any) -> Any:
+            if isinstance(v, Path):
+                return str(v)
+            if isinstance(v, tuple | list):
+                return [plain(x) for x in v]
+            return v
+
+        return {
+            "source": self.source,
+            "root": str(self.root),
+            "layout": self.layout,
+            "splits": list(self.splits),
+            "audio_dirs": {k: str(v) for k, v in self.audio_dirs.items()},
+            "files": {k: str(v) for k, v in self.files.items()},
+            "build_options": {k: plain(v) for k, v in self.build_options.items()},
+        }
 
 
 @dataclass
