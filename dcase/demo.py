@@ -162,8 +162,8 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
 
     from dcase.captioner import load_stage_config, train_captioner
     from dcase.config import load_config
-    from dcase.data.build import build_manifest
     from dcase.data.manifest import concat_manifests, read_manifest, write_manifest
+    from dcase.data.sources import build_manifest
     from dcase.data.synth import INFO_JSON, MIXUP_JSON, RETRIEVAL_TRUTH_CSV, make_synth_corpus
     from dcase.features.extract import extract_codec, extract_embeddings
     from dcase.features.store import FeatureStore

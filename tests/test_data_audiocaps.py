@@ -8,7 +8,7 @@ import pytest
 from _datasets_util import write_csv, write_tone
 
 from dcase.data.audiocaps import audiocaps_clip_id, read_audiocaps
-from dcase.data.build import BadClips, DataError
+from dcase.data.common import BadClips, DataError
 from dcase.data.manifest import write_manifest
 
 HEADER = ["audiocap_id", "youtube_id", "start_time", "caption"]

@@ -121,7 +121,7 @@ def test_skip_bad_reported(tmp_path: Path) -> None:
         ],
     )
     assert r.exit_code == 0, r.output
-    assert "skipped 1 bad clip(s)" in r.output
+    assert "left out 1 clip(s)" in r.output
     report = pd.read_csv(tmp_path / "clotho.skipped.csv", dtype=str)
     assert report["clip"].tolist() == [victim.name] and "NaN" in report.loc[0, "reason"]
     assert len(read_manifest(out)) == 3

@@ -21,9 +21,10 @@ from _datasets_util import (
     write_tone,
 )
 
-from dcase.data.build import BadClips, DataError, build_manifest, report_path_for
 from dcase.data.clotho import read_clotho, read_clotho_metadata, read_retrieval_captions
+from dcase.data.common import BadClips, DataError, TextEncodingError, report_path_for
 from dcase.data.manifest import read_manifest, write_manifest
+from dcase.data.sources import build_manifest
 
 TRICKY = [
     "a dog barks, then a car passes by.",
@@ -122,10 +123,29 @@ def test_retrieval_queries_keep_order(tmp_path: Path) -> None:
         read_retrieval_captions(root)
 
 
-def test_metadata_sniffed_semicolon_cp1252(tmp_path: Path) -> None:
+def test_metadata_semicolon_utf8_and_non_utf8_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = _clotho(tmp_path / "c")
     raw = (root / "clotho_metadata_development.csv").read_bytes()
     assert b";" in raw.split(b"\n")[0] and "Zoë".encode("cp1252") in raw
+    # the official v2.1 metadata files are not UTF-8: no guessed encoding, an error naming line and byte offset
+    offset = raw.index("Zoë".encode("cp1252")) + 2
+    line = raw.count(b"\n", 0, offset) + 1
+    with pytest.raises(
+        TextEncodingError,
+        match=rf"clotho_metadata_development.csv: not valid UTF-8: line {line}, "
+        rf".*byte offset {offset} \(byte 0xeb\); re-save the file as UTF-8",
+    ):
+        read_clotho_metadata(root, "development")
+    # metadata is informative only: building the manifest skips it with a warning
+    with caplog.at_level("WARNING"):
+        assert len(read_clotho(root, ["development"], decode_check=False)) == 3
+    assert "ignoring unreadable metadata" in caplog.text and "not valid UTF-8" in caplog.text
+    write_csv(
+        root / "clotho_metadata_development.csv",
+        METADATA_HEADER,
+        [[n, "k1 k2", str(i), "https://freesound.org/s/1", "[0, 10]", "Zoë", "CC0"] for i, n in enumerate(DEV_FILES)],
+        delimiter=";",
+    )
     meta = read_clotho_metadata(root, "development")
     assert list(meta.columns) == METADATA_HEADER
     assert meta["manufacturer"].tolist() == ["Zoë"] * 3

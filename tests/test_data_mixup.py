@@ -10,7 +10,7 @@ import pytest
 from _datasets_util import write_tone
 
 from dcase.data.audio import load_audio, load_clip, mix_energy_matched
-from dcase.data.build import BadClips, DataError
+from dcase.data.common import BadClips, DataError
 from dcase.data.manifest import read_manifest, write_manifest
 from dcase.data.mixup import mix_ratio_db, read_clotho_mixup
 

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from dcase.data.build import build_manifest
 from dcase.data.clotho import read_clotho, read_retrieval_captions
 from dcase.data.manifest import read_manifest
 from dcase.data.mixup import read_clotho_mixup
+from dcase.data.sources import build_manifest
 from dcase.data.synth import (
     BACKGROUND_PHRASES,
     EVENT_PHRASES,

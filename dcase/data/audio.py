@@ -1,4 +1,4 @@
-"""Audio I/O: load with soundfile, mix to mono, resample with soxr, crop/pad, energy-matched mixing.
+"""Audio I/O: load with soundfile, mix to mono, resample with soxr, energy-matched mixing.
 
 Every error is an ``AudioError`` naming the file.
 """
@@ -50,14 +50,6 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     if sr_in == sr_out:
         return x
     return soxr.resample(x, sr_in, sr_out, quality="HQ").astype(np.float32, copy=False)
-
-
-def crop_or_pad(x: np.ndarray, n: int, offset: int = 0) -> np.ndarray:
-    """Take ``n`` samples from ``offset``; zero-pad at the end when too short."""
-    x = x[offset : offset + n]
-    if len(x) < n:
-        x = np.pad(x, (0, n - len(x)))
-    return x
 
 
 def load_audio(

@@ -1,15 +1,21 @@
 """AudioCaps (Kim et al., NAACL 2019) to manifest rows.
 
-Layout under ``root``: ``train.csv``, ``val.csv``, ``test.csv`` (also ``dataset/<split>.csv``) with columns
-``audiocap_id,youtube_id,start_time,caption``; one row per caption. Train clips have 1 caption, val/test clips
-5; rows are grouped into clips by (youtube_id, start_time) in every split, keeping file order.
+Captions: ``train.csv``, ``val.csv``, ``test.csv`` with columns ``audiocap_id,youtube_id,start_time,caption``; one
+row per caption. Train clips have 1 caption, val/test clips 5; rows are grouped into clips by
+(youtube_id, start_time) in every split, keeping file order.
 
-Audio is not distributed with the captions: each team downloads it. The folder of a split is
-``<root>/audio/<split>/`` or ``<root>/<split>/`` by default (``audio_root`` overrides it; it may contain
-``{split}``), and the file name follows ``audio_pattern`` (default ``{youtube_id}.wav``; fields
-``{youtube_id}``, ``{start_time}``, ``{audiocap_id}``, ``{split}``). A ``Y`` prefix (``Y{youtube_id}.wav``,
-the AudioSet convention) is accepted automatically. ``clip_id`` = ``audiocaps/<youtube_id>_<start_time>``,
-unique across sources.
+Audio is not distributed with the captions: each team downloads it. Two layouts are recognised under ``root``
+(the ``AUDIOCAPS`` folder):
+
+- aac-datasets (Labbeti/aac-datasets): audio in ``audio_32000Hz/<split>/{youtube_id}_{start_time}.flac`` (32 kHz
+  FLAC; another ``audio_<rate>Hz`` folder is accepted), captions in ``csv_files_v1/`` (0.6-0.7) or beside the audio
+  folder (0.5);
+- hand: captions in ``root`` or ``dataset/``, audio in ``audio/<split>/`` or ``<split>/`` named ``{youtube_id}.wav``
+  (``Y{youtube_id}.wav``, the AudioSet convention, is accepted automatically).
+
+``audio_root`` overrides the audio folder (it may contain ``{split}``) and ``audio_pattern`` the file name
+(fields ``{youtube_id}``, ``{start_time}``, ``{audiocap_id}``, ``{split}``). ``clip_id`` =
+``audiocaps/<youtube_id>_<start_time>``, unique across sources.
 """
 
 from __future__ import annotations
@@ -19,20 +25,44 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from dcase.data.build import BadClips, DataError, dir_index, read_table, rows_from_plan
+from dcase.data.audio import is_audio_file
+from dcase.data.common import BadClips, DataError, Planned, dir_index, read_table, resolve_inside, rows_from_plan
 from dcase.data.manifest import ManifestRow
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 COLUMNS = ("audiocap_id", "youtube_id", "start_time", "caption")
-DEFAULT_PATTERN = "{youtube_id}.wav"
+DEFAULT_PATTERN = "{youtube_id}.wav"  # hand layout
+AAC_PATTERN = "{youtube_id}_{start_time}.flac"  # aac-datasets' file names
+AAC_SAMPLE_RATE = 32000  # aac-datasets' default download rate
+AAC_CSV_DIRS = ("csv_files_v1", "csv_files_v2")  # aac-datasets 0.6-0.7 (AudioCaps v1, v2)
+HAND_CSV_DIRS = ("", "dataset")
 
 
-def audiocaps_csv(root: str | Path, split: str) -> Path | None:
-    """``<root>/<split>.csv`` or ``<root>/dataset/<split>.csv``, or None."""
+def aac_audio_root(root: str | Path) -> Path | None:
+    """aac-datasets' audio folder ``audio_<rate>Hz`` under ``root`` (``audio_32000Hz`` first), or None."""
     root = Path(root)
-    return next((c for c in (root / f"{split}.csv", root / "dataset" / f"{split}.csv") if c.is_file()), None)
+    preferred = root / f"audio_{AAC_SAMPLE_RATE}Hz"
+    if preferred.is_dir():
+        return preferred
+    others = sorted(p for p in root.glob("audio_*Hz") if p.is_dir() and p.name[6:-2].isdigit())
+    if len(others) > 1:
+        log.warning("%s: several audio folders %s; using %s", root, [p.name for p in others], others[0].name)
+    return others[0] if others else None
+
+
+def audiocaps_layout(root: str | Path) -> str:
+    """``"aac-datasets"`` when ``root`` has an ``audio_<rate>Hz/`` folder, else ``"hand"``."""
+    return "aac-datasets" if aac_audio_root(root) is not None else "hand"
+
+
+def audiocaps_csv(root: str | Path, split: str, csv_dir: str | Path | None = None) -> Path | None:
+    """The captions CSV of ``split``: in ``csv_dir`` if given, else ``<root>/<split>.csv``, ``dataset/``,
+    ``csv_files_v1/`` then ``csv_files_v2/``; None if absent."""
+    root = Path(root)
+    dirs = [Path(csv_dir)] if csv_dir is not None else [root / d for d in (*HAND_CSV_DIRS, *AAC_CSV_DIRS)]
+    return next((d / f"{split}.csv" for d in dirs if (d / f"{split}.csv").is_file()), None)
 
 
 def audiocaps_audio_dir(root: str | Path, split: str, audio_root: str | Path | None = None) -> Path | None:
@@ -45,7 +75,8 @@ def audiocaps_audio_dir(root: str | Path, split: str, audio_root: str | Path | N
         else:
             cands = [Path(audio_root) / split, Path(audio_root)]
     else:
-        cands = [root / "audio" / split, root / split]
+        aac = aac_audio_root(root)
+        cands = ([aac / split] if aac is not None else []) + [root / "audio" / split, root / split]
     return next((c for c in cands if c.is_dir()), None)
 
 
@@ -61,35 +92,34 @@ def audiocaps_clip_id(youtube_id: str, start_time: str) -> str:
     return f"audiocaps/{youtube_id}_{normalise_start(start_time)}"
 
 
-def read_audiocaps(
+def plan_audiocaps(
     root: str | Path,
-    splits: Sequence[str] | None = None,
+    splits: Sequence[str] | None,
+    bad: BadClips,
     *,
-    audio_pattern: str = DEFAULT_PATTERN,
+    audio_pattern: str | None = None,
     audio_root: str | Path | None = None,
-    decode_check: bool = True,
-    skip_bad: bool = False,
-    bad: BadClips | None = None,
-    progress: bool = False,
-    workers: int = 1,
-) -> list[ManifestRow]:
-    """Manifest rows (source ``audiocaps``, splits train/val/test) of the AudioCaps folder ``root``.
-
-    ``splits`` default: every split whose CSV exists. Bad rows/clips raise DataError naming the file and row,
-    or with ``skip_bad`` (or a ``bad`` collector) are skipped and recorded.
-    """
+    csv_dir: str | Path | None = None,
+) -> tuple[list[str], list[Planned]]:
+    """The splits read and the planned (split, clip_id, audio path, captions) clips, without touching the audio
+    (see ``read_audiocaps``). Audio files of a split folder that no row names are recorded with ``bad.drop``."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"AudioCaps root not found: {root}")
-    bad = bad if bad is not None else BadClips(skip_bad)
     if splits is None:
-        splits = [s for s in SPLITS if audiocaps_csv(root, s) is not None]
+        splits = [s for s in SPLITS if audiocaps_csv(root, s, csv_dir) is not None]
         if not splits:
-            raise DataError(f"{root}: no AudioCaps CSV found (expected train.csv, val.csv or test.csv)")
+            raise DataError(
+                f"{root}: no AudioCaps CSV found (expected train.csv, val.csv or test.csv in {csv_dir or root}, "
+                f"dataset/ or {'/, '.join(AAC_CSV_DIRS)}/)"
+            )
     splits = list(dict.fromkeys(splits))  # a split named twice is read once
     unknown = [s for s in splits if s not in SPLITS]
     if unknown:
         raise DataError(f"unknown AudioCaps split(s) {unknown}; expected some of {list(SPLITS)}")
+    if audio_pattern is None:
+        aac = audio_root is None and aac_audio_root(root) is not None
+        audio_pattern = AAC_PATTERN if aac else DEFAULT_PATTERN
     try:
         audio_pattern.format(youtube_id="x", start_time="0", audiocap_id="0", split="train")
     except (KeyError, IndexError, ValueError) as e:
@@ -98,11 +128,11 @@ def read_audiocaps(
             "{audiocap_id}, {split}"
         ) from e
 
-    planned: list[tuple[str, str, Path, list[str]]] = []
+    planned: list[Planned] = []
     for split in splits:
-        csv_path = audiocaps_csv(root, split)
+        csv_path = audiocaps_csv(root, split, csv_dir)
         if csv_path is None:
-            raise DataError(f"{root}: {split}.csv not found (needed for split {split!r})")
+            raise DataError(f"{csv_dir or root}: {split}.csv not found (needed for split {split!r})")
         audio_dir = audiocaps_audio_dir(root, split, audio_root)
         if audio_dir is None:
             where = audio_root if audio_root is not None else f"{root / 'audio' / split} or {root / split}"
@@ -111,11 +141,18 @@ def read_audiocaps(
         clips: dict[str, dict] = {}
         broken: set[str] = set()
         seen_ids: dict[str, int] = {}
+        row_names: set[str] = set()  # audio names of every parsable row, bad ones included
         for i, (cap_id, yid, start, caption) in enumerate(df[list(COLUMNS)].itertuples(index=False, name=None)):
             row_no = i + 1
             if not yid.strip():
                 bad(f"<row {row_no}>", csv_path, f"row {row_no}: column 'youtube_id' is empty")
                 continue
+            try:
+                start_text = normalise_start(start)
+            except ValueError:
+                start_text = start
+            name = audio_pattern.format(youtube_id=yid, start_time=start_text, audiocap_id=cap_id, split=split)
+            row_names.update((name, "Y" + name))
             try:
                 clip_id = audiocaps_clip_id(yid, start)
             except ValueError:
@@ -148,6 +185,14 @@ def read_audiocaps(
             p = Path(name)
             if not p.name.startswith("Y"):
                 cands.append(str(p.with_name("Y" + p.name)))
+            if any(resolve_inside(audio_dir, c) is None for c in cands):
+                bad(
+                    clip_id,
+                    csv_path,
+                    f"row {e['row']}: the audio file name {name!r} (from column 'youtube_id' {e['yid']!r}) points "
+                    f"outside {audio_dir}",
+                )
+                continue
             found = None
             for c in cands:
                 if ("/" not in c and c in on_disk) or ("/" in c and (audio_dir / c).is_file()):
@@ -171,7 +216,36 @@ def read_audiocaps(
                 continue
             used[found] = clip_id
             planned.append((split, clip_id, found, e["caps"]))
+        for fname in sorted(n for n in on_disk if is_audio_file(n) and n not in row_names):
+            bad.drop(fname, audio_dir / fname, f"audio file not named by any row of {csv_path.name}; left out")
+    return splits, planned
 
+
+def read_audiocaps(
+    root: str | Path,
+    splits: Sequence[str] | None = None,
+    *,
+    audio_pattern: str | None = None,
+    audio_root: str | Path | None = None,
+    csv_dir: str | Path | None = None,
+    decode_check: bool = True,
+    skip_bad: bool = False,
+    bad: BadClips | None = None,
+    progress: bool = False,
+    workers: int = 1,
+) -> list[ManifestRow]:
+    """Manifest rows (source ``audiocaps``, splits train/val/test) of the AudioCaps folder ``root`` (either layout).
+
+    ``splits`` default: every split whose CSV exists. ``audio_pattern`` default: aac-datasets' names when its
+    ``audio_<rate>Hz/`` folder is used, else ``{youtube_id}.wav``. ``csv_dir`` picks the CSV folder (e.g.
+    ``csv_files_v2`` for AudioCaps v2). Bad rows/clips raise DataError naming the file and row, or with
+    ``skip_bad`` (or a ``bad`` collector) are skipped and recorded.
+    """
+    bad = bad if bad is not None else BadClips(skip_bad)
+    n_before = len(bad)
+    splits, planned = plan_audiocaps(
+        root, splits, bad, audio_pattern=audio_pattern, audio_root=audio_root, csv_dir=csv_dir
+    )
     rows = rows_from_plan(planned, "audiocaps", bad, decode_check, progress, workers, desc="AudioCaps audio")
-    log.info("AudioCaps %s: %d clips (%d skipped)", list(splits), len(rows), len(bad))
+    log.info("AudioCaps %s: %d clips (%d skipped)", list(splits), len(rows), len(bad) - n_before)
     return rows

@@ -12,9 +12,14 @@ split you score yourself on. DCASE's *evaluation* data are the caption-less Clot
 Task 6) and the Task 8 ``test_retrieval_audio`` clips (split name ``retrieval_audio`` here, 1000 clips). This
 module keeps Clotho's names: ``development``, ``validation``, ``evaluation``, ``test``, ``retrieval_audio``.
 
+Two layouts are recognised under ``root`` (the ``CLOTHO_v2.1`` folder): aac-datasets' (Labbeti/aac-datasets
+0.5-0.7: CSVs in ``clotho_csv_files/``, every audio folder, ``test_retrieval_audio`` included, under
+``clotho_audio_files/``; 44.1 kHz WAV) and the hand layout above (CSVs beside the audio folders).
+
 Caption CSVs are read with real CSV quoting (commas, quotes, newlines and non-ASCII in captions survive exactly);
-"NA"/"null" stay text, while an empty cell is an error naming the file, row and column. Metadata files are
-sniffed for their delimiter (',' or ';') and encoding (UTF-8, else cp1252/latin-1).
+"NA"/"null" stay text, while an empty cell is an error naming the file, row and column. Every CSV must be UTF-8
+(optional BOM). The official metadata files (',' or ';' delimited) of v2.1 are not UTF-8; they are only
+informative (not part of the manifest), so an unreadable metadata file is skipped with a warning.
 """
 
 from __future__ import annotations
@@ -27,7 +32,22 @@ from pathlib import Path
 import pandas as pd
 
 from dcase.data.audio import AUDIO_EXTENSIONS, is_audio_file
-from dcase.data.build import BadClips, DataError, dir_index, read_table, rows_from_plan
+from dcase.data.common import (
+    CLOTHO_AUDIO_DIR as AUDIO_DIR,
+)
+from dcase.data.common import (
+    CLOTHO_RETRIEVAL_AUDIO_DIR as RETRIEVAL_AUDIO_DIR,
+)
+from dcase.data.common import (
+    BadClips,
+    DataError,
+    Planned,
+    clotho_audio_dir,
+    dir_index,
+    read_table,
+    resolve_inside,
+    rows_from_plan,
+)
 from dcase.data.manifest import ManifestRow
 
 log = logging.getLogger(__name__)
@@ -45,22 +65,19 @@ METADATA_COLUMNS = (
     "manufacturer",
     "license",
 )
-RETRIEVAL_AUDIO_DIR = "test_retrieval_audio"
 RETRIEVAL_CAPTIONS_CSV = "retrieval_captions.csv"
 
 
+AAC_CSV_DIR = "clotho_csv_files"  # aac-datasets keeps every CSV here
+
+
 def _csv_candidates(root: Path, name: str) -> list[Path]:
-    return [root / name, root / "clotho_csv_files" / name]
+    return [root / name, root / AAC_CSV_DIR / name]
 
 
-def clotho_audio_dir(root: str | Path, split: str) -> Path | None:
-    """The audio folder of ``split``, or None: ``clotho_audio_files/<split>/`` or ``<split>/`` under ``root``."""
-    root = Path(root)
-    if split == "retrieval_audio":
-        cands = [root / RETRIEVAL_AUDIO_DIR, root / "clotho_audio_files" / RETRIEVAL_AUDIO_DIR]
-    else:
-        cands = [root / "clotho_audio_files" / split, root / split]
-    return next((c for c in cands if c.is_dir()), None)
+def clotho_layout(root: str | Path) -> str:
+    """``"aac-datasets"`` when ``root`` has aac-datasets' ``clotho_csv_files/`` folder, else ``"hand"``."""
+    return "aac-datasets" if (Path(root) / AAC_CSV_DIR).is_dir() else "hand"
 
 
 def clotho_captions_csv(root: str | Path, split: str) -> Path | None:
@@ -75,7 +92,10 @@ def available_splits(root: str | Path) -> list[str]:
 
 
 def read_clotho_metadata(root: str | Path, split: str) -> pd.DataFrame | None:
-    """``clotho_metadata_<split>.csv`` as a str DataFrame (',' or ';', UTF-8 or cp1252), or None if absent."""
+    """``clotho_metadata_<split>.csv`` as a str DataFrame (',' or ';'), or None if absent.
+
+    Raises DataError for a malformed file and TextEncodingError for one that is not UTF-8 (the official v2.1
+    metadata files are latin-1; ``read_clotho`` skips an unreadable metadata file with a warning)."""
     name = "retrieval_audio_metadata.csv" if split == "retrieval_audio" else f"clotho_metadata_{split}.csv"
     path = next((c for c in _csv_candidates(Path(root), name) if c.is_file()), None)
     if path is None:
@@ -91,15 +111,11 @@ def read_clotho_metadata(root: str | Path, split: str) -> pd.DataFrame | None:
     return df
 
 
-def read_clotho_captions(path: str | Path, bad: BadClips | None = None) -> list[tuple[int, str, list[str]]]:
-    """Rows of a ``clotho_captions_<split>.csv``: [(row number (1 = first data row), file_name, 5 captions)].
-
-    Exact text (no stripping). Empty cells and duplicate file names go to ``bad`` (strict: raise).
-    """
-    path = Path(path)
-    bad = bad or BadClips()
+def _read_captions(path: Path, bad: BadClips) -> tuple[list[tuple[int, str, list[str]]], set[str]]:
+    """(good rows, every non-empty file name of the CSV, bad rows included)."""
     df = read_table(path, required=CAPTION_COLUMNS)
     out: list[tuple[int, str, list[str]]] = []
+    names: set[str] = set()
     seen: dict[str, int] = {}
     for i, rec in enumerate(df[list(CAPTION_COLUMNS)].itertuples(index=False, name=None)):
         row_no = i + 1
@@ -107,6 +123,7 @@ def read_clotho_captions(path: str | Path, bad: BadClips | None = None) -> list[
         if not fname.strip():
             bad(f"<row {row_no}>", path, f"row {row_no}: column 'file_name' is empty")
             continue
+        names.add(fname)
         empty = [CAPTION_COLUMNS[k + 1] for k, c in enumerate(caps) if not c.strip()]
         if empty:
             bad(fname, path, f"row {row_no}: empty caption in column(s) {empty}")
@@ -116,7 +133,15 @@ def read_clotho_captions(path: str | Path, bad: BadClips | None = None) -> list[
             continue
         seen[fname] = row_no
         out.append((row_no, fname, caps))
-    return out
+    return out, names
+
+
+def read_clotho_captions(path: str | Path, bad: BadClips | None = None) -> list[tuple[int, str, list[str]]]:
+    """Rows of a ``clotho_captions_<split>.csv``: [(row number (1 = first data row), file_name, 5 captions)].
+
+    Exact text (no stripping). Empty cells and duplicate file names go to ``bad`` (strict: raise).
+    """
+    return _read_captions(Path(path), bad if bad is not None else BadClips())[0]
 
 
 def read_retrieval_captions(path: str | Path) -> list[str]:
@@ -146,33 +171,23 @@ def _name_lookup(names: set[str]) -> dict[str, str]:
     return {unicodedata.normalize("NFC", n): n for n in names}
 
 
-def read_clotho(
-    root: str | Path,
-    splits: Sequence[str] | None = None,
-    *,
-    decode_check: bool = True,
-    skip_bad: bool = False,
-    bad: BadClips | None = None,
-    progress: bool = False,
-    workers: int = 1,
-) -> list[ManifestRow]:
-    """Manifest rows (source ``clotho``) for ``splits`` of the Clotho v2.1 folder ``root``.
+def _plain_name(audio_dir: Path, fname: str) -> bool:
+    """True if the CSV's ``fname`` names a file directly inside ``audio_dir`` (no folders, no ``..``, not absolute)."""
+    return Path(fname).name == fname and resolve_inside(audio_dir, fname) is not None
 
-    ``splits``: any of ``SPLITS``; default: every split whose audio folder exists. Captioned splits list
-    their clips in the captions CSV (audio files not listed there are logged and left out); ``test`` and
-    ``retrieval_audio`` list the audio folder (captions = []). ``clip_id`` is the file name.
-    Bad clips raise DataError, or with ``skip_bad`` (or a ``bad`` collector) are skipped and recorded.
-    Durations come from the file header; ``decode_check`` also decodes every file (rejects NaN/inf/empty).
-    """
+
+def plan_clotho(root: str | Path, splits: Sequence[str] | None, bad: BadClips) -> tuple[list[str], list[Planned]]:
+    """The splits read and the planned (split, clip_id, audio path, captions) clips of the Clotho folder ``root``,
+    without touching the audio (see ``read_clotho``). Bad rows go to ``bad``; audio files that the captions CSV
+    does not list are left out and recorded with ``bad.drop``."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"Clotho root not found: {root}")
-    bad = bad if bad is not None else BadClips(skip_bad)
     if splits is None:
         splits = available_splits(root)
         if not splits:
             raise DataError(
-                f"{root}: no Clotho audio folders found; expected clotho_audio_files/<split>/ or <split>/ for "
+                f"{root}: no Clotho audio folders found; expected {AUDIO_DIR}/<split>/ or <split>/ for "
                 f"a split in {list(SPLITS)} (or {RETRIEVAL_AUDIO_DIR}/)"
             )
     splits = list(dict.fromkeys(splits))  # a split named twice is read once
@@ -180,11 +195,11 @@ def read_clotho(
     if unknown:
         raise DataError(f"unknown Clotho split(s) {unknown}; expected some of {list(SPLITS)}")
 
-    planned: list[tuple[str, str, Path, list[str]]] = []  # split, clip, path, captions
+    planned: list[Planned] = []
     for split in splits:
         audio_dir = clotho_audio_dir(root, split)
         if audio_dir is None:
-            where = RETRIEVAL_AUDIO_DIR if split == "retrieval_audio" else f"clotho_audio_files/{split}"
+            where = RETRIEVAL_AUDIO_DIR if split == "retrieval_audio" else f"{AUDIO_DIR}/{split}"
             raise DataError(f"{root}: audio folder for split {split!r} not found (expected {root / where}/)")
         on_disk = dir_index(audio_dir)
         lookup = _name_lookup(on_disk)
@@ -197,23 +212,24 @@ def read_clotho(
             csv_path = clotho_captions_csv(root, split)
             if csv_path is None:
                 raise DataError(f"{root}: clotho_captions_{split}.csv not found (needed for split {split!r})")
-            listed: set[str] = set()
-            for row_no, fname, caps in read_clotho_captions(csv_path, bad):
+            good, named = _read_captions(csv_path, bad)
+            listed = {lookup.get(unicodedata.normalize("NFC", n)) for n in named} - {None}
+            for row_no, fname, caps in good:
+                if not _plain_name(audio_dir, fname):
+                    bad(
+                        fname,
+                        csv_path,
+                        f"row {row_no}: column 'file_name' must name a file directly inside {audio_dir} "
+                        "(found a path with folders, '..' or an absolute path)",
+                    )
+                    continue
                 disk = lookup.get(unicodedata.normalize("NFC", fname))
                 if disk is None:
                     bad(fname, audio_dir / fname, f"audio file not found (listed in {csv_path.name} row {row_no})")
                     continue
-                listed.add(disk)
                 planned.append((split, fname, audio_dir / disk, caps))
-            unlisted = sorted(n for n in on_disk if is_audio_file(n) and n not in listed)
-            if unlisted:
-                log.warning(
-                    "%s: %d audio file(s) not listed in %s are left out, e.g. %s",
-                    audio_dir,
-                    len(unlisted),
-                    csv_path.name,
-                    unlisted[:3],
-                )
+            for name in sorted(n for n in on_disk if is_audio_file(n) and n not in listed):
+                bad.drop(name, audio_dir / name, f"audio file not listed in {csv_path.name}; left out")
             if meta is not None:
                 missing_meta = sorted({c for s, c, _p, _c in planned if s == split} - set(meta["file_name"]))
                 if missing_meta:
@@ -243,7 +259,7 @@ def read_clotho(
             planned.extend((split, n, audio_dir / n, []) for n in names)
 
     first_split: dict[str, str] = {}
-    unique: list[tuple[str, str, Path, list[str]]] = []
+    unique: list[Planned] = []
     for item in planned:
         split, clip, path, _caps = item
         if clip in first_split:
@@ -251,7 +267,30 @@ def read_clotho(
             continue
         first_split[clip] = split
         unique.append(item)
-    planned = unique
+    return splits, unique
+
+
+def read_clotho(
+    root: str | Path,
+    splits: Sequence[str] | None = None,
+    *,
+    decode_check: bool = True,
+    skip_bad: bool = False,
+    bad: BadClips | None = None,
+    progress: bool = False,
+    workers: int = 1,
+) -> list[ManifestRow]:
+    """Manifest rows (source ``clotho``) for ``splits`` of the Clotho v2.1 folder ``root`` (either layout).
+
+    ``splits``: any of ``SPLITS``; default: every split whose audio folder exists. Captioned splits list
+    their clips in the captions CSV (audio files not listed there are left out, with a report line); ``test``
+    and ``retrieval_audio`` list the audio folder (captions = []). ``clip_id`` is the file name.
+    Bad clips raise DataError, or with ``skip_bad`` (or a ``bad`` collector) are skipped and recorded.
+    Durations come from the file header; ``decode_check`` also decodes every file (rejects NaN/inf/empty).
+    """
+    bad = bad if bad is not None else BadClips(skip_bad)
+    n_before = len(bad)
+    splits, planned = plan_clotho(root, splits, bad)
     rows = rows_from_plan(planned, "clotho", bad, decode_check, progress, workers, desc="Clotho audio")
-    log.info("Clotho %s: %d clips (%d skipped)", list(splits), len(rows), len(bad))
+    log.info("Clotho %s: %d clips (%d skipped)", list(splits), len(rows), len(bad) - n_before)
     return rows

@@ -26,10 +26,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dcase.data.registry import SOURCES
 from dcase.errors import InputError
 from dcase.io import atomic_path
-
-SOURCES = ("clotho", "audiocaps", "wavcaps", "clotho_mixup", "synth")
 
 SCHEMA = pa.schema(
     [
