@@ -8,13 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _retriever_util import build_tiny_bert
 
+from dcase.checkpoint import kind_of
+from dcase.errors import CheckpointError
 from dcase.models.cnext import CNextConfig
 from dcase.models.retriever import (
     Retriever,
     RetrieverConfig,
     TextTowerConfig,
-    build_tiny_bert,
     load_text_tower,
     pool_tokens,
 )
@@ -60,8 +62,8 @@ def test_save_load_round_trip_offline(tmp_path: Path) -> None:
     lengths = torch.tensor([8000, 5000])
     torch.testing.assert_close(back.embed_audio(waves, lengths), model.embed_audio(waves, lengths))
     torch.testing.assert_close(back.metric_L, model.metric_L)
-    assert (ckpt / "text" / "config.json").is_file() and (ckpt / "retriever_config.json").is_file()
-    with pytest.raises(FileNotFoundError, match="retriever_config.json"):
+    assert (ckpt / "text" / "config.json").is_file() and kind_of(ckpt) == "retriever"
+    with pytest.raises(CheckpointError, match="config.json"):
         Retriever.from_pretrained(tmp_path)
 
 
