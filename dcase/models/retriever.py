@@ -60,7 +60,7 @@ class TextTowerConfig:
 
 @dataclass
 class RetrieverConfig:
-    """Dual encoder sizes and the training loss (saved in ``retriever_config.json``)."""
+    """Dual encoder sizes and the training loss (saved in the checkpoint's ``config.json``)."""
 
     audio: CNextConfig = field(default_factory=lambda: CNextConfig(num_classes=0))
     audio_init: str | None = None  # published CNext .pth or CNext directory to start the audio tower from
