@@ -101,3 +101,26 @@ def test_minilm_text_tower_offline() -> None:
     ours = torch.nn.functional.normalize(feats, dim=1).numpy()
     np.testing.assert_allclose(ours, ref, atol=1e-4)
     assert model.embed_text(caps).shape == (2, 24)
+
+
+def test_constructor_is_pure_and_tiny_bert_lives_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    from dcase.models.retriever import tiny_bert
+
+    def no_temp(*args, **kwargs):
+        raise AssertionError("no temporary folder may be written")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", no_temp)
+    monkeypatch.setattr(tempfile, "mkstemp", no_temp)
+    cfg = RetrieverConfig.tiny()
+    assert cfg.text.name_or_path == "tiny-bert" and cfg.audio == CNextConfig.tiny() and cfg.text.pooling == "auto"
+    torch.manual_seed(0)
+    model = Retriever.build(cfg)  # pooling resolved into the model's config, the caller's config untouched
+    assert model.config.text.pooling == "mean" and cfg.text.pooling == "auto"
+    assert model.tokenizer.tokenize("a low hum").count("[UNK]") == 0
+    text_model, tok = tiny_bert(16, 1)
+    with pytest.raises(ValueError, match="pooling must be resolved"):
+        Retriever(cfg, text_model, tok)
+    pure = Retriever(model.config, text_model, tok)  # only builds modules from the given parts
+    assert pure.text_encoder is text_model and pure.tokenizer is tok and pure.embed_dim == 16

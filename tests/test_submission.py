@@ -237,3 +237,26 @@ def test_task8_rows_from_scores():
         task8_rows_from_scores(["q"], names, sim)
     with pytest.raises(ValueError, match="top-10"):
         task8_rows_from_scores(["q"], names[:5], sim[:1, :5])
+
+
+def test_folder_rows_is_the_one_folder_scan(tmp_path):
+    from dcase.data.manifest import folder_rows, validate
+    from dcase.errors import MissingInputError
+
+    d = tmp_path / "eval audio"
+    d.mkdir()
+    for name, seconds in (("b, 2.wav", 0.5), ("a.flac", 0.25)):
+        sf.write(d / name, np.zeros(int(16000 * seconds), np.float32), 16000)
+    (d / "notes.txt").write_text("x")
+    (d / ".hidden.wav").write_bytes(b"")
+    (d / "sub").mkdir()
+    df = folder_rows(d, "evaluation")
+    assert df["clip_id"].tolist() == ["a.flac", "b, 2.wav"]
+    assert df["audio_path"].tolist() == [str((d / "a.flac").resolve()), str((d / "b, 2.wav").resolve())]
+    assert df["duration_s"].tolist() == [0.25, 0.5] and df["sample_rate"].tolist() == [16000, 16000]
+    assert (df["split"] == "evaluation").all() and (df["captions"].map(len) == 0).all()
+    validate(df, allow_empty_captions=["evaluation"])
+    with pytest.raises(MissingInputError, match="no audio files"):
+        folder_rows(d / "sub", "evaluation")
+    with pytest.raises(MissingInputError, match="does not exist"):
+        folder_rows(tmp_path / "nope", "evaluation")

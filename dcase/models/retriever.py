@@ -168,26 +168,26 @@ def load_text_tower(cfg: TextTowerConfig, config_only: bool = False) -> tuple[nn
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     src = resolve_text_source(cfg.name_or_path)
+    auto_pool = None
     if src == TINY_BERT:
         model, tokenizer = tiny_bert(cfg.tiny_hidden, cfg.tiny_layers)
-        return model, tokenizer, resolve_pooling(cfg)
-    path = Path(src)
-    auto_pool = None
-    if (path / "modules.json").is_file():
-        path, auto_pool = _sentence_transformers_parts(path)
-        src = str(path)
+    else:
+        path = Path(src)
+        if (path / "modules.json").is_file():
+            path, auto_pool = _sentence_transformers_parts(path)
+            src = str(path)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(src)
+            if config_only:
+                model = AutoModel.from_config(AutoConfig.from_pretrained(src))
+            else:
+                model = AutoModel.from_pretrained(src)
+        except OSError as e:
+            raise MissingInputError(
+                f"text encoder {cfg.name_or_path!r} could not be loaded ({e}). Offline, give a local directory "
+                f"(e.g. a `huggingface-cli download` snapshot) or a sentence-transformers folder"
+            ) from e
     pooling = resolve_pooling(cfg, auto_pool)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(src)
-        if config_only:
-            model = AutoModel.from_config(AutoConfig.from_pretrained(src))
-        else:
-            model = AutoModel.from_pretrained(src)
-    except OSError as e:
-        raise MissingInputError(
-            f"text encoder {cfg.name_or_path!r} could not be loaded ({e}). Offline, give a local directory "
-            f"(e.g. a `huggingface-cli download` snapshot) or a sentence-transformers folder"
-        ) from e
     if hasattr(model, "pooler"):
         model.pooler = None  # unused: we pool ourselves
     return model, tokenizer, pooling
