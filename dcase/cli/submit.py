@@ -97,7 +97,9 @@ def task6(
     meta_out: Path = typer.Option(None, "--meta-out", help="DCASE meta YAML to write from the recipe's meta."),
     root: Path = typer.Option(None, "--root", help="Checkpoint root (overrides the recipe's root)."),
     work_dir: Path = typer.Option(None, "--work-dir", help="Manifest, feature stores, soups, candidates [<out>_work]."),
-    overrides: list[str] = typer.Option(None, "--set", "-s", help="Recipe override: --set sampling.batch_clips=4"),
+    overrides: list[str] = typer.Option(
+        None, "--set", "-s", help="Recipe override: --set generation.sampling.batch_clips=4"
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing --out / --meta-out."),
 ) -> None:
     """Caption every clip of an audio folder with a recipe's system and write the validated Task 6 CSV + meta.
