@@ -42,6 +42,7 @@ import pandas as pd
 
 from dcase.decoding.rerank import (
     DEFAULT_THRESHOLD,
+    apply_fluency,
     lazy_fluency,
     make_candidates,
     rerank,
@@ -441,7 +442,7 @@ def _chunk_table(
     if checker is not None and g.fluency_scope == "lazy":
         table = lazy_fluency(table, checker.error_probabilities, g.w_enc, g.w_dec, g.fluency_threshold)
     elif checker is not None:
-        table["fluency_error_prob"] = np.asarray(checker.error_probabilities(table["text"].tolist()), np.float64)
+        table = apply_fluency(table, checker)
     return table
 
 
