@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from dcase.checkpoint import kind_of, resolve_checkpoint
 from dcase.data.datasets import AudioCache, fit_min_length, pad_waves
 from dcase.errors import CheckpointError, MissingInputError
 from dcase.evaluation.retrieval import AudioIndex, IndexConfig
@@ -40,7 +41,6 @@ class AudioEmbedder(Protocol):
 def load_embedder(path: str | Path) -> AudioEmbedder:
     """A retriever or CNext checkpoint folder (``dcase.checkpoint``) or a published CNext ``.pth`` -> an embedder in
     eval mode."""
-    from dcase.checkpoint import kind_of
     from dcase.models.cnext import CNext, load_cnext_checkpoint
 
     path = Path(path)
@@ -73,7 +73,7 @@ def embedder_provenance(model: AudioEmbedder, path: str | Path) -> dict[str, Any
         "extractor": type(model).__name__.lower(),
         "extractor_config": cfg_d,
         "checkpoint": path.name,
-        "checkpoint_sha256": fingerprint(path),
+        "checkpoint_sha256": fingerprint(resolve_checkpoint(path) if path.is_dir() else path),
         "sample_rate": int(model.sample_rate),
         "hop": None,
         "n_codebooks": None,
@@ -155,7 +155,7 @@ def audio_index(
     ids = [str(r.clip_id) for r in rows]
     on_disk = isinstance(source, str | Path) and Path(source).is_dir()
     key = {
-        "retriever": fingerprint(source) if on_disk else fingerprint(model),
+        "retriever": fingerprint(resolve_checkpoint(source)) if on_disk else fingerprint(model),
         "clips": hashlib.sha256("\n".join(f"{r.clip_id}\t{r.audio_path}" for r in rows).encode()).hexdigest(),
         "max_seconds": max_seconds,
     }

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dcase.checkpoint import resolve_checkpoint
 from dcase.decoding.rerank import (
     DEFAULT_THRESHOLD,
     apply_fluency,
@@ -166,7 +167,7 @@ def clip_audio_embeddings(
     from dcase.data.audio import load_clip
     from dcase.features.embed import embed_waves
 
-    sha = retriever_sha or fingerprint(retriever_path)
+    sha = retriever_sha or fingerprint(resolve_checkpoint(retriever_path))
     holders = [embed_stores._find(c) if hasattr(embed_stores, "_find") else embed_stores for c in rows["clip_id"]]
     same = all(h is not None and store_matches_retriever(h, sha) for h in holders)
     if how == "store" and not same:
@@ -234,8 +235,8 @@ def _plan_fingerprint(cfg: GenerateConfig, clip_ids: list[str]) -> dict[str, Any
     keep = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "device", "generation")}
     keep.update(settings)
     keep["sampling"] = {k: v for k, v in keep["sampling"].items() if k != "batch_clips"}
-    keep["captioner_sha256"] = [fingerprint(p) for p in cfg.captioners]
-    keep["retriever_sha256"] = fingerprint(cfg.retriever) if cfg.retriever else None
+    keep["captioner_sha256"] = [fingerprint(resolve_checkpoint(p)) for p in cfg.captioners]
+    keep["retriever_sha256"] = fingerprint(resolve_checkpoint(cfg.retriever)) if cfg.retriever else None
     keep["clips"] = hashlib.sha256("\n".join(clip_ids).encode()).hexdigest()
     keep["n_clips"] = len(clip_ids)
     return json.loads(json.dumps(keep, default=str))
