@@ -103,7 +103,7 @@ def minilm_retriever():
     from dcase.models.retriever import Retriever, RetrieverConfig, TextTowerConfig
 
     torch.manual_seed(0)
-    return Retriever(
+    return Retriever.build(
         RetrieverConfig(
             audio=CNextConfig.tiny(),
             joint_dim=1024,

@@ -38,7 +38,7 @@ def main() -> None:
         read_references,
         simple_tokenize,
     )
-    from dcase.submission import read_task6
+    from dcase.submission.formats import read_task6
 
     refs = read_references(args.oracle / "clotho_captions_evaluation.csv")
     pred = read_task6(args.oracle / "baseline_run1_predictions.csv")

@@ -2,6 +2,11 @@
 
 Every stage defines its own ``@dataclass`` config (nested dataclasses allowed). ``load_config`` builds it
 from an optional YAML file plus overrides; an unknown key is an error that lists the valid keys.
+
+An override's value is read according to the type of the field it targets: a ``str`` field keeps the raw text
+verbatim (``train.output_dir=/data/exp #3/run``); a list takes YAML flow syntax (``[a, b]``) or is a single item
+(a path containing ``, `` is never split); booleans, numbers and ``null`` are parsed as YAML. Code builds stage
+configs as typed objects (``dataclasses.replace``); ``with_overrides`` applies a user's ``--set`` strings to one.
 ``write_run_info`` records the resolved config, seed, git hash and package versions in a run directory.
 """
 
@@ -13,7 +18,7 @@ import logging
 import subprocess
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -64,7 +69,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(base)
     if origin in (list, tuple, Iterable) or base in (list, tuple):
         if isinstance(value, str):
-            value = [v for v in value.split(",") if v != ""]
+            value = [value] if value != "" else []  # one item: never split on ","
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         args = typing.get_args(base)
@@ -131,25 +136,63 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return conv(cfg)
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"a.b=3"`` -> (["a", "b"], 3). The value is parsed as YAML, so ``[1,2]``, ``null``, ``true`` work."""
+def _type_at(cls: type | None, path: Sequence[str]) -> Any:
+    """The annotated type of the field at ``path`` inside dataclass ``cls``; None when unknown."""
+    tp: Any = cls
+    for part in path:
+        base, _ = _strip_optional(tp)
+        if base is None or not dataclasses.is_dataclass(base):
+            return None
+        types_ = _field_types(base)
+        if part not in types_:
+            return None
+        tp = types_[part]
+    return tp
+
+
+def _yaml_value(raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw) if raw.strip() != "" else ""
+    except yaml.YAMLError:
+        return raw
+
+
+def _raw_value(raw: str, tp: Any) -> Any:
+    """The override text ``raw`` read for a field of type ``tp`` (see the module docstring)."""
+    base, optional = _strip_optional(tp)
+    if optional and raw.strip() in {"null", "Null", "NULL", "~"}:
+        return None
+    origin = typing.get_origin(base)
+    if base is str or (origin is typing.Literal and all(isinstance(a, str) for a in typing.get_args(base))):
+        return raw
+    if origin in (list, tuple) or base in (list, tuple):
+        if raw.strip().startswith("["):
+            return _yaml_value(raw)
+        if raw.strip() == "":
+            return []
+        args = [a for a in typing.get_args(base) if a is not Ellipsis]
+        return [_raw_value(raw, args[0] if args else Any)]
+    return _yaml_value(raw)
+
+
+def parse_override(text: str, cls: type | None = None) -> tuple[list[str], Any]:
+    """``"a.b=3"`` -> (["a", "b"], 3). With the config class ``cls`` the value is read for the type of the field it
+    targets (module docstring); without it (or for an unknown key) it is parsed as YAML."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key.path=value")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key:
         raise ConfigError(f"override {text!r} has an empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() != "" else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.split("."), value
+    path = key.split(".")
+    tp = _type_at(cls, path) if cls is not None else None
+    return path, (_raw_value(raw, tp) if tp is not None else _yaml_value(raw))
 
 
-def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Apply dotted overrides to a nested dict (in place, returned for chaining)."""
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str], cls: type | None = None) -> dict[str, Any]:
+    """Apply dotted overrides to a nested dict (in place, returned for chaining); ``cls`` types their values."""
     for text in overrides:
-        path, value = parse_override(text)
+        path, value = parse_override(text, cls)
         node = data
         for part in path[:-1]:
             nxt = node.get(part)
@@ -160,6 +203,15 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
             node = nxt
         node[path[-1]] = value
     return data
+
+
+def with_overrides(cfg: T, overrides: Iterable[str]) -> T:
+    """``cfg`` (a dataclass config) with dotted ``--set`` overrides applied; unknown keys are ConfigErrors."""
+    overrides = list(overrides)
+    if not overrides:
+        return cfg
+    cls = type(cfg)
+    return from_dict(cls, apply_overrides(to_dict(cfg), overrides, cls))
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -192,7 +244,7 @@ def _deep_merge(a: dict[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterable[str] = ()) -> T:
     """Load ``cls`` from defaults < YAML file (``_base_: other.yaml`` allowed) < dotted overrides."""
     data = to_dict(cls()) if path is None else _deep_merge(to_dict(cls()), load_yaml(path))
-    apply_overrides(data, overrides)
+    apply_overrides(data, overrides, cls)
     return from_dict(cls, data)
 
 

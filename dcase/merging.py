@@ -5,16 +5,17 @@
   shapes; integer / bool buffers (step counters, index tables) must be identical across ingredients.
 * :func:`greedy_soup`: ingredients sorted by their own validation score; each is added to the soup only if the
   soup's validation score improves (strictly).
-* :func:`soup_checkpoints`: the same on model directories saved as ``*.safetensors`` + JSON config (the
-  captioner's and the retriever's ``save_pretrained`` folders). Every ingredient's ``*config.json`` must be
-  identical (apart from a few bookkeeping keys); non-weight files are copied from the first ingredient.
+* :func:`soup_checkpoints`: the same on checkpoint folders (``dcase.checkpoint``: the captioner's, the retriever's
+  and CNext's ``save_pretrained`` folders), read and written through ``dcase.checkpoint``. Every ingredient must be
+  of the same kind with an identical config (apart from a few bookkeeping keys); the model's sub-folders
+  (``tokenizer/``, ``text/``) are copied from the first ingredient.
 
 Pure functions work on ``dict[str, torch.Tensor]``; only the ``*_checkpoints`` helpers touch files.
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import shutil
 import tempfile
@@ -177,49 +178,9 @@ def greedy_soup(
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _weight_files(d: Path) -> list[str]:
-    names = sorted(p.name for p in d.glob("*.safetensors"))
-    if not names:
-        raise MissingInputError(f"{d}: no *.safetensors weights (expected a save_pretrained directory)")
-    return names
-
-
-def _config_files(d: Path) -> list[str]:
-    return sorted(p.name for p in d.glob("*config.json"))
-
-
-def load_checkpoint_dir(d: str | Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
-    """({weight file: state dict}, {config file: parsed JSON}) of a save_pretrained directory."""
-    from safetensors.torch import load_file
-
-    d = Path(d)
-    if not d.is_dir():
-        raise MissingInputError(f"checkpoint directory {d} does not exist")
-    weights = {name: load_file(str(d / name)) for name in _weight_files(d)}
-    configs = {name: json.loads((d / name).read_text(encoding="utf-8")) for name in _config_files(d)}
-    return weights, configs
-
-
-def _write_dir(first: Path, out: Path, weights: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
-    """Copy non-weight files of ``first`` into ``out`` and write ``weights`` (safetensors)."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    out.mkdir(parents=True, exist_ok=True)
-    for p in first.iterdir():
-        if p.suffix == ".safetensors" or p.name in ("config.yaml", "run.json"):
-            continue
-        target = out / p.name
-        if p.is_dir():
-            shutil.copytree(p, target, dirs_exist_ok=True)
-        else:
-            shutil.copy2(p, target)
-    for name, sd in weights.items():
-        with safe_open(str(first / name), framework="pt") as f:
-            metadata = f.metadata()
-        tmp = out / f".{name}.tmp"
-        save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp), metadata=metadata)
-        tmp.replace(out / name)
+def _sub_folders(first: Path) -> dict[str, Callable[[Path], None]]:
+    """Writers copying the model's own sub-folders (tokenizer/, text/) of ``first`` into a new checkpoint."""
+    return {p.name: functools.partial(shutil.copytree, p) for p in sorted(first.iterdir()) if p.is_dir()}
 
 
 def soup_checkpoints(
@@ -231,12 +192,14 @@ def soup_checkpoints(
     overwrite: bool = False,
     ignore_config_keys: frozenset[str] = IGNORED_CONFIG_KEYS,
 ) -> Path:
-    """Average save_pretrained directories into ``out_dir`` (loadable the same way as the ingredients).
+    """Average checkpoint folders into ``out_dir`` (a checkpoint of the same kind, loadable the same way).
 
     ``method="uniform"``: all ingredients. ``method="greedy"``: needs ``evaluate_fn(model_dir) -> validation
     score``; ingredients are scored, candidate soups are written to a temporary folder and scored, and only
-    improving ingredients are kept. Writes ``config.yaml`` / ``run.json`` (ingredients, method, trace).
+    improving ingredients are kept. The soup folder also gets ``config.yaml`` / ``run.json`` (ingredients,
+    method, trace). It is written atomically.
     """
+    from dcase.checkpoint import kind_of, load_checkpoint, save_checkpoint
     from dcase.config import write_run_info
 
     if method not in ("uniform", "greedy"):
@@ -249,36 +212,25 @@ def soup_checkpoints(
         raise OutputExistsError(f"{out} exists and is not empty; pass overwrite=True (CLI: --overwrite)")
     if any(out.resolve() == d.resolve() for d in dirs):
         raise ValueError(f"{out} is one of the ingredients")
-    loaded = [load_checkpoint_dir(d) for d in dirs]
-    names = [sorted(w) for w, _ in loaded]
-    for d, n in zip(dirs[1:], names[1:], strict=True):
-        if n != names[0]:
-            raise SoupError(f"{d}: weight files {n} differ from {dirs[0]}: {names[0]}")
-    cfg_names = [sorted(c) for _, c in loaded]
-    for d, n in zip(dirs[1:], cfg_names[1:], strict=True):
-        if n != cfg_names[0]:
-            raise SoupError(f"{d}: config files {n} differ from {dirs[0]}: {cfg_names[0]}")
+    for d in dirs:
+        if not d.is_dir():
+            raise MissingInputError(f"checkpoint directory {d} does not exist")
+    kinds = [kind_of(d) for d in dirs]
+    if kinds[0] is None or any(k != kinds[0] for k in kinds):
+        raise SoupError(
+            f"ingredients must be checkpoints of one kind; found {dict(zip(map(str, dirs), kinds, strict=True))}"
+        )
+    kind = kinds[0]
+    loaded = [load_checkpoint(d, kind)[:2] for d in dirs]
     try:
-        check_compatible([c for _, c in loaded], ignore_config_keys)
+        check_compatible([c for c, _ in loaded], ignore_config_keys)
+        check_state_dicts([sd for _, sd in loaded])
     except SoupError as e:
         raise SoupError(f"{e} [ingredients: {[str(d) for d in dirs]}]") from e
-    # Treat all weight files of a directory as one flat state dict with "<file>::<param>" keys.
-    flat = [{f"{fn}::{k}": v for fn, sd in w.items() for k, v in sd.items()} for w, _ in loaded]
-    try:
-        check_state_dicts(flat)
-    except SoupError as e:
-        raise SoupError(f"{e} [ingredients: {[str(d) for d in dirs]}]") from e
-
-    def unflatten(sd: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-        out_w: dict[str, dict[str, torch.Tensor]] = {}
-        for key, v in sd.items():
-            fn, k = key.split("::", 1)
-            out_w.setdefault(fn, {})[k] = v
-        return out_w
-
+    config, subs = loaded[0][0], _sub_folders(dirs[0])
     extra: dict[str, Any] = {"ingredients": [str(d) for d in dirs], "method": method}
     if method == "uniform":
-        soup = uniform_soup(flat)
+        soup = uniform_soup([sd for _, sd in loaded])
         extra["chosen"] = list(range(len(dirs)))
     else:
         if evaluate_fn is None:
@@ -287,20 +239,15 @@ def soup_checkpoints(
         with tempfile.TemporaryDirectory(prefix="greedy_soup_") as tmpd:
 
             def eval_sd(sd: Mapping[str, torch.Tensor]) -> float:
-                trial = Path(tmpd) / "trial"
-                shutil.rmtree(trial, ignore_errors=True)
-                _write_dir(dirs[0], trial, unflatten(sd))
+                trial = save_checkpoint(sd, Path(tmpd) / "trial", kind, config, subs)
                 return float(evaluate_fn(trial))
 
-            result = greedy_soup(flat, eval_sd, greater_is_better, scores)
+            result = greedy_soup([sd for _, sd in loaded], eval_sd, greater_is_better, scores)
         soup = result.state_dict
         extra.update(chosen=result.chosen, score=result.score, trace=result.trace)
-    if out.exists() and overwrite:
-        shutil.rmtree(out)
-    staging = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    _write_dir(dirs[0], staging, unflatten(soup))
-    write_run_info(staging, {"soup": {"method": method, "ingredients": [str(d) for d in dirs]}}, None, extra)
-    staging.rename(out)
+    run = {"soup": {"method": method, "ingredients": [str(d) for d in dirs]}}
+    # run.json (+ config.yaml) of the soup, written inside the checkpoint folder being built
+    writers = {**subs, "run.json": lambda path: write_run_info(path.parent, run, None, extra)}
+    save_checkpoint(soup, out, kind, config, writers)
     log.info("soup of %d/%d ingredients written to %s", len(extra["chosen"]), len(dirs), out)
     return out

@@ -10,18 +10,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from dcase.captioner import (
-    CaptionDataset,
-    CaptionerStageConfig,
-    StoreChain,
-    check_coverage,
-    collate_codes,
-    load_rows,
-    load_stage_config,
-)
+from dcase.data.datasets import CaptionDataset, collate_codes
 from dcase.data.manifest import ManifestRow, write_manifest
-from dcase.features.store import FeatureStore, ShardWriter, finalize_store
+from dcase.data.manifest import load_captioned_rows as load_rows
+from dcase.features.store import FeatureStore, ShardWriter, StoreChain, check_coverage, finalize_store
 from dcase.models.enclap import EnCLAP
+from dcase.stages.captioner import CaptionerStageConfig, load_stage_config
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["a dog barks twice", "rain falls on a roof", "a bell rings loudly"]
@@ -284,7 +278,7 @@ def test_cli_pretrain_then_finetune_tiny(tmp_path):
 
 def test_captioner_resume_after_kill_is_bit_exact(tmp_path):
     """MCM masks (torch RNG), random crops (seed, epoch, item) and the run's tokenizer all survive a kill."""
-    from dcase.captioner import CaptionerTask
+    from dcase.stages.captioner import CaptionerTask
     from dcase.training import fit
 
     manifest, dac, emb = _corpus(tmp_path, frames=(30, 120))

@@ -81,7 +81,7 @@ def test_types_and_overrides() -> None:
     assert cfg.optim.lr == 5e-4 and cfg.use_mcm is False
     assert cfg.splits == ["development", "validation"] and cfg.optim.betas == (0.8, 0.99)
     assert cfg.model.kind == "t5" and cfg.model.dropout == 0.1 and cfg.name == "12"
-    assert load_config(Cfg, overrides=["splits=a,b"]).splits == ["a", "b"]
+    assert load_config(Cfg, overrides=["splits=a,b"]).splits == ["a,b"]  # one item: a plain value is never split
     assert load_config(Cfg, overrides=["model.dropout=null"]).model.dropout is None
     for bad, pattern in [
         ("model.d_model=1.5", r"model.d_model: expected an integer, got 1.5"),
@@ -128,3 +128,51 @@ def test_write_run_info(tmp_path: Path) -> None:
     assert "git_hash" in info and info["versions"]["python"]
     assert info["versions"]["numpy"] and info["versions"]["pandas"]
     assert not list(run.glob("*.tmp"))
+
+
+@dataclass
+class Paths:
+    output_dir: str = "runs/x"
+    manifests: list[str] = field(default_factory=list)
+    init: str | None = "ckpt"
+    shape: tuple[int, int] = (1, 2)
+    model: Model = field(default_factory=Model)
+
+
+def test_override_values_follow_the_field_type() -> None:
+    # a str field keeps the raw text verbatim: no YAML comment, no number, no null
+    assert load_config(Paths, overrides=["output_dir=/data/exp #3/run"]).output_dir == "/data/exp #3/run"
+    assert load_config(Paths, overrides=["output_dir=12"]).output_dir == "12"
+    assert load_config(Paths, overrides=["output_dir= spaced "]).output_dir == " spaced "
+    assert load_config(Paths, overrides=["output_dir=null"]).output_dir == "null"
+    # optional str: null is None, anything else verbatim
+    assert load_config(Paths, overrides=["init=null"]).init is None
+    assert load_config(Paths, overrides=["init=a: b #c"]).init == "a: b #c"
+    # lists: YAML flow syntax, or one item (a path with ", " survives)
+    assert load_config(Paths, overrides=["manifests=/data/a, b.parquet"]).manifests == ["/data/a, b.parquet"]
+    assert load_config(Paths, overrides=["manifests=[a.parquet, 'b, c.parquet']"]).manifests == [
+        "a.parquet",
+        "b, c.parquet",
+    ]
+    assert load_config(Paths, overrides=["manifests=/x #1.parquet"]).manifests == ["/x #1.parquet"]
+    assert load_config(Paths, overrides=["manifests="]).manifests == []
+    assert load_config(Paths, overrides=["shape=[3, 4]"]).shape == (3, 4)
+    # bools, ints, floats, None parse as before, nested
+    cfg = load_config(Paths, overrides=["model.d_model=8", "model.dropout=0.5", "model.dropout=null"])
+    assert cfg.model.d_model == 8 and cfg.model.dropout is None
+    with pytest.raises(ConfigError, match=r"\['outptu_dir'\].*valid keys: \['init', 'manifests'"):
+        load_config(Paths, overrides=["outptu_dir=/x"])
+    assert parse_override("output_dir=/a #b", Paths) == (["output_dir"], "/a #b")
+    assert parse_override("output_dir=/a #b") == (["output_dir"], "/a")  # without the class: plain YAML
+
+
+def test_with_overrides_applies_user_strings_to_a_typed_config() -> None:
+    from dcase.config import with_overrides
+
+    cfg = Paths(output_dir="/runs/a, b #1")
+    assert with_overrides(cfg, []) is cfg
+    out = with_overrides(cfg, ["model.n_layers=5", "manifests=[m.parquet]"])
+    assert out.output_dir == "/runs/a, b #1" and out.model.n_layers == 5 and out.manifests == ["m.parquet"]
+    assert cfg.model.n_layers == 2  # the input is not modified
+    with pytest.raises(ConfigError, match="valid keys"):
+        with_overrides(cfg, ["nope=1"])

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dcase.submission import validate_task6, validate_task8
+from dcase.submission.formats import validate_task6, validate_task8
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,7 @@ def test_demo_chain_end_to_end_and_resume(tmp_path: Path) -> None:
         "manifest.parquet",
         "features/dac/index.json",
         "features/emb/index.json",
-        "soup/enclap_config.json",
+        "soup/config.json",
         "decode/single_sampled_reranked.parquet",
         "decode/soup_sampled_reranked.parquet",
         "decoding_comparison.png",
@@ -102,9 +102,9 @@ def test_demo_chain_end_to_end_and_resume(tmp_path: Path) -> None:
     )
 
     # a rerun resumes: every step is found done, nothing is retrained
-    mtime = (out / "soup" / "enclap_config.json").stat().st_mtime
+    mtime = (out / "soup" / "config.json").stat().st_mtime
     second = _run(out)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "already done, skipping" in second.stderr
     assert "retriever training (m-LTM) ..." not in second.stderr
-    assert (out / "soup" / "enclap_config.json").stat().st_mtime == mtime
+    assert (out / "soup" / "config.json").stat().st_mtime == mtime

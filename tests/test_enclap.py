@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from dcase.losses import IGNORE_INDEX
@@ -272,3 +273,9 @@ def test_build_from_a_local_bart_directory(tmp_path):
     assert r.config == m.config and all(
         torch.equal(a, b) for a, b in zip(m.state_dict().values(), r.state_dict().values(), strict=True)
     )
+
+
+def test_constructor_does_no_io_pretrained_bart_comes_from_build_enclap() -> None:
+    cfg = EnCLAPConfig.tiny(bart_name_or_path="facebook/bart-large")
+    with pytest.raises(ValueError, match="build_enclap"):
+        EnCLAP(cfg)  # would otherwise download/load BART inside the constructor

@@ -3,6 +3,7 @@ fallback, audio-embedding source, greedy / beam modes, resume after a kill, and 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -17,8 +18,9 @@ from dcase.data.manifest import ManifestRow, write_manifest
 from dcase.decoding.rerank import read_candidates, rerank, selected_captions
 from dcase.decoding.sample import SamplingConfig
 from dcase.features.store import ShardWriter, finalize_store
-from dcase.generate import (
+from dcase.stages.generation import (
     GenerateConfig,
+    GenerationSettings,
     generate_candidates,
     parts_dir,
     sidecar_path,
@@ -38,9 +40,11 @@ def _single_thread():
 def corpus(tmp_path_factory):
     """5 tone clips; manifest; codec store (random codes); clip-embedding store made by the tiny retriever;
     a tiny captioner checkpoint; the retriever checkpoint."""
+    from _retriever_util import build_tiny_bert
+
     from dcase.features.extract import extract_embeddings
     from dcase.models.cnext import CNextConfig
-    from dcase.models.retriever import Retriever, RetrieverConfig, TextTowerConfig, build_tiny_bert
+    from dcase.models.retriever import Retriever, RetrieverConfig, TextTowerConfig
 
     tmp = tmp_path_factory.mktemp("gen")
     (tmp / "audio").mkdir()
@@ -80,6 +84,10 @@ def corpus(tmp_path_factory):
 
 
 def _cfg(c: Path, out: Path, **kw) -> GenerateConfig:
+    """A GenerateConfig for the corpus; keyword arguments naming GenerationSettings fields go to ``generation``."""
+    gen_fields = {f.name for f in dataclasses.fields(GenerationSettings)}
+    gen = dict(chunk_clips=2, sampling=SamplingConfig(num_candidates=6, max_new_tokens=10, batch_clips=2, seed=7))
+    gen.update({k: v for k, v in kw.items() if k in gen_fields})
     base = dict(
         captioners=[str(c / "cap")],
         retriever=str(c / "retriever"),
@@ -87,10 +95,9 @@ def _cfg(c: Path, out: Path, **kw) -> GenerateConfig:
         codec_stores=[str(c / "dac")],
         embed_stores=[str(c / "emb")],
         out=str(out),
-        chunk_clips=2,
-        sampling=SamplingConfig(num_candidates=6, max_new_tokens=10, batch_clips=2, seed=7),
+        generation=GenerationSettings(**gen),
     )
-    base.update(kw)
+    base.update({k: v for k, v in kw.items() if k not in gen_fields})
     return GenerateConfig(**base)
 
 
@@ -143,9 +150,9 @@ def test_generate_reranks_real_candidates(corpus, tmp_path):
         (c, t) for c, t in zip(disk.loc[disk["selected"], "clip_id"], disk.loc[disk["selected"], "text"], strict=True)
     ]
     # the clip embedding computed from the audio equals the store's (same retriever)
-    from dcase.captioner import StoreChain
-    from dcase.generate import clip_audio_embeddings
+    from dcase.features.store import StoreChain
     from dcase.models.retriever import Retriever
+    from dcase.stages.generation import clip_audio_embeddings
 
     ret = Retriever.from_pretrained(corpus / "retriever")
     rows = pd.read_parquet(corpus / "manifest.parquet")
@@ -218,7 +225,7 @@ def test_greedy_and_beam_give_one_candidate(corpus, tmp_path):
     for t in (g, b):
         assert t["clip_id"].value_counts().max() == 1 and t["selected"].all()
     m = EnCLAP.from_pretrained(corpus / "cap").eval()
-    from dcase.captioner import StoreChain
+    from dcase.features.store import StoreChain
 
     codes, emb = StoreChain.open([corpus / "dac"]), StoreChain.open([corpus / "emb"])
     cid = g["clip_id"].iloc[0]
@@ -233,12 +240,26 @@ def test_greedy_and_beam_give_one_candidate(corpus, tmp_path):
     assert g["text"].iloc[0] == m.decode_text(ids)[0]
 
 
-def test_resume_after_kill_equals_full_run(corpus, tmp_path):
+def test_resume_after_kill_equals_full_run(corpus, tmp_path, monkeypatch):
+    import dcase.stages.generation as generation
+
     full = generate_candidates(_cfg(corpus, tmp_path / "full.parquet"), progress=False)
     out = tmp_path / "resumed.parquet"
-    part = generate_candidates(_cfg(corpus, out), progress=False, stop_after_chunks=1)  # "killed" after chunk 0
+    chunk_table, done = generation._chunk_table, []
+
+    def killed_after_first_chunk(idx, *args, **kwargs):
+        if done:
+            raise KeyboardInterrupt("killed")
+        done.append(list(idx))
+        return chunk_table(idx, *args, **kwargs)
+
+    monkeypatch.setattr(generation, "_chunk_table", killed_after_first_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        generate_candidates(_cfg(corpus, out), progress=False)
+    monkeypatch.setattr(generation, "_chunk_table", chunk_table)
     assert not out.exists() and sorted(p.name for p in parts_dir(out).glob("part-*")) == ["part-00000.parquet"]
-    assert set(part["clip_id"]) == {"clip0.wav", "clip1.wav"}
+    part = pd.read_parquet(parts_dir(out) / "part-00000.parquet")
+    assert done == [[0, 1]] and set(part["clip_id"]) == {"clip0.wav", "clip1.wav"}
     with pytest.raises(ValueError, match="other settings.*sampling"):
         generate_candidates(
             _cfg(corpus, out, sampling=SamplingConfig(num_candidates=5, max_new_tokens=10)), progress=False
@@ -271,8 +292,10 @@ def test_bad_settings_are_clear_errors(corpus, tmp_path):
 
 
 def _other_retriever(tmp: Path) -> Path:
+    from _retriever_util import build_tiny_bert
+
     from dcase.models.cnext import CNextConfig
-    from dcase.models.retriever import Retriever, RetrieverConfig, TextTowerConfig, build_tiny_bert
+    from dcase.models.retriever import Retriever, RetrieverConfig, TextTowerConfig
 
     torch.manual_seed(9)
     ret = Retriever.build(
@@ -314,9 +337,9 @@ def test_cli_generate_and_tune_rerank(corpus, tmp_path):
             "--w-dec",
             "0.4",
             "--set",
-            "sampling.num_candidates=4",
+            "generation.sampling.num_candidates=4",
             "--set",
-            "sampling.max_new_tokens=8",
+            "generation.sampling.max_new_tokens=8",
         ],
     )
     assert res.exit_code == 0, res.output
@@ -373,9 +396,9 @@ def test_cli_generate_and_tune_rerank(corpus, tmp_path):
 def test_greedy_soup_with_the_builtin_captioner_evaluator(corpus, tmp_path):
     """dcase soup --method greedy --evaluator captioner: ingredients ranked and kept by validation CIDEr-D of their
     greedy captions; the soup never scores below its best ingredient, and run.json records the trace."""
-    from dcase.captioner import validation_score
     from dcase.cli import app
     from dcase.models.enclap import EnCLAP
+    from dcase.stages.captioner import validation_score
 
     noisy = EnCLAP.from_pretrained(corpus / "cap")
     g = torch.Generator().manual_seed(1)

@@ -11,8 +11,11 @@ import yaml
 from _decode_util import one_thread, tiny_captioner, write_tone
 from typer.testing import CliRunner
 
-from dcase.generate import load_task6_recipe, placeholder_fields, task6_rows
-from dcase.submission import build_meta, read_meta, validate_task6
+from dcase.checkpoint import kind_of
+from dcase.stages.generation import task6_rows
+from dcase.submission.formats import validate_task6
+from dcase.submission.meta import build_meta, placeholder_fields, read_meta
+from dcase.submission.recipes import load_task6_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,8 +30,9 @@ def test_shipped_recipes_mirror_the_report():
     for n, (n_cap, n_soup) in want.items():
         r = load_task6_recipe(REPO / "submissions" / f"task6_{n}.yaml")
         assert (len(r.captioners), len(r.soups)) == (n_cap, n_soup)
-        assert (r.sampling.top_p, r.sampling.temperature, r.sampling.num_candidates) == (0.95, 0.5, 30)
-        assert (r.w_enc, r.w_dec) == (0.7, 0.3)
+        g = r.generation
+        assert (g.sampling.top_p, g.sampling.temperature, g.sampling.num_candidates) == (0.95, 0.5, 30)
+        assert (g.w_enc, g.w_dec) == (0.7, 0.3)
         assert build_meta(r.meta, 6)["submission"]["label"] == f"Lastname_Institute_task6_{n}"
         assert {"lastname", "institute"} <= set(placeholder_fields(r.meta))
     soup5 = load_task6_recipe(REPO / "submissions" / "task6_2.yaml").soups[0]
@@ -36,9 +40,11 @@ def test_shipped_recipes_mirror_the_report():
 
 
 def test_cli_submit_task6_end_to_end(tmp_path):
+    from _retriever_util import build_tiny_bert
+
     from dcase.cli import app
     from dcase.models.cnext import CNextConfig
-    from dcase.models.retriever import Retriever, RetrieverConfig, TextTowerConfig, build_tiny_bert
+    from dcase.models.retriever import Retriever, RetrieverConfig, TextTowerConfig
 
     audio = tmp_path / "eval_audio"
     audio.mkdir()
@@ -61,15 +67,13 @@ def test_cli_submit_task6_end_to_end(tmp_path):
     recipe.update(
         root=str(root),
         captioners=["enclap/s0", "soup2"],
-        ensemble="token",
         retriever="retrievers/r",
         clip_embedder="retrievers/r",
         codec="tiny",
-        fluency_checker=None,
-        chunk_clips=2,
         soups=[{"name": "soup2", "ingredients": ["enclap/s0", "enclap/s1"], "method": "uniform"}],
     )
-    recipe["sampling"].update(num_candidates=4, max_new_tokens=8, batch_clips=2)
+    recipe["generation"].update(ensemble="token", fluency_checker=None, chunk_clips=2)
+    recipe["generation"]["sampling"].update(num_candidates=4, max_new_tokens=8, batch_clips=2)
     rpath = tmp_path / "recipe.yaml"
     rpath.write_text(yaml.safe_dump(recipe))
     out, meta = tmp_path / "t6.csv", tmp_path / "t6.meta.yaml"
@@ -95,7 +99,7 @@ def test_cli_submit_task6_end_to_end(tmp_path):
     assert dict(task6_rows(tmp_path / "work" / "candidates.parquet")) == dict(
         zip(df["file_name"], df["caption_predicted"], strict=True)
     )
-    assert (tmp_path / "work" / "soups" / "soup2" / "enclap_config.json").is_file()
+    assert kind_of(tmp_path / "work" / "soups" / "soup2") == "enclap"
     assert read_meta(meta)["submission"]["label"] == "Lastname_Institute_task6_1"
     res = CliRunner().invoke(app, args)  # no silent overwrite
     assert res.exit_code == 2 and "exists" in res.output
@@ -109,6 +113,6 @@ def test_recipe_errors_are_clear(tmp_path):
     from dcase.config import ConfigError
 
     p = tmp_path / "r.yaml"
-    p.write_text("captioners: [a]\nsampling: {top_k: 3}\n")
+    p.write_text("captioners: [a]\ngeneration: {sampling: {top_k: 3}}\n")
     with pytest.raises(ConfigError, match="top_k"):
         load_task6_recipe(p)

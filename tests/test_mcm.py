@@ -109,25 +109,31 @@ def test_total_loss_combines_caption_and_mcm_with_lambda():
 
 
 def test_masked_only_heads_equal_all_position_heads():
+    """The model scores only the masked frames; scoring every frame and ignoring the unmasked ones (computed here,
+    from the encoder output of the same corrupted input) gives the same MCM loss and head gradients."""
     torch.manual_seed(0)
     m = build_enclap(EnCLAPConfig.tiny(), CAPTIONS)
     codes = torch.randint(0, 16, (3, 4, 80))
     mask = torch.arange(80)[None] < torch.tensor([80, 50, 20])[:, None]
     clip = torch.randn(3, 8)
     labels = m.tokenize(CAPTIONS)
-    grads = []
-    outs = []
-    for all_pos in (False, True):
-        torch.manual_seed(7)  # same span mask
-        m.zero_grad()
-        out = m(codes, mask, clip, labels=labels, mcm=True, mcm_all_positions=all_pos)
-        out.loss.backward()
-        outs.append(out)
-        grads.append([p.grad.clone() for p in m.mcm_heads.parameters()])
-    assert torch.equal(outs[0].mcm_mask, outs[1].mcm_mask)
-    torch.testing.assert_close(outs[0].mcm_loss, outs[1].mcm_loss, rtol=1e-6, atol=1e-6)
-    for a, b in zip(*grads, strict=True):
+    torch.manual_seed(7)
+    m.zero_grad()
+    out = m(codes, mask, clip, labels=labels, mcm=True)
+    out.loss.backward()
+    grads_masked = [p.grad.clone() for p in m.mcm_heads.parameters()]
+    m.zero_grad()
+    corrupted = m._checked_codes(codes, mask).masked_fill(out.mcm_mask, m.config.mask_code)
+    hidden_all = m.encode(corrupted, mask, clip)[0].last_hidden_state[:, FIRST_CODE_SLOT : FIRST_CODE_SLOT + 80]
+    all_logits = [head(hidden_all).flatten(0, 1) for head in m.mcm_heads]
+    all_targets = [codes[:, n].masked_fill(~out.mcm_mask[:, n], IGNORE_INDEX).flatten() for n in range(4)]
+    all_loss, _ = mcm_loss(all_logits, all_targets)
+    (m.config.mcm_lambda * all_loss).backward()  # out.loss = caption loss (no head gradient) + lambda * MCM
+    grads_all = [p.grad.clone() for p in m.mcm_heads.parameters()]
+    torch.testing.assert_close(out.mcm_loss, all_loss, rtol=1e-6, atol=1e-6)
+    for a, b in zip(grads_masked, grads_all, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    outs = [out]
     # and against an independent per-position computation
     hidden = m.encode(codes.masked_fill(outs[0].mcm_mask, m.config.mask_code), mask, clip)[0].last_hidden_state
     total = 0.0

@@ -8,14 +8,15 @@ import pytest
 import torch
 from torch import nn
 
+from dcase.checkpoint import load_checkpoint, save_checkpoint
 from dcase.merging import (
     SoupError,
     check_compatible,
     greedy_soup,
-    load_checkpoint_dir,
     soup_checkpoints,
     uniform_soup,
 )
+from dcase.models.enclap import EnCLAP, EnCLAPConfig, build_enclap
 
 
 class Tiny(nn.Module):
@@ -31,15 +32,18 @@ def _sd(seed: int, hidden: int = 8) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in Tiny(hidden).state_dict().items()}
 
 
-def _save_dir(path, sd, config):
-    from safetensors.torch import save_file
+def _write_tokenizer(folder):
+    folder.mkdir()
+    (folder / "vocab.txt").write_text("a\nb\n")
 
-    path.mkdir(parents=True)
-    save_file(sd, str(path / "model.safetensors"))
-    (path / "config.json").write_text(json.dumps(config))
-    (path / "tokenizer").mkdir()
-    (path / "tokenizer" / "vocab.txt").write_text("a\nb\n")
-    return path
+
+def _save_dir(path, sd, config):
+    """A checkpoint folder (dcase.checkpoint) of kind "cnext" holding ``sd``, ``config`` and a tokenizer/ folder."""
+    return save_checkpoint(sd, path, "cnext", config, {"tokenizer": _write_tokenizer})
+
+
+def _weights(path):
+    return load_checkpoint(path, "cnext")[1]
 
 
 def test_soup_of_identical_models_is_the_model():
@@ -107,19 +111,19 @@ def test_soup_checkpoint_dirs(tmp_path):
     d1 = _save_dir(tmp_path / "c1", _sd(0), cfg)
     d2 = _save_dir(tmp_path / "c2", _sd(1), {**cfg, "_name_or_path": "y"})
     out = soup_checkpoints([d1, d2], tmp_path / "soup")
-    weights, configs = load_checkpoint_dir(out)
+    config, weights, _ = load_checkpoint(out, "cnext")
     a, b = _sd(0), _sd(1)
     for k in a:
         if a[k].is_floating_point():
-            assert torch.allclose(weights["model.safetensors"][k], (a[k] + b[k]) / 2)
-    assert configs["config.json"] == cfg
+            assert torch.allclose(weights[k], (a[k] + b[k]) / 2)
+    assert config == cfg
     assert (out / "tokenizer" / "vocab.txt").read_text() == "a\nb\n"
     run = json.loads((out / "run.json").read_text())
     assert run["method"] == "uniform" and run["chosen"] == [0, 1]
     with pytest.raises(FileExistsError):
         soup_checkpoints([d1, d2], out)
     d3 = _save_dir(tmp_path / "c3", _sd(2), {"hidden": 16})
-    with pytest.raises(SoupError, match=r"'config.json.hidden': 16 vs 8"):
+    with pytest.raises(SoupError, match=r"'hidden': 16 vs 8"):
         soup_checkpoints([d1, d3], tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
 
@@ -130,30 +134,28 @@ def test_greedy_soup_on_dirs(tmp_path):
     calls = []
 
     def evaluate(model_dir):
-        w, _ = load_checkpoint_dir(model_dir)
+        w = _weights(model_dir)
         calls.append(str(model_dir))
-        return -float((w["model.safetensors"]["w"][0] - 1.0) ** 2)
+        return -float((w["w"][0] - 1.0) ** 2)
 
     out = soup_checkpoints(dirs, tmp_path / "soup", method="greedy", evaluate_fn=evaluate)
     run = json.loads((out / "run.json").read_text())
     assert run["chosen"] == [0, 2]  # 0.9 first, then 1.2 (mean 1.05 better), 3.0 rejected
-    w, _ = load_checkpoint_dir(out)
-    assert w["model.safetensors"]["w"].item() == pytest.approx((0.9 + 1.2) / 2)
+    assert _weights(out)["w"].item() == pytest.approx((0.9 + 1.2) / 2)
     assert len(calls) == 3 + 2  # 3 individual scores + 2 trial soups
 
 
 def test_soup_of_enclap_checkpoints(tmp_path):
     """Works on the captioner's save_pretrained folders (tied weights, tokenizer folder) and loads back."""
-    enclap = pytest.importorskip("dcase.models.enclap")
     caps = ["a dog barks", "rain falls on a roof", "a car passes by"] * 4
     models = []
     for seed in (0, 1):
         torch.manual_seed(seed)
-        m = enclap.build_enclap(enclap.EnCLAPConfig.tiny(), captions=caps)
+        m = build_enclap(EnCLAPConfig.tiny(), captions=caps)
         m.save_pretrained(tmp_path / f"m{seed}")
         models.append(m)
     out = soup_checkpoints([tmp_path / "m0", tmp_path / "m1"], tmp_path / "soup")
-    soup = enclap.EnCLAP.from_pretrained(out)
+    soup = EnCLAP.from_pretrained(out)
     sd0, sd1 = models[0].state_dict(), models[1].state_dict()
     for k, v in soup.state_dict().items():
         if v.is_floating_point():
@@ -170,7 +172,7 @@ def test_cli_soup(tmp_path):
     runner = CliRunner()
     res = runner.invoke(app, ["soup", str(d1), str(d2), "--out", str(tmp_path / "soup")])
     assert res.exit_code == 0, res.output
-    w, _ = load_checkpoint_dir(tmp_path / "soup")
-    assert torch.allclose(w["model.safetensors"]["out.bias"], (_sd(0)["out.bias"] + _sd(1)["out.bias"]) / 2)
+    w = _weights(tmp_path / "soup")
+    assert torch.allclose(w["out.bias"], (_sd(0)["out.bias"] + _sd(1)["out.bias"]) / 2)
     res = runner.invoke(app, ["soup", str(d1), str(d2), "--out", str(tmp_path / "g"), "--method", "greedy"])
     assert res.exit_code == 2  # greedy without an evaluator is a user error

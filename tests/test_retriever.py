@@ -8,13 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _retriever_util import build_tiny_bert
 
+from dcase.checkpoint import kind_of
+from dcase.errors import CheckpointError
 from dcase.models.cnext import CNextConfig
 from dcase.models.retriever import (
     Retriever,
     RetrieverConfig,
     TextTowerConfig,
-    build_tiny_bert,
     load_text_tower,
     pool_tokens,
 )
@@ -60,8 +62,8 @@ def test_save_load_round_trip_offline(tmp_path: Path) -> None:
     lengths = torch.tensor([8000, 5000])
     torch.testing.assert_close(back.embed_audio(waves, lengths), model.embed_audio(waves, lengths))
     torch.testing.assert_close(back.metric_L, model.metric_L)
-    assert (ckpt / "text" / "config.json").is_file() and (ckpt / "retriever_config.json").is_file()
-    with pytest.raises(FileNotFoundError, match="retriever_config.json"):
+    assert (ckpt / "text" / "config.json").is_file() and kind_of(ckpt) == "retriever"
+    with pytest.raises(CheckpointError, match="config.json"):
         Retriever.from_pretrained(tmp_path)
 
 
@@ -99,3 +101,26 @@ def test_minilm_text_tower_offline() -> None:
     ours = torch.nn.functional.normalize(feats, dim=1).numpy()
     np.testing.assert_allclose(ours, ref, atol=1e-4)
     assert model.embed_text(caps).shape == (2, 24)
+
+
+def test_constructor_is_pure_and_tiny_bert_lives_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    from dcase.models.retriever import tiny_bert
+
+    def no_temp(*args, **kwargs):
+        raise AssertionError("no temporary folder may be written")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", no_temp)
+    monkeypatch.setattr(tempfile, "mkstemp", no_temp)
+    cfg = RetrieverConfig.tiny()
+    assert cfg.text.name_or_path == "tiny-bert" and cfg.audio == CNextConfig.tiny() and cfg.text.pooling == "auto"
+    torch.manual_seed(0)
+    model = Retriever.build(cfg)  # pooling resolved into the model's config, the caller's config untouched
+    assert model.config.text.pooling == "mean" and cfg.text.pooling == "auto"
+    assert model.tokenizer.tokenize("a low hum").count("[UNK]") == 0
+    text_model, tok = tiny_bert(16, 1)
+    with pytest.raises(ValueError, match="pooling must be resolved"):
+        Retriever(cfg, text_model, tok)
+    pure = Retriever(model.config, text_model, tok)  # only builds modules from the given parts
+    assert pure.text_encoder is text_model and pure.tokenizer is tok and pure.embed_dim == 16

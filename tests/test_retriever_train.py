@@ -11,10 +11,11 @@ import pytest
 import soundfile as sf
 import torch
 
+from dcase.checkpoint import kind_of
 from dcase.data.manifest import ManifestRow, write_manifest
 from dcase.models.cnext import CNextConfig
 from dcase.models.retriever import RetrieverConfig, TextTowerConfig
-from dcase.retriever import (
+from dcase.stages.retriever import (
     RetrieverDataConfig,
     RetrieverStageConfig,
     evaluate_retrievers,
@@ -108,7 +109,7 @@ def test_tiny_retriever_learns_and_ranks_task8(tmp_path: Path, one_thread: None)
         ),
     )
     best = train_retriever(cfg)
-    assert (best / "retriever_config.json").is_file()
+    assert kind_of(best) == "retriever" and kind_of(best.parents[1]) == "retriever"  # a run folder: its best
 
     res = evaluate_retrievers([best], manifest, "validation")
     n_items = res["items"]
@@ -144,7 +145,7 @@ def test_tiny_retriever_learns_and_ranks_task8(tmp_path: Path, one_thread: None)
     from typer.testing import CliRunner
 
     from dcase.cli import app
-    from dcase.submission import validate_task8
+    from dcase.submission.formats import validate_task8
 
     runner = CliRunner()
     res_json = tmp_path / "eval.json"

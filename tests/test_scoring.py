@@ -192,21 +192,25 @@ def test_fense_sbert_fer_run_when_models_are_given(tmp_path):
         assert "SPIDEr" in s.missing["spider_fl"]
 
 
+CLOTHO_HEADER = "file_name,caption_1,caption_2,caption_3,caption_4,caption_5\n"
+
+
 def test_reference_and_prediction_joins(tmp_path):
     refs = tmp_path / "refs.csv"
-    refs.write_text('file_name,caption_1,caption_2\na.wav,"a dog, barking",a dog\nb.wav,rain,\n')
-    assert read_references(refs) == {"a.wav": ["a dog, barking", "a dog"], "b.wav": ["rain"]}
+    refs.write_text(CLOTHO_HEADER + 'a.wav,"a dog, barking",a dog,d3,d4,d5\nb.wav, rain ,r2,r3,r4,r5\n')
+    want = {"a.wav": ["a dog, barking", "a dog", "d3", "d4", "d5"], "b.wav": ["rain", "r2", "r3", "r4", "r5"]}
+    assert read_references(refs) == want
     preds = tmp_path / "p.csv"
     preds.write_text("file_name,caption_predicted\na.wav,a dog barks\nc.wav,rain\n")
     with pytest.raises(ValueError, match=r"b\.wav.*c\.wav"):
         score_caption_files(preds, refs, ["bleu_1"])
     bad = tmp_path / "bad_refs.csv"
-    bad.write_text("file_name,caption_1\na.wav,x\na.wav,y\n")
-    with pytest.raises(ValueError, match="duplicate file_name 'a.wav'"):
+    bad.write_text(CLOTHO_HEADER + "a.wav,x,x,x,x,x\na.wav,y,y,y,y,y\n")
+    with pytest.raises(ValueError, match="duplicate file_name.*'a.wav'"):
         read_references(bad)
     empty = tmp_path / "empty_refs.csv"
-    empty.write_text("file_name,caption_1\na.wav,\n")
-    with pytest.raises(ValueError, match="no reference"):
+    empty.write_text(CLOTHO_HEADER + "a.wav,x,x,,x,x\n")
+    with pytest.raises(ValueError, match="empty caption in column.*caption_3"):
         read_references(empty)
     with pytest.raises(ValueError, match="found 1 candidates for 2"):
         evaluate_captions(["x"], [["y"], ["z"]], ["bleu_1"])
@@ -216,18 +220,19 @@ def test_retrieval_csv_hand_case(tmp_path):
     from dcase.cli import app
 
     refs = tmp_path / "refs.csv"
-    refs.write_text("file_name,caption_1,caption_2\na.wav,dog barks,a dog\nb.wav,rain falls,a dog\n")
+    refs.write_text(CLOTHO_HEADER + "a.wav,dog barks,a dog,a1,a2,a3\nb.wav,rain falls,a dog,b1,b2,b3\n")
     names = [f"f{i}.wav" for i in range(8)]
 
     def row(caption, ranked):
         return ",".join([caption, *ranked])
 
-    # queries in reference order: (dog barks->a), (a dog->a), (rain falls->b), (a dog->b)
+    # 10 queries in reference order: dog barks->a, a dog->a, a1..a3->a, rain falls->b, a dog->b, b1..b3->b
     lines = [
         row("dog barks", ["a.wav", "b.wav", *names]),  # rank 1
         row("rain falls", [*names[:4], "b.wav", "a.wav", *names[4:]]),  # rank 5
         row("a dog", ["b.wav", "a.wav", *names]),  # 1st "a dog" -> relevant a.wav: rank 2
         row("a dog", [*names, "x.wav", "y.wav"]),  # 2nd "a dog" -> relevant b.wav: absent
+        *(row(q, [*names, "x.wav", "y.wav"]) for q in ("a1", "a2", "a3", "b1", "b2", "b3")),  # absent
     ]
     pred = tmp_path / "t8.csv"
     pred.write_text("caption," + ",".join(f"fname_{i}" for i in range(1, 11)) + "\n" + "\n".join(lines) + "\n")
@@ -235,11 +240,11 @@ def test_retrieval_csv_hand_case(tmp_path):
     res = CliRunner().invoke(app, ["score", "retrieval", str(pred), "--references", str(refs), "--out", str(out)])
     assert res.exit_code == 0, res.output
     got = json.loads(out.read_text())
-    assert got["map_at_10"] == pytest.approx((1 + 1 / 5 + 1 / 2 + 0) / 4)
-    assert got["r_at_1"] == pytest.approx(1 / 4)
-    assert got["r_at_5"] == pytest.approx(3 / 4)
-    assert got["r_at_10"] == pytest.approx(3 / 4)
-    assert math.isclose(got["n_queries"], 4)
+    assert got["map_at_10"] == pytest.approx((1 + 1 / 5 + 1 / 2 + 0) / 10)
+    assert got["r_at_1"] == pytest.approx(1 / 10)
+    assert got["r_at_5"] == pytest.approx(3 / 10)
+    assert got["r_at_10"] == pytest.approx(3 / 10)
+    assert math.isclose(got["n_queries"], 10)
 
 
 def test_checker_found_by_default_vs_configured(tmp_path, monkeypatch):
@@ -271,7 +276,7 @@ def test_checker_found_by_default_vs_configured(tmp_path, monkeypatch):
 
 def test_duplicate_predictions_are_named(tmp_path):
     refs = tmp_path / "refs.csv"
-    refs.write_text("file_name,caption_1\na.wav,a dog\nb.wav,rain\n")
+    refs.write_text(CLOTHO_HEADER + "a.wav,a dog,a,a,a,a\nb.wav,rain,r,r,r,r\n")
     preds = tmp_path / "p.csv"
     preds.write_text("file_name,caption_predicted\na.wav,a dog\na.wav,a cat\nb.wav,rain\n")
     with pytest.raises(ValueError, match=r"duplicate file_name rows: \['a.wav'\]"):

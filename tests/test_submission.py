@@ -8,20 +8,19 @@ import soundfile as sf
 import yaml
 from typer.testing import CliRunner
 
-from dcase.submission import (
+from dcase.submission.formats import (
     TASK6_COLUMNS,
     TASK8_COLUMNS,
     SubmissionError,
-    build_meta,
-    package_submission,
     read_task6,
     read_task8,
     validate_task6,
     validate_task8,
-    write_meta,
     write_task6,
     write_task8,
 )
+from dcase.submission.meta import build_meta, write_meta
+from dcase.submission.package import package_submission
 
 TRICKY = [
     ("a.wav", 'a dog barks, then "woof" again'),
@@ -107,6 +106,9 @@ def test_task6_validator_rejections(tmp_path):
         validate_task6(width)
 
 
+CLOTHO_HEADER = "file_name,caption_1,caption_2,caption_3,caption_4,caption_5\n"
+
+
 def _t8_rows(queries, pool):
     return [(q, [pool[(i + j) % len(pool)] for j in range(10)]) for i, q in enumerate(queries)]
 
@@ -139,9 +141,9 @@ def test_task8_validator_rejections(tmp_path):
     with pytest.raises(SubmissionError, match=r"not in the audio folder: \['zzz.wav'\]"):
         write_task8([("q", [*pool[:9], "zzz.wav"])], tmp_path / "x.csv", audio_dir=audio)
     refs = tmp_path / "refs.csv"
-    refs.write_text("file_name,caption_1,caption_2\nc0.wav,q1,q2\n")
+    refs.write_text(CLOTHO_HEADER + "c0.wav,q1,q2,q3,q4,q5\n")
     path = write_task8([("q1", pool[:10])], tmp_path / "one.csv")
-    with pytest.raises(SubmissionError, match="1 rows for 2 queries"):
+    with pytest.raises(SubmissionError, match="1 rows for 5 queries"):
         validate_task8(path, references=refs)
     swapped = write_task8([("q2", pool[:10]), ("q1", pool[:10])], tmp_path / "two.csv")
     with pytest.raises(SubmissionError, match="order must match"):
@@ -220,7 +222,7 @@ def test_cli_validate_and_package(tmp_path):
 
 
 def test_task8_rows_from_scores():
-    from dcase.submission import task8_rows_from_scores
+    from dcase.submission.formats import task8_rows_from_scores
 
     names = [f"n{i}.wav" for i in range(12)]
     rng = np.random.default_rng(0)
@@ -235,3 +237,26 @@ def test_task8_rows_from_scores():
         task8_rows_from_scores(["q"], names, sim)
     with pytest.raises(ValueError, match="top-10"):
         task8_rows_from_scores(["q"], names[:5], sim[:1, :5])
+
+
+def test_folder_rows_is_the_one_folder_scan(tmp_path):
+    from dcase.data.manifest import folder_rows, validate
+    from dcase.errors import MissingInputError
+
+    d = tmp_path / "eval audio"
+    d.mkdir()
+    for name, seconds in (("b, 2.wav", 0.5), ("a.flac", 0.25)):
+        sf.write(d / name, np.zeros(int(16000 * seconds), np.float32), 16000)
+    (d / "notes.txt").write_text("x")
+    (d / ".hidden.wav").write_bytes(b"")
+    (d / "sub").mkdir()
+    df = folder_rows(d, "evaluation")
+    assert df["clip_id"].tolist() == ["a.flac", "b, 2.wav"]
+    assert df["audio_path"].tolist() == [str((d / "a.flac").resolve()), str((d / "b, 2.wav").resolve())]
+    assert df["duration_s"].tolist() == [0.25, 0.5] and df["sample_rate"].tolist() == [16000, 16000]
+    assert (df["split"] == "evaluation").all() and (df["captions"].map(len) == 0).all()
+    validate(df, allow_empty_captions=["evaluation"])
+    with pytest.raises(MissingInputError, match="no audio files"):
+        folder_rows(d / "sub", "evaluation")
+    with pytest.raises(MissingInputError, match="does not exist"):
+        folder_rows(tmp_path / "nope", "evaluation")

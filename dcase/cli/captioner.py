@@ -10,7 +10,7 @@ app = typer.Typer(no_args_is_help=True)
 
 
 def _run(config: str | None, overrides: list[str] | None, init: str | None, mcm: bool) -> None:
-    from dcase.captioner import load_stage_config, train_captioner
+    from dcase.stages.captioner import load_stage_config, train_captioner
 
     cfg = load_stage_config(config, overrides or [], init=init, mcm=mcm)
     best = train_captioner(cfg)
@@ -72,12 +72,14 @@ def caption(
     import pandas as pd
     import torch
 
-    from dcase.captioner import CaptionDataset, StoreChain, check_coverage, generate_captions
+    from dcase.data.datasets import CaptionDataset
     from dcase.data.manifest import read_manifest
+    from dcase.features.store import StoreChain, check_coverage
     from dcase.io import atomic_path
     from dcase.models.enclap import EnCLAP
+    from dcase.stages.captioner import generate_captions
 
-    model = EnCLAP.from_pretrained(checkpoint, map_location="cuda" if torch.cuda.is_available() else "cpu").eval()
+    model = EnCLAP.from_pretrained(checkpoint, device="cuda" if torch.cuda.is_available() else "cpu").eval()
     df = read_manifest(manifest, [split] if split else None).reset_index(drop=True)
     codes, embeds = StoreChain.open(codec_store), StoreChain.open(embed_store)
     check_coverage(df, codes, embeds, manifest)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import typer
@@ -63,7 +64,7 @@ def soup(
     if evaluator == "captioner":
         import functools
 
-        from dcase.captioner import validation_score
+        from dcase.stages.captioner import validation_score
 
         if manifest is None or not codec_store or not embed_store:
             raise ValueError("--evaluator captioner needs --manifest, --codec-store and --embed-store")
@@ -110,7 +111,9 @@ def generate(
     device: str = typer.Option(None, "--device", help="cpu | cuda | cuda:1 ..."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
     config: Path = typer.Option(None, "--config", "-c", help="YAML (configs/dcase2024/generate.yaml)."),
-    overrides: list[str] = typer.Option(None, "--set", "-s", help="Dotted override: --set sampling.num_candidates=10"),
+    overrides: list[str] = typer.Option(
+        None, "--set", "-s", help="Dotted override: --set generation.sampling.num_candidates=10"
+    ),
 ) -> None:
     """Sample candidate captions, score (retriever cosine, log-likelihood, FENSE fluency) and rerank them.
 
@@ -121,34 +124,35 @@ def generate(
     Resumable: rerun the same command after an interruption. Several --captioner: --ensemble token|pool.
     """
     from dcase.config import load_config
-    from dcase.generate import GenerateConfig, generate_candidates
+    from dcase.stages.generation import GenerateConfig, generate_candidates
 
     cfg = load_config(GenerateConfig, config, list(overrides or []))
     given = {
         "captioners": [str(p) for p in captioner] if captioner else None,
-        "ensemble": ensemble,
         "retriever": str(retriever) if retriever else None,
         "manifest": str(manifest) if manifest else None,
         "split": split,
         "codec_stores": [str(p) for p in codec_store] if codec_store else None,
         "embed_stores": [str(p) for p in embed_store] if embed_store else None,
         "out": str(out) if out else None,
+        "device": device,
+    }
+    gen_given = {
+        "ensemble": ensemble,
         "fluency_checker": str(fluency_checker) if fluency_checker else None,
         "fluency_backbone": str(fluency_backbone) if fluency_backbone else None,
         "w_enc": w_enc,
         "fluency_scope": fluency_scope,
         "w_dec": w_dec,
-        "device": device,
     }
-    for k, v in given.items():
-        if v is not None:
-            setattr(cfg, k, v)
     if greedy and beam:
         raise ValueError("give at most one of --greedy and --beam N")
     if greedy:
-        cfg.mode = "greedy"
+        gen_given["mode"] = "greedy"
     if beam:
-        cfg.mode, cfg.num_beams = "beam", beam
+        gen_given.update(mode="beam", num_beams=beam)
+    generation = dataclasses.replace(cfg.generation, **{k: v for k, v in gen_given.items() if v is not None})
+    cfg = dataclasses.replace(cfg, generation=generation, **{k: v for k, v in given.items() if v is not None})
     table = generate_candidates(cfg, progress=True, overwrite=overwrite)
     n_clips = table["clip_id"].nunique()
     typer.echo(f"{cfg.out}: {len(table)} candidates for {n_clips} clips")
@@ -169,7 +173,7 @@ def tune_rerank(
     Example: dcase tune-rerank --candidates runs/gen_val/candidates.parquet
     --references clotho/clotho_captions_validation.csv --out runs/tune --metric cider_d
     """
-    from dcase.generate import tune_rerank_weights
+    from dcase.stages.generation import tune_rerank_weights
 
     try:
         grid = [float(w) for w in weights.split(",") if w.strip()]

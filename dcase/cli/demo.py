@@ -38,7 +38,7 @@ def demo(
       dcase demo --out /tmp/quick --set clips=120 --set num_candidates=10
     """
     from dcase.config import load_config
-    from dcase.demo import REPO_CONFIGS, DemoConfig, run_demo, summary_lines
+    from dcase.stages.demo import REPO_CONFIGS, DemoConfig, run_demo, summary_lines
 
     path = config if config is not None else (REPO_CONFIGS / "demo.yaml")
     cfg = load_config(DemoConfig, path if path.is_file() else None, overrides or [])

@@ -32,7 +32,7 @@ def train(
     Rerunning the same command resumes from train.output_dir/state.
     """
     from dcase.config import load_config
-    from dcase.retriever import RetrieverStageConfig, train_retriever
+    from dcase.stages.retriever import RetrieverStageConfig, train_retriever
 
     cfg = load_config(RetrieverStageConfig, config, overrides or [])
     if init:
@@ -61,7 +61,7 @@ def evaluate(
     import torch
 
     from dcase.io import atomic_write_text
-    from dcase.retriever import evaluate_retrievers
+    from dcase.stages.retriever import evaluate_retrievers
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     res = evaluate_retrievers(
@@ -105,8 +105,8 @@ def rank(
     """
     import torch
 
-    from dcase.retriever import rank_task8
-    from dcase.submission import write_task8
+    from dcase.stages.retriever import rank_task8
+    from dcase.submission.formats import write_task8
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = rank_task8(

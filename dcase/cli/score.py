@@ -67,7 +67,7 @@ def retrieval(
     import json
 
     from dcase.evaluation.captions import write_scores_json
-    from dcase.submission import score_task8_files
+    from dcase.evaluation.retrieval import score_task8_files
 
     scores = score_task8_files(predictions, references)
     if out:

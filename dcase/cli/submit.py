@@ -23,7 +23,7 @@ def validate6(
 
     Example: dcase submit validate task6 Kim_SNU_task6_1.output.csv --audio-dir clotho/evaluation
     """
-    from dcase.submission import validate_task6
+    from dcase.submission.formats import validate_task6
 
     df = validate_task6(file, audio_dir)
     typer.secho(f"ok: {file} ({len(df)} clips)", fg=typer.colors.GREEN)
@@ -40,7 +40,7 @@ def validate8(
 
     Example: dcase submit validate task8 Kim_SNU_task8_1.output.csv --references retrieval_captions.csv
     """
-    from dcase.submission import validate_task8
+    from dcase.submission.formats import validate_task8
 
     df = validate_task8(file, references, audio_dir)
     typer.secho(f"ok: {file} ({len(df)} queries)", fg=typer.colors.GREEN)
@@ -72,7 +72,7 @@ def package(
 
     Example: dcase submit package --task6 t6_1.csv:t6_1.meta.yaml --task8 t8_1.csv:t8_1.meta.yaml --out package
     """
-    from dcase.submission import package_submission
+    from dcase.submission.package import package_submission
 
     folders = package_submission(
         out,
@@ -97,7 +97,9 @@ def task6(
     meta_out: Path = typer.Option(None, "--meta-out", help="DCASE meta YAML to write from the recipe's meta."),
     root: Path = typer.Option(None, "--root", help="Checkpoint root (overrides the recipe's root)."),
     work_dir: Path = typer.Option(None, "--work-dir", help="Manifest, feature stores, soups, candidates [<out>_work]."),
-    overrides: list[str] = typer.Option(None, "--set", "-s", help="Recipe override: --set sampling.batch_clips=4"),
+    overrides: list[str] = typer.Option(
+        None, "--set", "-s", help="Recipe override: --set generation.sampling.batch_clips=4"
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing --out / --meta-out."),
 ) -> None:
     """Caption every clip of an audio folder with a recipe's system and write the validated Task 6 CSV + meta.
@@ -110,7 +112,8 @@ def task6(
     candidates (dcase generate); the CSV, validated against the folder. Checkpoints come from the recipe (paths
     under its root): train them first with dcase captioner finetune / dcase retriever train.
     """
-    from dcase.generate import load_task6_recipe, placeholder_fields, run_task6_recipe
+    from dcase.submission.meta import placeholder_fields
+    from dcase.submission.recipes import load_task6_recipe, run_task6_recipe
 
     rec = load_task6_recipe(recipe, list(overrides or []))
     csv_path, meta_path = run_task6_recipe(rec, audio_dir, out, meta_out, work_dir, root, overwrite)
@@ -148,8 +151,8 @@ def task8(
     """
     import torch
 
-    from dcase.generate import placeholder_fields
-    from dcase.retriever import load_task8_recipe, run_task8_recipe
+    from dcase.submission.meta import placeholder_fields
+    from dcase.submission.recipes import load_task8_recipe, run_task8_recipe
 
     rec = load_task8_recipe(recipe, list(overrides or []))
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -219,3 +219,25 @@ def stats(df: pd.DataFrame) -> pd.DataFrame:
     out = g.agg(clips=("clip_id", "size"), captions=("n_captions", "sum"), hours=("duration_s", "sum"))
     out["hours"] = out["hours"] / 3600.0
     return out.reset_index()
+
+
+def folder_rows(audio_dir: str | Path, split: str, source: str = "clotho") -> pd.DataFrame:
+    """The one "folder of audio files -> caption-less manifest rows": every audio file directly in ``audio_dir``
+    (``data.audio.AUDIO_EXTENSIONS``), sorted by name, clip_id = file name, absolute ``audio_path``, duration and
+    sample rate from the header. Used for evaluation folders (Task 6) and retrieval collections (Task 8)."""
+    from dcase.data.audio import AUDIO_EXTENSIONS, audio_info, is_audio_file
+    from dcase.errors import MissingInputError
+
+    d = Path(audio_dir)
+    if not d.is_dir():
+        raise MissingInputError(f"audio folder {d} does not exist")
+    files = sorted(p for p in d.iterdir() if p.is_file() and is_audio_file(p.name))
+    if not files:
+        raise MissingInputError(f"{d}: no audio files ({', '.join(AUDIO_EXTENSIONS)})")
+    rows = []
+    for p in files:
+        duration, sample_rate = audio_info(p)
+        rows.append(ManifestRow(p.name, str(p.resolve()), split, source, duration, sample_rate))
+    df = to_frame(rows)
+    validate(df, where=str(d), allow_empty_captions=[split])
+    return df

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,16 +62,6 @@ DEFAULT_THRESHOLD = 0.9
 
 class CandidatesError(InputError):
     """The candidates table breaks its schema; the message names the column / clip / row."""
-
-
-@dataclass
-class RerankConfig:
-    """Reranking weights and fluency threshold (report §3.1: 0.7 / 0.3; FENSE threshold 0.9).
-    ``threshold=None`` switches the fluency filter off."""
-
-    w_enc: float = DEFAULT_W_ENC
-    w_dec: float = DEFAULT_W_DEC
-    threshold: float | None = DEFAULT_THRESHOLD
 
 
 def make_candidates(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:

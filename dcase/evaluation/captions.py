@@ -677,35 +677,17 @@ def _compute(
 
 
 def read_references(path: str | Path) -> dict[str, list[str]]:
-    """Clotho captions CSV (``file_name,caption_1..caption_5``) -> ``{file_name: [captions]}`` in file order.
+    """Clotho captions CSV (``file_name,caption_1..caption_5``) -> ``{file_name: [captions]}`` in file order, read
+    by ``dcase.data.clotho.read_clotho_captions`` (captions stripped of surrounding spaces).
 
-    Empty reference cells are dropped; a clip without any reference, a duplicate file name or a missing
-    ``file_name`` / ``caption_*`` column is an error naming the file and row.
+    A missing file or column, an empty caption or a duplicate file name is an error naming the file and row.
     """
-    import pandas as pd
+    from dcase.data.clotho import read_clotho_captions
 
     path = Path(path)
     if not path.is_file():
         raise MissingInputError(f"references file {path} does not exist")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    cap_cols = [c for c in df.columns if re.fullmatch(r"caption_\d+", str(c))]
-    if "file_name" not in df.columns or not cap_cols:
-        raise ValueError(
-            f"{path}: expected columns file_name,caption_1..caption_5 (Clotho format), found {list(df.columns)}"
-        )
-    out: dict[str, list[str]] = {}
-    for i, rec in enumerate(df[["file_name", *cap_cols]].to_dict("records")):
-        line, name = i + 2, rec["file_name"]
-        if not name:
-            raise ValueError(f"{path} line {line}: empty file_name")
-        if name in out:
-            raise ValueError(f"{path} line {line}: duplicate file_name {name!r}")
-        caps = [str(rec[c]).strip() for c in cap_cols]
-        caps = [c for c in caps if c]
-        if not caps:
-            raise ValueError(f"{path} line {line}: clip {name!r} has no reference caption")
-        out[name] = caps
-    return out
+    return {name: [c.strip() for c in caps] for _, name, caps in read_clotho_captions(path)}
 
 
 def align(
@@ -738,7 +720,7 @@ def score_caption_files(
     settings: MetricSettings | None = None,
 ) -> CaptionScores:
     """Score an official Task 6 CSV (``file_name,caption_predicted``) against a Clotho captions CSV."""
-    from dcase.submission import read_task6
+    from dcase.submission.formats import read_task6
 
     pred = read_task6(predictions)
     dup = pred["file_name"][pred["file_name"].duplicated()].tolist()

@@ -1,9 +1,19 @@
-"""Text-to-audio retrieval: metrics, score standardisation, ensembles, transductive Sinkhorn scores, faiss index.
+"""Text-to-audio retrieval: the one Task 8 metric core, scoring from files, score standardisation, ensembles,
+transductive Sinkhorn scores and the faiss index.
 
-Metrics (DCASE2024 Task 8): for each query the rank of its relevant item is ``1 + #(items scored higher)``,
-ties broken by item index (as a stable sort would); mAP@10 is the mean of ``1 / rank`` when the relevant
-item is in the top 10, else 0 (one relevant item per query, so AP@10 is that reciprocal rank); R@k is the
-fraction of queries whose relevant item is in the top k.
+Metrics (DCASE2024 Task 8, the official ``measure()`` of the task's evaluation code): each query has a set of
+relevant items (``n_rel`` >= 1 of them; Clotho development data: one, the query caption's clip). With the query's
+ranked items, best first,
+
+    R@k    = #(relevant items among the first k) / n_rel
+    AP@10  = sum over the relevant items found at positions p_1 < p_2 < ... <= 10 of (j / p_j), divided by n_rel
+    mAP@10 = mean of AP@10 over queries
+
+so with one relevant item at rank r, AP@10 = 1/r (r <= 10) and R@k = [r <= k]. Relevance is binary (see
+docs/evaluation.md). From a similarity matrix the ranking puts higher scores first, ties broken by item index (as a
+stable sort); ``mean_rank`` / ``median_rank`` are those of each query's best-ranked relevant item (the rank of the
+relevant item when there is one). ``retrieval_metrics`` (similarity matrix) and ``score_task8_files`` (ranked file
+names of a Task 8 CSV) both compute through ``ranking_metrics``, with the same keys.
 
 Ensembles (EnCLAP DCASE2024 report, §3.3): each model's similarity matrix [Q, N] is z-scored per query row
 (over the N candidate items), then the standardised matrices are averaged. Per-row z-scoring is a positive
@@ -14,7 +24,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,32 +38,137 @@ log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------- metrics
-def relevant_ranks(sim: np.ndarray, relevant: np.ndarray) -> np.ndarray:
-    """1-based rank of each query's relevant item: sim [Q, N], relevant [Q] item indices -> [Q] int64."""
-    sim = np.asarray(sim)
-    relevant = np.asarray(relevant, dtype=np.int64)
-    if sim.ndim != 2 or relevant.shape != (sim.shape[0],):
-        raise ValueError(f"sim must be [Q, N] and relevant [Q]; got {sim.shape} and {relevant.shape}")
-    if len(relevant) and (relevant.min() < 0 or relevant.max() >= sim.shape[1]):
-        raise ValueError(
-            f"relevant item indices must be in [0, {sim.shape[1]}), got range [{relevant.min()}, {relevant.max()}]"
-        )
-    q = np.arange(sim.shape[0])
-    s_rel = sim[q, relevant][:, None]
-    higher = (sim > s_rel).sum(1)
-    tied_before = ((sim == s_rel) & (np.arange(sim.shape[1])[None, :] < relevant[:, None])).sum(1)
-    return (1 + higher + tied_before).astype(np.int64)
+MAP_CUTOFF = 10
+RECALL_CUTOFFS = (1, 5, 10)
+Relevance = np.ndarray | Sequence[int] | Sequence[Iterable[int]]
 
 
-def retrieval_metrics(sim: np.ndarray, relevant: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-    """sim [Q, N] (higher = better), relevant [Q] item index -> map_at_10, r_at_{k}, mean_rank, median_rank."""
-    ranks = relevant_ranks(sim, relevant)
-    out = {"map_at_10": float(np.mean(np.where(ranks <= 10, 1.0 / ranks, 0.0)))}
-    for k in ks:
-        out[f"r_at_{k}"] = float(np.mean(ranks <= k))
-    out["mean_rank"] = float(ranks.mean())
-    out["median_rank"] = float(np.median(ranks))
+def ranking_metrics(hits: np.ndarray, n_relevant: np.ndarray) -> dict[str, float]:
+    """The metric core: hits [Q, K] bool (is the item at ranked position k of query q relevant; K >= 10 unless
+    the collection is smaller), n_relevant [Q] >= 1 -> map_at_10, r_at_1, r_at_5, r_at_10, n_queries."""
+    hits = np.asarray(hits, dtype=bool)
+    n_rel = np.asarray(n_relevant, dtype=np.float64)
+    if hits.ndim != 2 or n_rel.shape != (hits.shape[0],):
+        raise ValueError(f"hits must be [Q, K] and n_relevant [Q]; got {hits.shape} and {n_rel.shape}")
+    if hits.shape[0] == 0:
+        raise ValueError("no queries to score")
+    if (n_rel < 1).any():
+        raise ValueError(f"queries {np.flatnonzero(n_rel < 1)[:10].tolist()} have no relevant item")
+    if (hits.sum(1) > n_rel).any():
+        raise ValueError("a query has more relevant hits than relevant items")
+    top = hits[:, :MAP_CUTOFF].astype(np.float64)
+    positions = np.arange(1, top.shape[1] + 1, dtype=np.float64)
+    precision_at_hits = np.cumsum(top, axis=1) / positions * top
+    out = {"map_at_10": float(np.mean(precision_at_hits.sum(1) / n_rel))}
+    for k in RECALL_CUTOFFS:
+        out[f"r_at_{k}"] = float(np.mean(hits[:, :k].sum(1) / n_rel))
+    out["n_queries"] = int(hits.shape[0])
     return out
+
+
+def relevance_matrix(relevant: Relevance, shape: tuple[int, int]) -> np.ndarray:
+    """Relevant items of each query as a bool matrix [Q, N], from item indices [Q] (one relevant item per query),
+    a list of Q collections of item indices, or a bool matrix [Q, N]."""
+    q, n = shape
+    if isinstance(relevant, np.ndarray) and relevant.dtype == bool:
+        if relevant.shape != (q, n):
+            raise ValueError(f"sim must be [Q, N] and relevant [Q, N]; got {shape} and {relevant.shape}")
+        return relevant
+    if isinstance(relevant, np.ndarray) or (len(relevant) and np.isscalar(relevant[0])):
+        idx = np.asarray(relevant, dtype=np.int64)
+        if idx.shape != (q,):
+            raise ValueError(f"sim must be [Q, N] and relevant [Q]; got {shape} and {idx.shape}")
+        sets: list[list[int]] = [[int(i)] for i in idx]
+    else:
+        sets = [[int(i) for i in r] for r in relevant]
+        if len(sets) != q:
+            raise ValueError(f"sim must be [Q, N] and relevant a list of Q item sets; got {shape} and {len(sets)} sets")
+    flat = [i for r in sets for i in r]
+    if flat and (min(flat) < 0 or max(flat) >= n):
+        raise ValueError(f"relevant item indices must be in [0, {n}), got range [{min(flat)}, {max(flat)}]")
+    out = np.zeros((q, n), dtype=bool)
+    for row, r in enumerate(sets):
+        out[row, r] = True
+    return out
+
+
+def _order_and_ranks(sim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """sim [Q, N] -> (items best first [Q, N], 1-based rank of every item [Q, N]); higher first, ties by index."""
+    order = np.argsort(-np.asarray(sim), axis=1, kind="stable")
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(1, order.shape[1] + 1)[None, :], axis=1)
+    return order, ranks
+
+
+def relevant_ranks(sim: np.ndarray, relevant: Relevance) -> np.ndarray:
+    """1-based rank of each query's best-ranked relevant item: sim [Q, N] -> [Q] int64."""
+    sim = np.asarray(sim)
+    if sim.ndim != 2:
+        raise ValueError(f"sim must be [Q, N]; got {sim.shape}")
+    rel = relevance_matrix(relevant, sim.shape)
+    return np.where(rel, _order_and_ranks(sim)[1], np.iinfo(np.int64).max).min(1).astype(np.int64)
+
+
+def retrieval_metrics(sim: np.ndarray, relevant: Relevance) -> dict[str, float]:
+    """sim [Q, N] (higher = better) and each query's relevant items (indices [Q], Q index collections, or a bool
+    [Q, N]) -> map_at_10, r_at_1, r_at_5, r_at_10, n_queries (``ranking_metrics``), mean_rank, median_rank."""
+    sim = np.asarray(sim)
+    if sim.ndim != 2:
+        raise ValueError(f"sim must be [Q, N]; got {sim.shape}")
+    rel = relevance_matrix(relevant, sim.shape)
+    order, ranks = _order_and_ranks(sim)
+    out = ranking_metrics(np.take_along_axis(rel, order[:, :MAP_CUTOFF], axis=1), rel.sum(1))
+    best = np.where(rel, ranks, np.iinfo(np.int64).max).min(1)
+    out["mean_rank"] = float(best.mean())
+    out["median_rank"] = float(np.median(best))
+    return out
+
+
+def ranked_list_metrics(ranked: Sequence[Sequence[str]], relevant: Sequence[Iterable[str]]) -> dict[str, float]:
+    """``ranking_metrics`` of ranked name lists: ranked [Q][<= 10] file names (best first), relevant [Q] sets of
+    relevant file names (a name repeated in a list counts once, at its first position)."""
+    if len(ranked) != len(relevant):
+        raise ValueError(f"found {len(ranked)} ranked lists for {len(relevant)} relevance sets")
+    hits = np.zeros((len(ranked), MAP_CUTOFF), dtype=bool)
+    n_rel = np.zeros(len(ranked), dtype=np.int64)
+    for q, (names, rel) in enumerate(zip(ranked, relevant, strict=True)):
+        rel_set = set(rel)
+        n_rel[q] = len(rel_set)
+        seen: set[str] = set()
+        for k, name in enumerate(list(names)[:MAP_CUTOFF]):
+            hits[q, k] = name in rel_set and name not in seen
+            seen.add(name)
+    return ranking_metrics(hits, n_rel)
+
+
+def score_task8_files(predictions: str | Path, references: str | Path) -> dict[str, float]:
+    """Score a Task 8 CSV against queries with their relevant files (``submission.formats.read_queries``: a Clotho
+    captions CSV, every caption a query relevant to its own clip; or a ``caption,file_name`` ground truth).
+
+    Rows are matched to queries in order when the captions agree row by row; otherwise by caption text, repeated
+    captions being matched in order of appearance. Missing, extra or unmatched queries are errors naming them.
+    """
+    from dcase.submission.formats import SubmissionError, read_queries, read_task8, task8_rows
+
+    rows = task8_rows(read_task8(predictions))
+    queries, relevant = read_queries(references)
+    if relevant is None:
+        raise SubmissionError(f"{references}: has no file_name column, so the relevant clips are unknown")
+    if len(rows) == len(queries) and all(c == q for (c, _), q in zip(rows, queries, strict=True)):
+        return ranked_list_metrics([names for _, names in rows], relevant)
+    by_text: dict[str, list[list[str]]] = {}
+    for caption, names in rows:
+        by_text.setdefault(caption, []).append(names)
+    problems = []
+    want = Counter(queries)
+    for text, lists in by_text.items():
+        if len(lists) != want.get(text, 0):
+            problems.append(f"caption {text!r}: {len(lists)} rows for {want.get(text, 0)} queries")
+    problems += [f"query {text!r} has no row" for text in want if text not in by_text]
+    if problems:
+        shown = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise SubmissionError(f"{predictions}: {len(problems)} problem(s):\n  {shown}")
+    return ranked_list_metrics([by_text[q].pop(0) for q in queries], relevant)
 
 
 # --------------------------------------------------------------------------------- ranking & ensembles

@@ -426,10 +426,10 @@ def load_codec(
                 f"{path}: not a DacModel directory (no config.json); convert a Descript .pth with "
                 f"'dcase extract convert-dac'"
             )
-        from dcase.io import sha256_dir
+        from dcase.io import fingerprint
 
         model = DacModel.from_pretrained(str(path))
-        return DacCodec(model, path.name, sha256_dir(path, "*.safetensors"), chunk_seconds, max_batch_seconds)
+        return DacCodec(model, path.name, fingerprint(path), chunk_seconds, max_batch_seconds)
     if spec_s in ("tiny", "full") or path.suffix in (".json", ".yaml", ".yml"):
         cfg = dac_config(spec_s)
         torch.manual_seed(seed)

@@ -1,4 +1,5 @@
-"""Clip embeddings: the ``AudioEmbedder`` protocol, ``load_embedder`` and batched embedding of waveforms.
+"""Clip embeddings: the ``AudioEmbedder`` protocol, ``load_embedder``, batched embedding of waveforms and of
+manifest rows, and the cached faiss index of a collection's embeddings (``audio_index``).
 
 The embedding fills EnCLAP's "CLAP slot" (EnCLAP §2.1; the DCASE2024 report replaces CLAP by the retriever's
 audio tower). Any model with ``sample_rate``, ``embed_dim`` and ``embed_audio(waves, lengths)`` works.
@@ -6,15 +7,23 @@ audio tower). Any model with ``sample_rate``, ``embed_dim`` and ``embed_audio(wa
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
-from dcase.errors import MissingInputError
+from dcase.checkpoint import kind_of, resolve_checkpoint
+from dcase.data.datasets import AudioCache, fit_min_length, pad_waves
+from dcase.errors import CheckpointError, MissingInputError
+from dcase.evaluation.retrieval import AudioIndex, IndexConfig
+from dcase.io import fingerprint
+
+if TYPE_CHECKING:
+    from dcase.models.retriever import Retriever
 
 log = logging.getLogger(__name__)
 
@@ -30,34 +39,32 @@ class AudioEmbedder(Protocol):
 
 
 def load_embedder(path: str | Path) -> AudioEmbedder:
-    """A retriever directory (``retriever_config.json``), a CNext directory (``cnext_config.json``) or a
-    published CNext ``.pth`` -> an embedder in eval mode."""
-    from dcase.models.cnext import CONFIG_NAME, CNext, load_cnext_checkpoint
+    """A retriever or CNext checkpoint folder (``dcase.checkpoint``) or a published CNext ``.pth`` -> an embedder in
+    eval mode."""
+    from dcase.models.cnext import CNext, load_cnext_checkpoint
 
     path = Path(path)
     if not path.exists():
         raise MissingInputError(f"embedder checkpoint not found: {path}")
-    if path.is_dir() and (path / "retriever_config.json").is_file():
-        try:
-            from dcase.models.retriever import Retriever
-        except ImportError as e:
-            raise ValueError(f"{path}: a retriever checkpoint, but dcase.models.retriever is unavailable ({e})") from e
+    kind = kind_of(path)
+    if kind == "retriever":
+        from dcase.models.retriever import Retriever
+
         return Retriever.from_pretrained(path).eval()
-    if path.is_dir() and (path / CONFIG_NAME).is_file():
+    if kind == "cnext":
         return CNext.from_pretrained(path).eval()
     if path.is_file() and path.suffix in (".pth", ".pt", ".ckpt"):
         model, report = load_cnext_checkpoint(path)
         return model
-    raise ValueError(
-        f"{path}: not an audio embedder (expected a retriever or CNext directory, or a CNext .pth checkpoint)"
+    raise CheckpointError(
+        f"{path}: not an audio embedder ({'an ' + kind + ' checkpoint' if kind else 'no dcase checkpoint'}; "
+        "expected a retriever or CNext checkpoint folder, or a CNext .pth checkpoint)"
     )
 
 
 def embedder_provenance(model: AudioEmbedder, path: str | Path) -> dict[str, Any]:
     """Provenance fields of an embed store made with ``model`` loaded from ``path``."""
     from dataclasses import asdict, is_dataclass
-
-    from dcase.io import sha256_dir, sha256_file
 
     path = Path(path)
     cfg = getattr(model, "config", None)
@@ -66,7 +73,7 @@ def embedder_provenance(model: AudioEmbedder, path: str | Path) -> dict[str, Any
         "extractor": type(model).__name__.lower(),
         "extractor_config": cfg_d,
         "checkpoint": path.name,
-        "checkpoint_sha256": sha256_dir(path, "*.safetensors") if path.is_dir() else sha256_file(path),
+        "checkpoint_sha256": fingerprint(resolve_checkpoint(path) if path.is_dir() else path),
         "sample_rate": int(model.sample_rate),
         "hop": None,
         "n_codebooks": None,
@@ -97,3 +104,71 @@ def embed_waves(
         for j, c in enumerate(idx):
             out[c] = np.ascontiguousarray(emb[j], dtype=np.float32)
     return out  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------------------------ manifest rows, index
+def embed_rows(
+    model: Retriever,
+    rows: Sequence[Any],
+    batch_size: int = 16,
+    max_seconds: float | None = 30.0,
+    cache: AudioCache | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """Joint audio embeddings of manifest rows (or objects with clip_id/audio_path): -> float32 [N, D].
+
+    Clips are batched by length (less padding); each clip is embedded whole (up to ``max_seconds``).
+    """
+    cache = cache or AudioCache(model.sample_rate, max_seconds, keep=False)
+    n_min = model.audio_encoder.min_samples()
+    durations = [float(getattr(r, "duration_s", 0.0) or 0.0) for r in rows]
+    order = np.argsort(durations, kind="stable")
+    out = np.zeros((len(rows), model.embed_dim), dtype=np.float32)
+    was_training = model.training
+    model.eval()
+    it = range(0, len(rows), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc="embed audio", unit="batch")
+    for s in it:
+        idx = order[s : s + batch_size]
+        waves, lengths = pad_waves([fit_min_length(cache.get(rows[i]), n_min) for i in idx])
+        out[idx] = model.embed_audio(waves, lengths).cpu().numpy()
+    model.train(was_training)
+    return out
+
+
+def audio_index(
+    model: Retriever,
+    source: Retriever | str | Path,
+    rows: Sequence[Any],
+    batch_size: int = 16,
+    max_seconds: float | None = 30.0,
+    cache_dir: str | Path | None = None,
+    index_cfg: IndexConfig | None = None,
+    progress: bool = True,
+    cache: AudioCache | None = None,
+) -> AudioIndex:
+    """The faiss index of ``rows``' audio embeddings under ``model``; persisted in ``cache_dir`` (reused when
+    the checkpoint, the clip list and the truncation match)."""
+    ids = [str(r.clip_id) for r in rows]
+    on_disk = isinstance(source, str | Path) and Path(source).is_dir()
+    key = {
+        "retriever": fingerprint(resolve_checkpoint(source)) if on_disk else fingerprint(model),
+        "clips": hashlib.sha256("\n".join(f"{r.clip_id}\t{r.audio_path}" for r in rows).encode()).hexdigest(),
+        "max_seconds": max_seconds,
+    }
+    where = None
+    if cache_dir is not None:
+        where = Path(cache_dir) / hashlib.sha256(repr(sorted(key.items())).encode()).hexdigest()[:16]
+        if (where / "index.json").is_file():
+            idx = AudioIndex.load(where)
+            if idx.meta == key and idx.clip_ids == ids:
+                log.info("reusing audio embeddings in %s", where)
+                return idx
+    emb = embed_rows(model, rows, batch_size, max_seconds, cache=cache, progress=progress)
+    idx = AudioIndex(emb, ids, index_cfg, meta=key)
+    if where is not None:
+        idx.save(where)
+    return idx

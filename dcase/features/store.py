@@ -21,7 +21,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -292,3 +292,59 @@ def verify_store(store: FeatureStore | str | Path, manifest: Any) -> dict[str, A
         "skipped": len([c for c in df["clip_id"] if c in skipped]),
         "extra_in_store": len(set(store.index) - set(df["clip_id"])),
     }
+
+
+# ------------------------------------------------------------------------------------------ several stores
+class StoreChain(Mapping[str, np.ndarray]):
+    """Several feature stores (or dicts) seen as one mapping; the first store holding a clip wins."""
+
+    def __init__(self, stores: Sequence[Mapping[str, np.ndarray]], names: Sequence[str] | None = None) -> None:
+        self.stores = list(stores)
+        self.names = list(names) if names is not None else [repr(s)[:60] for s in self.stores]
+
+    @classmethod
+    def open(cls, paths: Sequence[str | Path]) -> StoreChain:
+        return cls([FeatureStore.open(p) for p in paths], [str(p) for p in paths])
+
+    def _find(self, key: str) -> Mapping[str, np.ndarray] | None:
+        for s in self.stores:
+            if key in s:
+                return s
+        return None
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        s = self._find(key)
+        if s is None:
+            raise KeyError(f"clip {key!r} is in none of the feature stores {self.names}")
+        return s[key]
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        s = self._find(key)
+        if s is None:
+            raise KeyError(f"clip {key!r} is in none of the feature stores {self.names}")
+        return tuple(s.shape(key)) if hasattr(s, "shape") else tuple(np.shape(s[key]))
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self._find(key) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        seen: set[str] = set()
+        for s in self.stores:
+            for k in s:
+                if k not in seen:
+                    seen.add(k)
+                    yield k
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def check_coverage(df: Any, codes: Mapping[str, np.ndarray], embeds: Mapping[str, np.ndarray], where: str) -> None:
+    """Every clip of ``df`` must be in both stores; raises StoreError naming the missing clips."""
+    for name, store in (("codec", codes), ("embedding", embeds)):
+        missing = [c for c in df["clip_id"] if c not in store]
+        if missing:
+            raise StoreError(
+                f"{where}: {len(missing)} clip(s) have no {name} features, e.g. {missing[:5]}; "
+                f"run `dcase extract` for them"
+            )

@@ -26,10 +26,9 @@ from the convolutions' own padding, so a clip's frames and embedding do not depe
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -39,9 +38,6 @@ from torch import nn
 from dcase.errors import MissingInputError
 
 log = logging.getLogger(__name__)
-
-CONFIG_NAME = "cnext_config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
 @dataclass
@@ -329,31 +325,20 @@ class CNext(nn.Module):
 
     # ---- persistence
     def save_pretrained(self, path: str | Path) -> Path:
-        """Write ``cnext_config.json`` + ``model.safetensors`` into the directory ``path`` (atomically)."""
-        from safetensors.torch import save_file
+        """A ``dcase.checkpoint`` folder (``config.json`` + ``model.safetensors``), written atomically."""
+        from dcase.checkpoint import save_checkpoint
 
-        from dcase.io import atomic_path, atomic_write_text
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        with atomic_path(path / WEIGHTS_NAME) as tmp:
-            save_file(state, str(tmp), metadata={"format": "pt"})
-        atomic_write_text(path / CONFIG_NAME, json.dumps(asdict(self.config), indent=2))
-        return path
+        return save_checkpoint(self, path, "cnext", self.config)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> CNext:
-        """Load a directory written by ``save_pretrained``."""
-        from safetensors.torch import load_file
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> CNext:
+        """Load a checkpoint folder, training run folder or cached Hub repository (``dcase.checkpoint``)."""
+        from dcase.checkpoint import load_checkpoint, load_state
 
-        path = Path(path)
-        cfg_file = path / CONFIG_NAME
-        if not cfg_file.is_file():
-            raise MissingInputError(f"{path}: not a CNext directory (no {CONFIG_NAME})")
-        model = cls(CNextConfig(**json.loads(cfg_file.read_text())))
-        model.load_state_dict(load_file(str(path / WEIGHTS_NAME)))
-        return model.eval()
+        config, state, folder = load_checkpoint(path, "cnext", device)
+        model = cls(CNextConfig(**config))
+        load_state(model, state, folder)
+        return model.to(device).eval()
 
 
 # --------------------------------------------------------------------------- published checkpoints

@@ -17,14 +17,13 @@ and mask id (``codebook_size + CODEC_MASK_OFFSET``). The N tables are stored as 
 
 Masked codec modelling (MCM, §2.2.1): every batch draws fresh span masks (15 % of each codebook sequence, spans
 of 10 frames; ``sample_span_mask``), replaces those codes by the mask id, and N linear heads on the encoder
-output predict the original codes. Heads are evaluated only at masked positions (``mcm_all_positions=False``);
-scoring every position gives the same loss at ~7x the head cost. ``L = L_caption + lambda L_mcm``.
+output predict the original codes. Heads are evaluated only at masked positions (scoring every position and
+ignoring the unmasked ones gives the same loss at ~7x the head cost). ``L = L_caption + lambda L_mcm``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -35,7 +34,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dcase.errors import MissingInputError
 from dcase.losses import IGNORE_INDEX, caption_loss, mcm_loss
 
 log = logging.getLogger(__name__)
@@ -48,8 +46,6 @@ BOS_SLOT = 1  # encoder-input slot of <s>
 FIRST_CODE_SLOT = 2  # encoder-input slot of codec frame 0
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")  # BART's order: ids 0..4
 BOS_TOKEN_ID, PAD_TOKEN_ID, EOS_TOKEN_ID = (SPECIAL_TOKENS.index(t) for t in ("<s>", "<pad>", "</s>"))
-CONFIG_FILE = "enclap_config.json"
-WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
 
 
@@ -190,31 +186,32 @@ class EnCLAP(nn.Module):
         self.config = config
         if bart is None:
             if config.bart_name_or_path:
-                # fp32 master weights whatever the checkpoint's storage dtype (autocast handles bf16/fp16)
-                bart = BartForConditionalGeneration.from_pretrained(config.bart_name_or_path, dtype=torch.float32)
-            else:
-                bart = BartForConditionalGeneration(
-                    BartConfig(
-                        vocab_size=config.vocab_size,
-                        d_model=config.d_model,
-                        encoder_layers=config.encoder_layers,
-                        decoder_layers=config.decoder_layers,
-                        encoder_attention_heads=config.encoder_attention_heads,
-                        decoder_attention_heads=config.decoder_attention_heads,
-                        encoder_ffn_dim=config.encoder_ffn_dim,
-                        decoder_ffn_dim=config.decoder_ffn_dim,
-                        max_position_embeddings=config.max_position_embeddings,
-                        dropout=config.dropout,
-                        attention_dropout=config.attention_dropout,
-                        activation_dropout=config.activation_dropout,
-                        pad_token_id=PAD_TOKEN_ID,
-                        bos_token_id=BOS_TOKEN_ID,
-                        eos_token_id=EOS_TOKEN_ID,
-                        decoder_start_token_id=EOS_TOKEN_ID,  # BART starts decoding with </s>, then <s>
-                        forced_bos_token_id=BOS_TOKEN_ID,
-                        forced_eos_token_id=EOS_TOKEN_ID,
-                    )
+                raise ValueError(
+                    f"bart_name_or_path={config.bart_name_or_path!r}: pretrained BART weights are loaded by "
+                    "build_enclap (constructors do no I/O); pass bart= to EnCLAP"
                 )
+            bart = BartForConditionalGeneration(
+                BartConfig(
+                    vocab_size=config.vocab_size,
+                    d_model=config.d_model,
+                    encoder_layers=config.encoder_layers,
+                    decoder_layers=config.decoder_layers,
+                    encoder_attention_heads=config.encoder_attention_heads,
+                    decoder_attention_heads=config.decoder_attention_heads,
+                    encoder_ffn_dim=config.encoder_ffn_dim,
+                    decoder_ffn_dim=config.decoder_ffn_dim,
+                    max_position_embeddings=config.max_position_embeddings,
+                    dropout=config.dropout,
+                    attention_dropout=config.attention_dropout,
+                    activation_dropout=config.activation_dropout,
+                    pad_token_id=PAD_TOKEN_ID,
+                    bos_token_id=BOS_TOKEN_ID,
+                    eos_token_id=EOS_TOKEN_ID,
+                    decoder_start_token_id=EOS_TOKEN_ID,  # BART starts decoding with </s>, then <s>
+                    forced_bos_token_id=BOS_TOKEN_ID,
+                    forced_eos_token_id=EOS_TOKEN_ID,
+                )
+            )
         self.bart = bart
         bc = bart.config
         # the BART fields of the config describe the BART actually used (e.g. facebook/bart-large's)
@@ -329,7 +326,6 @@ class EnCLAP(nn.Module):
         labels: torch.Tensor | None = None,
         decoder_input_ids: torch.Tensor | None = None,
         mcm: bool = False,
-        mcm_all_positions: bool = False,
         label_smoothing: float | None = None,
         mcm_lambda: float | None = None,
     ) -> EnCLAPOutput:
@@ -368,13 +364,9 @@ class EnCLAP(nn.Module):
             hidden = enc_out.last_hidden_state[:, FIRST_CODE_SLOT : FIRST_CODE_SLOT + codes.shape[2]]  # [B, L, D]
             head_logits, targets = [], []
             for n, head in enumerate(self.mcm_heads):
-                m = mask[:, n]  # [B, L]
-                if mcm_all_positions:  # scores every frame; unmasked ones are ignored by the loss
-                    head_logits.append(head(hidden).flatten(0, 1))
-                    targets.append(codes[:, n].masked_fill(~m, IGNORE_INDEX).flatten())
-                else:  # scores only the masked frames
-                    head_logits.append(head(hidden[m]))
-                    targets.append(codes[:, n][m])
+                m = mask[:, n]  # [B, L]: only the masked frames are scored
+                head_logits.append(head(hidden[m]))
+                targets.append(codes[:, n][m])
             out.mcm_loss, out.mcm_per_codebook = mcm_loss(head_logits, targets)
             lam = cfg.mcm_lambda if mcm_lambda is None else mcm_lambda
             out.loss = out.caption_loss + lam * out.mcm_loss
@@ -449,35 +441,31 @@ class EnCLAP(nn.Module):
 
     # --------------------------------------------------------------------------------------- checkpoints
     def save_pretrained(self, path: str | Path) -> Path:
-        """Write ``enclap_config.json`` (EnCLAP + full BART config), ``model.safetensors`` and ``tokenizer/``."""
-        from safetensors.torch import save_model
+        """A ``dcase.checkpoint`` folder: ``config.json`` (config = {"enclap": EnCLAP config, "bart": the full BART
+        config}), ``model.safetensors`` and ``tokenizer/``; written atomically."""
+        from dcase.checkpoint import save_checkpoint
 
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        meta = {"enclap": dataclasses.asdict(self.config), "bart": self.bart.config.to_dict()}
-        (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        save_model(self, str(path / WEIGHTS_FILE))
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(str(path / TOKENIZER_DIR))
-        return path
+        config = {"enclap": dataclasses.asdict(self.config), "bart": self.bart.config.to_dict()}
+        tok = self.tokenizer
+        writers = {TOKENIZER_DIR: lambda p: tok.save_pretrained(str(p))} if tok is not None else {}
+        return save_checkpoint(self, path, "enclap", config, writers)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu") -> EnCLAP:
-        """Load a directory written by ``save_pretrained`` (no hub access)."""
-        from safetensors.torch import load_model
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> EnCLAP:
+        """Load a checkpoint folder, training run folder or cached Hub repository (``dcase.checkpoint``)."""
         from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration
 
-        path = Path(path)
-        if not (path / CONFIG_FILE).is_file():
-            raise MissingInputError(f"{path}: not an EnCLAP checkpoint (no {CONFIG_FILE})")
-        meta = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+        from dcase.checkpoint import load_checkpoint, load_state
+
+        meta, state, folder = load_checkpoint(path, "enclap", device)
         known = {f.name for f in dataclasses.fields(EnCLAPConfig)}
         config = EnCLAPConfig(**{k: v for k, v in meta["enclap"].items() if k in known})
         bart = BartForConditionalGeneration(BartConfig.from_dict(meta["bart"]))
-        tok = AutoTokenizer.from_pretrained(str(path / TOKENIZER_DIR)) if (path / TOKENIZER_DIR).is_dir() else None
+        tok_dir = folder / TOKENIZER_DIR
+        tok = AutoTokenizer.from_pretrained(str(tok_dir)) if tok_dir.is_dir() else None
         model = cls(config, tokenizer=tok, bart=bart)
-        load_model(model, str(path / WEIGHTS_FILE), device=str(map_location))
-        return model
+        load_state(model, state, folder)
+        return model.to(device)
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute BART layer activations in the backward pass (less memory, ~30 % more compute)."""
@@ -492,9 +480,12 @@ def build_enclap(config: EnCLAPConfig, captions: Iterable[str] | None = None, to
     """A new EnCLAP: BART and its tokenizer from ``bart_name_or_path``, or a random BART with ``tokenizer`` or
     a tokenizer trained on ``captions`` (``vocab_size`` then shrinks to the tokenizer's vocabulary)."""
     if config.bart_name_or_path:
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer, BartForConditionalGeneration
 
-        return EnCLAP(config, tokenizer=tokenizer or AutoTokenizer.from_pretrained(config.bart_name_or_path))
+        # fp32 master weights whatever the checkpoint's storage dtype (autocast handles bf16/fp16)
+        bart = BartForConditionalGeneration.from_pretrained(config.bart_name_or_path, dtype=torch.float32)
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(config.bart_name_or_path)
+        return EnCLAP(config, tokenizer=tokenizer, bart=bart)
     if tokenizer is None:
         if captions is None:
             raise ValueError("a random-weight EnCLAP needs captions to train its tokenizer (or bart_name_or_path)")

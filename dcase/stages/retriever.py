@@ -13,8 +13,6 @@ collection under the model's ground cost: transductive, as the m-LTM paper evalu
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,17 +23,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dcase.data.audio import AUDIO_EXTENSIONS, is_audio_file, load_clip
-from dcase.data.manifest import load_captioned_rows, read_manifest
-from dcase.errors import MissingInputError, OutputExistsError
+from dcase.data.clotho import read_retrieval_captions
+from dcase.data.datasets import AudioCache, PairDataset, pad_waves
+from dcase.data.manifest import folder_rows, load_captioned_rows, read_manifest
 from dcase.evaluation.retrieval import (
     AudioIndex,
-    IndexConfig,
     ensemble_similarity,
     retrieval_metrics,
     sinkhorn_scores,
     top_k,
 )
+from dcase.features.embed import audio_index, embed_rows
 from dcase.models.retriever import Retriever, RetrieverConfig
 from dcase.training import TrainConfig, fit
 
@@ -70,78 +68,7 @@ class RetrieverStageConfig:
     eval_batch_size: int = 16
 
 
-# ---------------------------------------------------------------------------------------------- audio
-class AudioCache:
-    """Decoded audio of manifest rows at ``sample_rate`` (truncated to ``max_seconds``), kept if ``keep``."""
-
-    def __init__(self, sample_rate: int, max_seconds: float | None, keep: bool) -> None:
-        self.sample_rate, self.max_seconds, self.keep = sample_rate, max_seconds, keep
-        self._store: dict[str, np.ndarray] = {}
-
-    def get(self, row: Any) -> np.ndarray:
-        x = self._store.get(row.clip_id)
-        if x is None:
-            x = load_clip(row, self.sample_rate, self.max_seconds)
-            if self.keep:
-                self._store[row.clip_id] = x
-        return x
-
-
-def _pad(waves: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """list of [T_i] -> (waves [B, max T], lengths [B])."""
-    lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)
-    out = torch.zeros(len(waves), int(lengths.max()))
-    for i, w in enumerate(waves):
-        out[i, : len(w)] = torch.from_numpy(np.asarray(w, dtype=np.float32))
-    return out, lengths
-
-
-def _fit_min_length(x: np.ndarray, n_min: int) -> np.ndarray:
-    return np.pad(x, (0, n_min - len(x))) if len(x) < n_min else x
-
-
 # --------------------------------------------------------------------------------------------- training
-class PairDataset(torch.utils.data.Dataset):
-    """One item per clip: (random crop of its audio [<= max_seconds], one of its captions at random).
-
-    The crop and caption are drawn from a generator seeded with (seed, epoch, index): deterministic, so
-    training resumes exactly.
-    """
-
-    def __init__(
-        self, df: pd.DataFrame, cache: AudioCache, max_seconds: float, min_samples: int, seed: int = 0
-    ) -> None:
-        self.rows = list(df.itertuples(index=False))
-        self.cache, self.seed, self.epoch = cache, seed, 0
-        self.n_crop = int(round(max_seconds * cache.sample_rate))
-        self.min_samples = min_samples
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def lengths(self) -> list[int]:
-        sr = self.cache.sample_rate
-        return [min(self.n_crop, int(r.duration_s * sr)) for r in self.rows]
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray, str]:
-        row = self.rows[i]
-        rng = np.random.default_rng([self.seed, self.epoch, i])
-        x = self.cache.get(row)
-        if len(x) > self.n_crop:
-            off = int(rng.integers(0, len(x) - self.n_crop + 1))
-            x = x[off : off + self.n_crop]
-        caption = row.captions[int(rng.integers(0, len(row.captions)))]
-        return _fit_min_length(x, self.min_samples), caption
-
-
-def load_rows(manifests: Sequence[str | Path], splits: Sequence[str] = ()) -> pd.DataFrame:
-    """Training rows of ``manifests`` (see ``dcase.data.manifest.load_captioned_rows``)."""
-    return load_captioned_rows(manifests, splits)
-
-
 class RetrieverTask:
     """``TrainTask`` for the retriever (see dcase.training)."""
 
@@ -165,7 +92,7 @@ class RetrieverTask:
         return model.train()
 
     def train_dataset(self) -> torch.utils.data.Dataset:
-        df = load_rows(self.cfg.data.train_manifests, self.cfg.data.train_splits)
+        df = load_captioned_rows(self.cfg.data.train_manifests, self.cfg.data.train_splits)
         log.info("retriever training on %d clips", len(df))
         self._train = PairDataset(df, self.cache, self.cfg.data.max_seconds, self.min_samples, self.cfg.train.seed)
         return self._train
@@ -174,7 +101,7 @@ class RetrieverTask:
         return self._train.lengths()
 
     def collate(self, items: list) -> dict[str, torch.Tensor]:
-        waves, lengths = _pad([w for w, _ in items])
+        waves, lengths = pad_waves([w for w, _ in items])
         enc = self.tokenizer(
             [c for _, c in items],
             padding=True,
@@ -226,39 +153,7 @@ def train_retriever(cfg: RetrieverStageConfig) -> Path:
     return fit(RetrieverTask(cfg), cfg.train)
 
 
-# ------------------------------------------------------------------------------------------- embedding
-def embed_rows(
-    model: Retriever,
-    rows: Sequence[Any],
-    batch_size: int = 16,
-    max_seconds: float | None = 30.0,
-    cache: AudioCache | None = None,
-    progress: bool = True,
-) -> np.ndarray:
-    """Joint audio embeddings of manifest rows (or objects with clip_id/audio_path): -> float32 [N, D].
-
-    Clips are batched by length (less padding); each clip is embedded whole (up to ``max_seconds``).
-    """
-    cache = cache or AudioCache(model.sample_rate, max_seconds, keep=False)
-    n_min = model.audio_encoder.min_samples()
-    durations = [float(getattr(r, "duration_s", 0.0) or 0.0) for r in rows]
-    order = np.argsort(durations, kind="stable")
-    out = np.zeros((len(rows), model.embed_dim), dtype=np.float32)
-    was_training = model.training
-    model.eval()
-    it = range(0, len(rows), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(it, desc="embed audio", unit="batch")
-    for s in it:
-        idx = order[s : s + batch_size]
-        waves, lengths = _pad([_fit_min_length(cache.get(rows[i]), n_min) for i in idx])
-        out[idx] = model.embed_audio(waves, lengths).cpu().numpy()
-    model.train(was_training)
-    return out
-
-
+# --------------------------------------------------------------------------------------------- scoring
 def score_matrix(
     model: Retriever,
     text_emb: np.ndarray,
@@ -291,52 +186,6 @@ def score_matrix(
 
 def _as_retriever(r: Retriever | str | Path, device: str) -> Retriever:
     return r if isinstance(r, Retriever) else Retriever.from_pretrained(r, device=device)
-
-
-def _fingerprint(model: Retriever, source: Retriever | str | Path) -> str:
-    if isinstance(source, str | Path) and (Path(source) / "model.safetensors").is_file():
-        from dcase.io import sha256_file
-
-        return sha256_file(Path(source) / "model.safetensors")
-    h = hashlib.sha256()
-    for k, v in model.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().numpy().tobytes())
-    return h.hexdigest()
-
-
-def audio_index(
-    model: Retriever,
-    source: Retriever | str | Path,
-    rows: Sequence[Any],
-    batch_size: int = 16,
-    max_seconds: float | None = 30.0,
-    cache_dir: str | Path | None = None,
-    index_cfg: IndexConfig | None = None,
-    progress: bool = True,
-    cache: AudioCache | None = None,
-) -> AudioIndex:
-    """The faiss index of ``rows``' audio embeddings under ``model``; persisted in ``cache_dir`` (reused when
-    the checkpoint, the clip list and the truncation match)."""
-    ids = [str(r.clip_id) for r in rows]
-    key = {
-        "retriever": _fingerprint(model, source),
-        "clips": hashlib.sha256("\n".join(f"{r.clip_id}\t{r.audio_path}" for r in rows).encode()).hexdigest(),
-        "max_seconds": max_seconds,
-    }
-    where = None
-    if cache_dir is not None:
-        where = Path(cache_dir) / hashlib.sha256(repr(sorted(key.items())).encode()).hexdigest()[:16]
-        if (where / "index.json").is_file():
-            idx = AudioIndex.load(where)
-            if idx.meta == key and idx.clip_ids == ids:
-                log.info("reusing audio embeddings in %s", where)
-                return idx
-    emb = embed_rows(model, rows, batch_size, max_seconds, cache=cache, progress=progress)
-    idx = AudioIndex(emb, ids, index_cfg, meta=key)
-    if where is not None:
-        idx.save(where)
-    return idx
 
 
 # ---------------------------------------------------------------------------------------------- Clotho
@@ -404,41 +253,13 @@ def evaluate_retrievers(
 
 
 # ---------------------------------------------------------------------------------------------- Task 8
-@dataclass
-class _AudioFile:
-    clip_id: str
-    audio_path: str
-    duration_s: float
-    source: str = "task8"
-
-
 def collection_rows(audio: str | Path) -> list[Any]:
-    """Audio collection from a directory of audio files (file name = id) or a manifest (all rows)."""
-    from dcase.data.audio import audio_info
-
+    """The Task 8 audio collection: every audio file of a folder (``data.manifest.folder_rows``, clip id = file
+    name) or every row of a manifest."""
     path = Path(audio)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and is_audio_file(p.name))
-        if not files:
-            raise MissingInputError(f"{path}: no audio files ({', '.join(AUDIO_EXTENSIONS)})")
-        return [_AudioFile(p.name, str(p), audio_info(p)[0]) for p in files]
+        return list(folder_rows(path, "retrieval_audio").itertuples(index=False))
     return list(read_manifest(path).itertuples(index=False))
-
-
-def read_task8_captions(path: str | Path) -> list[str]:
-    """Queries of a DCASE Task 8 ``retrieval_captions.csv`` (column ``caption``), in file order."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingInputError(f"captions file not found: {path}")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or "caption" not in reader.fieldnames:
-            raise ValueError(f"{path}: expected a 'caption' column, found {reader.fieldnames}")
-        caps = [row["caption"] for row in reader]
-    for i, c in enumerate(caps):
-        if c is None or not c.strip():
-            raise ValueError(f"{path}: row {i + 2} has an empty caption")
-    return caps
 
 
 def rank_task8(
@@ -457,7 +278,7 @@ def rank_task8(
     if not retrievers:
         raise ValueError("no retriever checkpoints given")
     rows = collection_rows(audio) if isinstance(audio, str | Path) else list(audio)
-    texts = read_task8_captions(captions) if isinstance(captions, str | Path) else list(captions)
+    texts = read_retrieval_captions(captions) if isinstance(captions, str | Path) else list(captions)
     if len(rows) < k:
         raise ValueError(f"the audio collection has {len(rows)} clips; {k} are needed per query")
     sims = []
@@ -468,76 +289,3 @@ def rank_task8(
     best = top_k(ensemble_similarity(sims) if len(sims) > 1 else sims[0], k)
     names = [str(r.clip_id) for r in rows]
     return [(t, [names[j] for j in best[q]]) for q, t in enumerate(texts)]
-
-
-# ---------------------------------------------------------------------------------------------- recipes
-@dataclass
-class Task8Recipe:
-    """A submitted Task 8 system: which retrievers (paths under ``root``) and how they rank."""
-
-    name: str = ""
-    description: str = ""
-    root: str = "checkpoints/retrievers"
-    retrievers: list[str] = field(default_factory=list)
-    mode: str = "cosine"
-    batch_size: int = 16
-    max_seconds: float = 30.0
-    meta: dict = field(default_factory=dict)  # DCASE meta information (dcase.submission.build_meta)
-
-    def paths(self, root: str | Path | None = None) -> list[Path]:
-        """Checkpoint directories (relative entries resolve under ``root``, default the recipe's)."""
-        root = Path(root or self.root)
-        out = [Path(p) if Path(p).is_absolute() else root / p for p in self.retrievers]
-        missing = [str(p) for p in out if not (p / "retriever_config.json").is_file()]
-        if missing:
-            raise MissingInputError(f"recipe {self.name!r}: retriever checkpoint(s) not found: {missing}")
-        return out
-
-
-def load_task8_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Task8Recipe:
-    from dcase.config import load_config
-
-    rec = load_config(Task8Recipe, path, list(overrides))
-    if rec.mode not in MODES:
-        raise ValueError(f"{path}: mode {rec.mode!r} is not one of {MODES}")
-    if not rec.retrievers:
-        raise ValueError(f"{path}: the recipe lists no retrievers")
-    return rec
-
-
-def run_task8_recipe(
-    recipe: Task8Recipe,
-    audio: str | Path,
-    captions: str | Path,
-    out: str | Path,
-    meta_out: str | Path | None = None,
-    root: str | Path | None = None,
-    cache_dir: str | Path | None = None,
-    overwrite: bool = False,
-    device: str = "cpu",
-) -> tuple[Path, Path | None]:
-    """Rank with the recipe's retrievers, write the validated Task 8 CSV (and the meta YAML if asked)."""
-    from dcase.submission import build_meta, write_meta, write_task8
-
-    paths = recipe.paths(root)
-    for p in (out, meta_out):
-        if p is not None and Path(p).exists() and not overwrite:
-            raise OutputExistsError(f"{p} exists; pass --overwrite to replace it")
-    rows = rank_task8(
-        paths,
-        audio,
-        captions,
-        mode=recipe.mode,
-        batch_size=recipe.batch_size,
-        max_seconds=recipe.max_seconds,
-        cache_dir=cache_dir,
-        device=device,
-    )
-    audio_dir = audio if Path(audio).is_dir() else None
-    csv_path = write_task8(rows, out, overwrite=overwrite, audio_dir=audio_dir, references=captions)
-    meta_path = None
-    if meta_out is not None:
-        if not recipe.meta:
-            raise ValueError(f"recipe {recipe.name!r} has no meta section for --meta-out")
-        meta_path = write_meta(build_meta(recipe.meta, task=8), meta_out, overwrite=overwrite)
-    return Path(csv_path), meta_path

@@ -24,7 +24,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dcase.data.datasets import CaptionDataset, collate_codes
 from dcase.data.manifest import load_captioned_rows, read_manifest
+from dcase.features.store import StoreChain, check_coverage
 from dcase.losses import IGNORE_INDEX
 from dcase.models.enclap import EnCLAP, EnCLAPConfig, build_enclap
 from dcase.training import TrainConfig, fit
@@ -60,147 +62,6 @@ class CaptionerStageConfig:
     eval_num_beams: int = 1  # 1 = greedy
     eval_max_new_tokens: int = 40
     eval_metrics: list[str] = field(default_factory=lambda: ["meteor", "cider_d"])
-
-
-# ------------------------------------------------------------------------------------------------ data
-class StoreChain(Mapping[str, np.ndarray]):
-    """Several feature stores (or dicts) seen as one mapping; the first store holding a clip wins."""
-
-    def __init__(self, stores: Sequence[Mapping[str, np.ndarray]], names: Sequence[str] | None = None) -> None:
-        self.stores = list(stores)
-        self.names = list(names) if names is not None else [repr(s)[:60] for s in self.stores]
-
-    @classmethod
-    def open(cls, paths: Sequence[str | Path]) -> StoreChain:
-        from dcase.features.store import FeatureStore
-
-        return cls([FeatureStore.open(p) for p in paths], [str(p) for p in paths])
-
-    def _find(self, key: str) -> Mapping[str, np.ndarray] | None:
-        for s in self.stores:
-            if key in s:
-                return s
-        return None
-
-    def __getitem__(self, key: str) -> np.ndarray:
-        s = self._find(key)
-        if s is None:
-            raise KeyError(f"clip {key!r} is in none of the feature stores {self.names}")
-        return s[key]
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        s = self._find(key)
-        if s is None:
-            raise KeyError(f"clip {key!r} is in none of the feature stores {self.names}")
-        return tuple(s.shape(key)) if hasattr(s, "shape") else tuple(np.shape(s[key]))
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self._find(key) is not None
-
-    def __iter__(self):
-        seen: set[str] = set()
-        for s in self.stores:
-            for k in s:
-                if k not in seen:
-                    seen.add(k)
-                    yield k
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-
-def check_coverage(
-    df: pd.DataFrame, codes: Mapping[str, np.ndarray], embeds: Mapping[str, np.ndarray], where: str
-) -> None:
-    """Every clip of ``df`` must be in both stores; raises ValueError naming the missing clips."""
-    for name, store in (("codec", codes), ("embedding", embeds)):
-        missing = [c for c in df["clip_id"] if c not in store]
-        if missing:
-            raise ValueError(
-                f"{where}: {len(missing)} clip(s) have no {name} features, e.g. {missing[:5]}; "
-                f"run `dcase extract` for them"
-            )
-
-
-class CaptionDataset(torch.utils.data.Dataset):
-    """(codes int64 [N, T <= max_frames], clip embedding float32 [D], caption) items.
-
-    ``per_caption=True``: one item per (clip, caption) pair (training, validation loss); otherwise one item
-    per clip with an empty caption (generation). ``random_crop``: training crops a random window of
-    ``max_frames`` (drawn from (seed, epoch, index)); otherwise the head is kept.
-    """
-
-    def __init__(
-        self,
-        df: pd.DataFrame,
-        codes: Mapping[str, np.ndarray],
-        embeds: Mapping[str, np.ndarray],
-        n_codebooks: int,
-        clip_dim: int,
-        max_frames: int,
-        random_crop: bool,
-        seed: int = 0,
-        per_caption: bool = True,
-    ) -> None:
-        self.codes, self.embeds = codes, embeds
-        self.n_codebooks, self.clip_dim, self.max_frames = n_codebooks, clip_dim, max_frames
-        self.random_crop, self.seed, self.epoch = random_crop, seed, 0
-        self.clip_ids = df["clip_id"].astype(str).tolist()
-        if per_caption:
-            self.items = [(i, c) for i, caps in enumerate(df["captions"]) for c in caps]
-        else:
-            self.items = [(i, "") for i in range(len(df))]
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def lengths(self) -> list[int]:
-        """Frames per item after cropping (for length bucketing), from the store index when it has one."""
-        get = self.codes.shape if hasattr(self.codes, "shape") else (lambda k: np.shape(self.codes[k]))
-        per_clip = [min(int(get(c)[-1]), self.max_frames) for c in self.clip_ids]
-        return [per_clip[i] for i, _ in self.items]
-
-    def __getitem__(self, idx: int) -> tuple[np.ndarray, np.ndarray, str]:
-        i, caption = self.items[idx]
-        clip_id = self.clip_ids[i]
-        codes = np.asarray(self.codes[clip_id])
-        if codes.ndim != 2 or codes.shape[0] != self.n_codebooks or codes.shape[1] == 0:
-            raise ValueError(
-                f"clip {clip_id!r}: codec features have shape {codes.shape}, expected "
-                f"[{self.n_codebooks}, T > 0] (model.n_codebooks)"
-            )
-        emb = np.asarray(self.embeds[clip_id], dtype=np.float32)
-        if emb.shape != (self.clip_dim,):
-            raise ValueError(
-                f"clip {clip_id!r}: clip embedding has shape {emb.shape}, expected ({self.clip_dim},) (model.clip_dim)"
-            )
-        T = codes.shape[1]
-        start = 0
-        if T > self.max_frames and self.random_crop:
-            rng = np.random.default_rng([self.seed, self.epoch, idx])
-            start = int(rng.integers(0, T - self.max_frames + 1))
-        return codes[:, start : start + self.max_frames].astype(np.int64), emb, caption
-
-
-def collate_codes(items: Sequence[tuple[np.ndarray, np.ndarray, str]], pad_code: int) -> dict[str, torch.Tensor]:
-    """-> codes [B, N, L] (``pad_code`` after each clip), codes_mask [B, L] bool, clip_emb [B, D]."""
-    L = max(c.shape[1] for c, _, _ in items)
-    N = items[0][0].shape[0]
-    codes = torch.full((len(items), N, L), pad_code, dtype=torch.long)
-    mask = torch.zeros(len(items), L, dtype=torch.bool)
-    for b, (c, _, _) in enumerate(items):
-        codes[b, :, : c.shape[1]] = torch.from_numpy(c)
-        mask[b, : c.shape[1]] = True
-    clip = torch.from_numpy(np.stack([e for _, e, _ in items]))
-    return {"codes": codes, "codes_mask": mask, "clip_emb": clip}
-
-
-def load_rows(manifests: Sequence[str | Path], splits: Sequence[str] = ()) -> pd.DataFrame:
-    """Training rows of ``manifests`` (see ``dcase.data.manifest.load_captioned_rows``)."""
-    return load_captioned_rows(manifests, splits)
 
 
 # ------------------------------------------------------------------------------------------ generation
@@ -297,7 +158,7 @@ class CaptionerTask:
         self.embeds = embeds if embeds is not None else StoreChain.open(cfg.data.embed_stores)
         self.val_codes = val_codes if val_codes is not None else self.codes
         self.val_embeds = val_embeds if val_embeds is not None else self.embeds
-        self.df = load_rows(cfg.data.train_manifests, cfg.data.train_splits)
+        self.df = load_captioned_rows(cfg.data.train_manifests, cfg.data.train_splits)
         check_coverage(self.df, self.codes, self.embeds, "training data")
         self.model_config: EnCLAPConfig = cfg.model
         self._train: CaptionDataset | None = None

@@ -20,6 +20,7 @@ resumes where it stopped; the training loops resume mid-run on their own):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -29,14 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dcase.config import to_dict, write_run_info
+from dcase.checkpoint import kind_of
+from dcase.config import to_dict, with_overrides, write_run_info
 from dcase.errors import MissingInputError
 from dcase.io import atomic_write_text
-from dcase.models.enclap import CONFIG_FILE as ENCLAP_CONFIG
 
 log = logging.getLogger(__name__)
 
-REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 MIN_TASK8_CLIPS = 12  # a Task 8 row names 10 distinct clips, so the collection needs more than 10
 UNTRAINED_MIN_TOKENS = 8  # the untrained reference captioner must emit at least this many tokens
 
@@ -160,26 +161,24 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
     """Run (or resume) the demo chain into ``out``; returns the content of ``out/scores.json``."""
     import torch
 
-    from dcase.captioner import load_stage_config, train_captioner
     from dcase.config import load_config
     from dcase.data.manifest import concat_manifests, read_manifest, write_manifest
     from dcase.data.sources import build_manifest
     from dcase.data.synth import INFO_JSON, MIXUP_JSON, RETRIEVAL_TRUTH_CSV, make_synth_corpus
+    from dcase.decoding.sample import SamplingConfig
+    from dcase.evaluation.retrieval import score_task8_files
     from dcase.features.extract import extract_codec, extract_embeddings
     from dcase.features.store import FeatureStore
-    from dcase.generate import GenerateConfig, generate_candidates, task6_rows
     from dcase.merging import soup_checkpoints
     from dcase.models.enclap import build_enclap
-    from dcase.retriever import RetrieverStageConfig, evaluate_retrievers, rank_task8, train_retriever
-    from dcase.submission import (
-        build_meta,
-        package_submission,
-        score_task8_files,
-        write_meta,
-        write_task6,
-        write_task8,
-    )
+    from dcase.stages.captioner import CaptionerStageConfig, train_captioner
+    from dcase.stages.generation import GenerateConfig, GenerationSettings, generate_candidates, task6_rows
+    from dcase.stages.retriever import RetrieverStageConfig, evaluate_retrievers, rank_task8, train_retriever
+    from dcase.submission.formats import write_task6, write_task8
+    from dcase.submission.meta import build_meta, write_meta
+    from dcase.submission.package import package_submission
 
+    replace = dataclasses.replace
     cfg = cfg or DemoConfig()
     if len(cfg.finetune_seeds) < 2:
         raise ValueError("finetune_seeds needs at least 2 seeds: the demo soups the finetuned models")
@@ -228,19 +227,19 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
     ret_best = ret_dir / "best_checkpoint.txt"
 
     def _retriever() -> None:
-        rcfg = load_config(
-            RetrieverStageConfig,
-            _config_path(cfg.retriever_config),
-            [
-                f"data.train_manifests=[{manifest}]",
-                "data.train_splits=[development]",
-                f"data.val_manifest={manifest}",
-                "data.val_split=validation",
-                f"train.output_dir={ret_dir}",
-                f"train.seed={cfg.seed}",
-                *cfg.retriever_overrides,
-            ],
+        rcfg = load_config(RetrieverStageConfig, _config_path(cfg.retriever_config))
+        rcfg = replace(
+            rcfg,
+            data=replace(
+                rcfg.data,
+                train_manifests=[str(manifest)],
+                train_splits=["development"],
+                val_manifest=str(manifest),
+                val_split="validation",
+            ),
+            train=replace(rcfg.train, output_dir=str(ret_dir), seed=cfg.seed),
         )
+        rcfg = with_overrides(rcfg, cfg.retriever_overrides)
         best = train_retriever(rcfg)
         atomic_write_text(ret_best, str(best))
 
@@ -262,32 +261,42 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
     codec_prov = FeatureStore.open(dac_store).provenance
     emb = FeatureStore.open(emb_store)
     clip_dim = int(next(iter(emb.values())).shape[0])
-    feature_overrides = [
-        f"model.n_codebooks={codec_prov['n_codebooks']}",
-        f"model.codebook_size={codec_prov['extractor_config']['codebook_size']}",
-        f"model.clip_dim={clip_dim}",
-        f"data.codec_stores=[{dac_store}]",
-        f"data.embed_stores=[{emb_store}]",
-        f"data.val_manifest={manifest}",
-        "data.val_split=validation",
-        f"data.train_manifests=[{manifest}]",
-    ]
+    n_codebooks = int(codec_prov["n_codebooks"])
+    codebook_size = int(codec_prov["extractor_config"]["codebook_size"])
+
+    def captioner_config(
+        name: str,
+        overrides: list[str],
+        train_splits: list[str] | None = None,
+        output_dir: Path | None = None,
+        seed: int = 0,
+    ) -> CaptionerStageConfig:
+        """A captioner stage config from configs/<name>, pointed at the demo's manifest and feature stores."""
+        c = load_config(CaptionerStageConfig, _config_path(name))
+        data = replace(
+            c.data,
+            codec_stores=[str(dac_store)],
+            embed_stores=[str(emb_store)],
+            val_manifest=str(manifest),
+            val_split="validation",
+            train_manifests=[str(manifest)],
+            train_splits=train_splits if train_splits is not None else c.data.train_splits,
+        )
+        train = replace(c.train, output_dir=str(output_dir), seed=seed) if output_dir is not None else c.train
+        model = replace(c.model, n_codebooks=n_codebooks, codebook_size=codebook_size, clip_dim=clip_dim)
+        return with_overrides(replace(c, model=model, data=data, train=train), overrides)
 
     # 6-8. captioner -----------------------------------------------------------------------------------------
     pre_dir = runs / "captioner_pretrain"
     pre_best = pre_dir / "best_checkpoint.txt"
 
     def _pretrain() -> None:
-        pcfg = load_stage_config(
-            _config_path(cfg.pretrain_config),
-            [
-                *feature_overrides,
-                "data.train_splits=[development,train]",
-                f"train.output_dir={pre_dir}",
-                f"train.seed={cfg.seed}",
-                *cfg.captioner_overrides,
-                *cfg.pretrain_overrides,
-            ],
+        pcfg = captioner_config(
+            cfg.pretrain_config,
+            [*cfg.captioner_overrides, *cfg.pretrain_overrides],
+            ["development", "train"],
+            pre_dir,
+            cfg.seed,
         )
         atomic_write_text(pre_best, str(train_captioner(pcfg)))
 
@@ -298,19 +307,10 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
         ft_best = ft_dir / "best_checkpoint.txt"
 
         def _finetune(ft_dir: Path = ft_dir, ft_best: Path = ft_best, s: int = s) -> None:
-            fcfg = load_stage_config(
-                _config_path(cfg.finetune_config),
-                [
-                    *feature_overrides,
-                    "data.train_splits=[development]",
-                    f"train.output_dir={ft_dir}",
-                    f"train.seed={s}",
-                    *cfg.captioner_overrides,
-                    *cfg.finetune_overrides,
-                ],
-                init=pre_best.read_text().strip(),
-                mcm=False,
+            fcfg = captioner_config(
+                cfg.finetune_config, [*cfg.captioner_overrides, *cfg.finetune_overrides], ["development"], ft_dir, s
             )
+            fcfg = replace(fcfg, init=pre_best.read_text().strip(), mcm=False)
             atomic_write_text(ft_best, str(train_captioner(fcfg)))
 
         steps.run(f"captioner finetuning (seed {s})", ft_best.is_file, _finetune)
@@ -318,7 +318,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
     soup = out / "soup"
     steps.run(
         "uniform soup",
-        lambda: (soup / ENCLAP_CONFIG).is_file(),
+        lambda: kind_of(soup) == "enclap",
         lambda: soup_checkpoints(finetuned, soup, method="uniform", overwrite=True),
     )
 
@@ -326,11 +326,11 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
     untrained = runs / "captioner_untrained"
 
     def _untrained() -> None:
-        pcfg = load_stage_config(_config_path(cfg.pretrain_config), [*feature_overrides, *cfg.captioner_overrides])
+        pcfg = captioner_config(cfg.pretrain_config, list(cfg.captioner_overrides))
         torch.manual_seed(cfg.seed)
         build_enclap(pcfg.model, captions=[c for cs in df["captions"] for c in cs]).save_pretrained(untrained)
 
-    steps.run("untrained captioner (reference floor)", lambda: (untrained / ENCLAP_CONFIG).is_file(), _untrained)
+    steps.run("untrained captioner (reference floor)", lambda: kind_of(untrained) == "enclap", _untrained)
     untrained_csv = decode_dir / "untrained_greedy.csv"
     steps.run(
         "decode: untrained_greedy",
@@ -349,15 +349,20 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
             codec_stores=[str(dac_store)],
             embed_stores=[str(emb_store)],
             out=str(path),
-            mode=mode,
-            w_enc=cfg.w_enc,
-            w_dec=cfg.w_dec,
+            generation=GenerationSettings(
+                mode=mode,
+                w_enc=cfg.w_enc,
+                w_dec=cfg.w_dec,
+                sampling=replace(
+                    SamplingConfig(),
+                    num_candidates=cfg.num_candidates,
+                    top_p=cfg.top_p,
+                    temperature=cfg.temperature,
+                    max_new_tokens=cfg.max_new_tokens,
+                    seed=cfg.seed,
+                ),
+            ),
         )
-        gcfg.sampling.num_candidates = cfg.num_candidates
-        gcfg.sampling.top_p = cfg.top_p
-        gcfg.sampling.temperature = cfg.temperature
-        gcfg.sampling.max_new_tokens = cfg.max_new_tokens
-        gcfg.sampling.seed = cfg.seed
         steps.run(f"decode: {name}", path.is_file, lambda: generate_candidates(gcfg, overwrite=True))
         return path
 
@@ -500,10 +505,12 @@ def _untrained_captions(
     """Greedy captions of a random-weight captioner on the held-out split. Such a decoder mostly emits special
     tokens (decoded as an empty string), so they are suppressed and ``UNTRAINED_MIN_TOKENS`` tokens forced:
     the floor is then a real, scoreable caption rather than an empty one."""
-    from dcase.captioner import CaptionDataset, StoreChain, generate_captions
+    from dcase.data.datasets import CaptionDataset
     from dcase.data.manifest import read_manifest
+    from dcase.features.store import StoreChain
     from dcase.models.enclap import EnCLAP
-    from dcase.submission import write_task6
+    from dcase.stages.captioner import generate_captions
+    from dcase.submission.formats import write_task6
 
     model = EnCLAP.from_pretrained(ckpt).eval()
     df = read_manifest(manifest, [cfg.eval_split])
@@ -533,7 +540,7 @@ def _untrained_captions(
 
 
 def _read_rows_csv(path: Path) -> list[tuple[str, str]]:
-    from dcase.submission import read_task6
+    from dcase.submission.formats import read_task6
 
     df = read_task6(path)
     return list(zip(df["file_name"].astype(str), df["caption_predicted"].astype(str), strict=True))

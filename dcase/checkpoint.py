@@ -1,0 +1,213 @@
+"""The one checkpoint format of EnCLAP, the retriever and CNext (Hugging-Face-Hub compatible).
+
+A checkpoint is a folder::
+
+    config.json          {"dcase_kind": "enclap" | "retriever" | "cnext", "format_version": 1,
+                          "dcase_version": "...", "config": {<the model's dataclass config>}}
+    model.safetensors    the weights (tensors shared by tied parameters are stored once)
+    <sub-folders>        the model's own files: ``tokenizer/`` (EnCLAP), ``text/`` (the retriever's text tower
+                         config and tokenizer)
+
+``save_checkpoint`` writes the whole folder atomically (``dcase.io.atomic_dir``); ``load_checkpoint`` reads a local
+folder, a training run folder (its ``best.json`` names the best checkpoint) or a Hugging Face Hub repository id
+found in the local cache (``huggingface_hub.snapshot_download``, offline when ``HF_HUB_OFFLINE`` is set).
+Checkpoints written before this format (``enclap_config.json`` / ``retriever_config.json`` / ``cnext_config.json``
+holding the config itself) still load. ``kind_of`` tells which model a folder holds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dcase.errors import CheckpointError, MissingInputError
+from dcase.io import atomic_dir
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 1
+KINDS = ("enclap", "retriever", "cnext")
+LEGACY_CONFIG_NAMES = {
+    "enclap": "enclap_config.json",
+    "retriever": "retriever_config.json",
+    "cnext": "cnext_config.json",
+}
+KIND_TITLES = {"enclap": "an EnCLAP", "retriever": "a retriever", "cnext": "a CNext"}
+RUN_BEST = "best.json"
+
+Writer = Callable[[Path], None]
+
+
+def _dcase_version() -> str:
+    from dcase import __version__
+
+    return __version__
+
+
+def save_checkpoint(
+    model_or_state: torch.nn.Module | Mapping[str, torch.Tensor],
+    path: str | Path,
+    kind: str,
+    config: Any,
+    extra_writers: Mapping[str, Writer] | None = None,
+) -> Path:
+    """Write a checkpoint folder atomically: ``config.json`` (``config`` is a dataclass or a JSON mapping),
+    ``model.safetensors`` and, for each ``name -> writer`` of ``extra_writers``, ``writer(folder / name)``.
+
+    An existing folder at ``path`` is replaced only once the new one is complete."""
+    from safetensors.torch import save_file, save_model
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown checkpoint kind {kind!r}; one of {KINDS}")
+    cfg = asdict(config) if is_dataclass(config) and not isinstance(config, type) else dict(config)
+    meta = {"dcase_kind": kind, "format_version": FORMAT_VERSION, "dcase_version": _dcase_version(), "config": cfg}
+    with atomic_dir(path) as tmp:
+        (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        if isinstance(model_or_state, torch.nn.Module):
+            save_model(model_or_state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        else:
+            state = {k: v.detach().contiguous().cpu() for k, v in model_or_state.items()}
+            save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        for name, write in (extra_writers or {}).items():
+            write(tmp / name)
+    return Path(path)
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _best_of_run(run: Path) -> Path:
+    """The best checkpoint of a training run folder (``best.json``, best first)."""
+    try:
+        entries = json.loads((run / RUN_BEST).read_text(encoding="utf-8"))["checkpoints"]
+        best = Path(entries[0]["path"])
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
+        raise CheckpointError(f"{run / RUN_BEST}: cannot read the best checkpoint ({e!r})") from e
+    for cand in (best, run / "checkpoints" / best.name):
+        if cand.is_dir():
+            return cand
+    raise MissingInputError(f"{run / RUN_BEST} names {best}, which does not exist (nor {run / 'checkpoints'})")
+
+
+def resolve_checkpoint(path_or_repo_id: str | Path) -> Path:
+    """The local folder of a checkpoint: a folder as is; a training run folder -> its best checkpoint; otherwise a
+    Hugging Face Hub repository id looked up in the cache (``HF_HUB_CACHE``; downloads only when not offline)."""
+    p = Path(path_or_repo_id).expanduser()
+    if p.is_dir():
+        if not _config_file(p) and (p / RUN_BEST).is_file():
+            return _best_of_run(p)
+        return p
+    if p.exists():
+        raise CheckpointError(f"{p} is a file; a checkpoint is a folder holding {CONFIG_NAME} and {WEIGHTS_NAME}")
+    name = str(path_or_repo_id)
+    if p.is_absolute() or name.startswith(".") or name.count("/") > 1 or not name.strip():
+        raise MissingInputError(f"checkpoint folder {p} does not exist")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+
+    offline = _hub_offline()
+    try:
+        folder = snapshot_download(name, local_files_only=offline, cache_dir=os.environ.get("HF_HUB_CACHE") or None)
+    except (LocalEntryNotFoundError, HFValidationError, HfHubHTTPError, OSError) as e:
+        where = "in the local Hugging Face cache (HF_HUB_OFFLINE is set)" if offline else "locally or on the Hub"
+        raise MissingInputError(f"checkpoint {name!r} is neither a folder nor a repository found {where}") from e
+    return Path(folder)
+
+
+def _config_file(folder: Path) -> Path | None:
+    if (folder / CONFIG_NAME).is_file():
+        return folder / CONFIG_NAME
+    for name in LEGACY_CONFIG_NAMES.values():
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _read_config(folder: Path) -> tuple[str | None, dict[str, Any]]:
+    """(kind, model config) of a folder; kind None when the folder holds no dcase checkpoint config."""
+    if (folder / CONFIG_NAME).is_file():
+        try:
+            data = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise CheckpointError(f"{folder / CONFIG_NAME}: not valid JSON ({e})") from e
+        kind = data.get("dcase_kind") if isinstance(data, dict) else None
+        if kind is None:
+            return None, {}
+        if kind not in KINDS:
+            raise CheckpointError(f"{folder / CONFIG_NAME}: unknown dcase_kind {kind!r} (one of {KINDS})")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise CheckpointError(
+                f"{folder / CONFIG_NAME}: format_version {version!r}; this dcase reads format {FORMAT_VERSION}"
+            )
+        return kind, dict(data.get("config") or {})
+    for kind, name in LEGACY_CONFIG_NAMES.items():
+        if (folder / name).is_file():
+            return kind, json.loads((folder / name).read_text(encoding="utf-8"))
+    return None, {}
+
+
+def kind_of(path: str | Path) -> str | None:
+    """``"enclap"``, ``"retriever"`` or ``"cnext"`` for a local checkpoint folder (or training run folder), else
+    None. Never looks anything up on the Hub."""
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        return None
+    if not _config_file(p) and (p / RUN_BEST).is_file():
+        try:
+            p = _best_of_run(p)
+        except (CheckpointError, MissingInputError):
+            return None
+    try:
+        return _read_config(p)[0]
+    except (CheckpointError, ValueError):
+        return None
+
+
+def load_checkpoint(
+    path_or_repo_id: str | Path, expected_kind: str, device: str | torch.device = "cpu"
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], Path]:
+    """(model config, state dict, folder) of a checkpoint of ``expected_kind`` (see ``resolve_checkpoint``).
+
+    A folder of another kind, or one without a checkpoint config, is a CheckpointError saying what it holds."""
+    from safetensors.torch import load_file
+
+    folder = resolve_checkpoint(path_or_repo_id)
+    kind, config = _read_config(folder)
+    if kind is None:
+        raise CheckpointError(
+            f"{folder}: not a dcase checkpoint; a checkpoint folder holds {CONFIG_NAME} (with dcase_kind, "
+            f"format_version and config) and {WEIGHTS_NAME}, as written by save_pretrained"
+        )
+    if kind != expected_kind:
+        raise CheckpointError(
+            f"{folder} is {KIND_TITLES[kind]} checkpoint, not {KIND_TITLES[expected_kind]} checkpoint"
+        )
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(f"{folder}: {KIND_TITLES[kind]} checkpoint without {WEIGHTS_NAME}")
+    return config, load_file(str(weights), device=str(device)), folder
+
+
+def load_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], where: str | Path) -> None:
+    """Load ``state`` into ``model``. Keys absent from ``state`` are allowed only for tied parameters (stored once,
+    sharing memory with a loaded one); anything else missing or unexpected is a CheckpointError naming it."""
+    missing, unexpected = model.load_state_dict(dict(state), strict=False)
+    if missing:
+        own = model.state_dict()
+        loaded = {own[k].data_ptr() for k in state if k in own}
+        missing = [k for k in missing if own[k].data_ptr() not in loaded]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{where}: weights do not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
