@@ -109,6 +109,12 @@ def test_tiny_retriever_learns_and_ranks_task8(tmp_path: Path, one_thread: None)
     )
     best = train_retriever(cfg)
     assert (best / "retriever_config.json").is_file()
+    import json
+
+    recs = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    steps = [r for r in recs if "lr" in r]
+    assert steps and all({"sinkhorn_iters", "sinkhorn_error", "sinkhorn_unconverged"} <= set(r) for r in steps)
+    assert all(1 <= r["sinkhorn_iters"] <= 50 and 0 <= r["sinkhorn_unconverged"] <= 1 for r in steps)
 
     res = evaluate_retrievers([best], manifest, "validation")
     n_items = res["items"]
@@ -139,8 +145,6 @@ def test_tiny_retriever_learns_and_ranks_task8(tmp_path: Path, one_thread: None)
     assert all(len(set(f)) == 10 for _, f in srows)
 
     # the CLI: `dcase retriever eval` and `dcase submit task8` with a recipe (CSV validated by the official checker)
-    import json
-
     from typer.testing import CliRunner
 
     from dcase.cli import app
