@@ -127,6 +127,8 @@ def test_generate_greedy_matches_manual_loop_with_and_without_cache():
     for step in range(8):
         logits = m.decode_logits(enc, em, ids)[:, -1]
         nxt = logits.argmax(-1) if step else torch.full((3,), m.bart.config.bos_token_id)  # <s> is forced
+        if step == 7:  # and </s> at the length limit (forced_eos, as the official EnCLAP)
+            nxt = torch.full((3,), m.bart.config.eos_token_id)
         ids = torch.cat([ids, nxt[:, None]], dim=1)
     # rows that stopped early are padded by generate; compare up to each row's first </s>
     for b in range(3):

@@ -228,7 +228,8 @@ def test_greedy_and_beam_give_one_candidate(corpus, tmp_path):
         torch.ones(1, c.shape[2], dtype=torch.bool),
         torch.from_numpy(emb[cid])[None],
         max_new_tokens=10,
-        min_new_tokens=3,
+        min_new_tokens=max(3, sc.min_length - 1),  # HF: min_length and min_new_tokens do not combine
+        no_repeat_ngram_size=sc.no_repeat_ngram_size,
     )
     assert g["text"].iloc[0] == m.decode_text(ids)[0]
 
