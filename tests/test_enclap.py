@@ -274,3 +274,22 @@ def test_build_from_a_local_bart_directory(tmp_path):
     assert r.config == m.config and all(
         torch.equal(a, b) for a, b in zip(m.state_dict().values(), r.state_dict().values(), strict=True)
     )
+
+
+def test_new_layers_use_bart_initialisation():
+    """clip_proj and the MCM heads: normal(0, init_std) weights and zero biases, as BART's ``_init_weights`` (which
+    the official model's ``post_init`` applies to them), not PyTorch's default uniform init with non-zero biases."""
+    torch.manual_seed(0)
+    m = EnCLAP(EnCLAPConfig.tiny(d_model=64, clip_dim=96, codebook_size=64, n_codebooks=3))
+    std = m.bart.config.init_std
+    layers = [m.clip_proj, *m.mcm_heads]
+    assert len(layers) == 4
+    for layer in layers:
+        assert torch.count_nonzero(layer.bias) == 0
+        w = layer.weight.detach()
+        assert abs(w.mean().item()) < 3 * std / w.numel() ** 0.5
+        assert abs(w.std().item() / std - 1) < 0.06, (w.std().item(), std)
+        # PyTorch's default would be U(-1/sqrt(fan_in), 1/sqrt(fan_in)): std 1/sqrt(3 fan_in), far from 0.02 here
+        assert abs(w.std().item() - (3 * w.shape[1]) ** -0.5) > 0.02
+    # the same init as BART's own new layers, e.g. the codebook tables
+    assert abs(m.codebook_embed.weight.std().item() / std - 1) < 0.06
