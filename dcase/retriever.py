@@ -17,6 +17,7 @@ import csv
 import hashlib
 import logging
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -263,7 +264,8 @@ def train_retriever(cfg: RetrieverStageConfig) -> Path:
 
     out = Path(cfg.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "stage_config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    if int(os.environ.get("RANK", "0")) == 0:  # one writer under torchrun / accelerate launch
+        atomic_write_text(out / "stage_config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     return fit(RetrieverTask(cfg), cfg.train)
 
 
