@@ -239,7 +239,7 @@ def gather_pairs(audio: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor,
     sum of the shares, i.e. the single-process gradient on the concatenated batch. Parameters that enter the loss
     directly (the metric ``M``, the InfoNCE temperature) see the whole global batch on every process and get the
     full gradient on each, which the average leaves unchanged. Batches of different sizes are padded for the
-    collective and trimmed after it.
+    collective and trimmed after it. The result is in at least float32.
     """
     import torch.distributed as dist
 
@@ -247,7 +247,8 @@ def gather_pairs(audio: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor,
         return audio, text
     world, rank = dist.get_world_size(), dist.get_rank()
     d = audio.shape[1]
-    both = torch.cat([audio, text], dim=1)
+    both = torch.cat([audio, text], dim=1)  # one collective for both; bf16/fp16 gathered as float32 (gloo, the loss)
+    both = both.to(torch.promote_types(both.dtype, torch.float32))
     size = torch.tensor([both.shape[0]], device=both.device)
     sizes = [torch.zeros_like(size) for _ in range(world)]
     dist.all_gather(sizes, size)
