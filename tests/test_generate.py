@@ -217,6 +217,13 @@ def test_greedy_and_beam_give_one_candidate(corpus, tmp_path):
     b = generate_candidates(_cfg(corpus, tmp_path / "b.parquet", mode="beam", num_beams=3, sampling=sc), progress=False)
     for t in (g, b):
         assert t["clip_id"].value_counts().max() == 1 and t["selected"].all()
+    # the sampling settings reach the beam path: counting the forced <s> changes the decoder score, not the text
+    sc_bos = SamplingConfig(max_new_tokens=10, min_new_tokens=3, batch_clips=2, score_bos=True)
+    b2 = generate_candidates(
+        _cfg(corpus, tmp_path / "b2.parquet", mode="beam", num_beams=3, sampling=sc_bos), progress=False
+    )
+    assert b2["text"].tolist() == b["text"].tolist()
+    assert not np.allclose(b2["decoder_score"].to_numpy(), b["decoder_score"].to_numpy())
     m = EnCLAP.from_pretrained(corpus / "cap").eval()
     from dcase.captioner import StoreChain
 
