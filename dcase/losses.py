@@ -17,10 +17,12 @@ the lens of transportation" (ICLR 2024), used by the EnCLAP DCASE2024 report (§
 - loss ``= -sum_ij (I_ij / B) log pi_ij`` = KL(pi_hat || pi) up to a constant, with the identity plan
   ``pi_hat = I / B`` as the ground-truth matching.
 
-Gradients of the balanced plan are implicit (``_LogPlan``): the iterations run without autograd, and the backward
-pass differentiates the fixed point (the optimality conditions of the entropic dual) with one linear solve of size
-B. At convergence this is the limit of the unrolled gradient that the official code backpropagates through its
-iterations, at O(B^2) memory instead of O(iterations x B^2).
+Gradients of the balanced plan are implicit by default (``_LogPlan``): the iterations run in float64 without
+autograd, and the backward pass differentiates the fixed point (the optimality conditions of the entropic dual) with
+one linear solve of size B. At convergence this is the limit of the unrolled gradient that the official code
+backpropagates through its iterations, at O(B^2) memory instead of O(iterations x B^2). ``gradient="unrolled"``
+runs the official solver itself (POT's ``ot.sinkhorn``, autograd through the iterations). docs/fidelity.md lists
+the differences from the paper and the official code.
 
 Several processes: ``gather_pairs`` gathers the embeddings of every process, so the loss is ONE transport
 problem over the global batch (see its docstring for how the DDP gradient average stays exact).
@@ -37,6 +39,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "GRADIENT_MODES",
+    "METRICS",
     "SinkhornInfo",
     "caption_loss",
     "gather_pairs",
