@@ -248,3 +248,14 @@ def test_sinkhorn_stops_at_tolerance_and_reports() -> None:
     # a looser tolerance stops earlier
     _, _, loose = sinkhorn_potentials(C, 0.03, max_iter=1000, tol=1e-4)
     assert loose.iterations < info.iterations
+
+
+def test_partial_transport_reports_its_solve() -> None:
+    a, t = _pairs(8, 4, 1.0, seed=6)
+    a.requires_grad_()
+    loss, info = mltm_loss(a, t, torch.eye(4, dtype=torch.float64), mass=0.95, epsilon=0.1, return_info=True)
+    loss.backward()
+    assert info.converged and info.marginal_error < 1e-8 and 1 <= info.iterations <= 1000
+    assert torch.isfinite(a.grad).all() and a.grad.abs().sum() > 0
+    _, short = mltm_loss(a, t, torch.eye(4, dtype=torch.float64), mass=0.95, epsilon=0.1, max_iter=5, return_info=True)
+    assert not short.converged and short.iterations == 5
