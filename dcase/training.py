@@ -493,6 +493,17 @@ class _Trainer:
                 },
             )
         acc.wait_for_everyone()
+        log.info(
+            "training on %d process%s (%s, %s): %d items per process x %d processes x grad_accum %d = global batch %d",
+            acc.num_processes,
+            "es" if acc.num_processes > 1 else "",
+            acc.distributed_type.value,
+            acc.device,
+            cfg.batch_size,
+            acc.num_processes,
+            cfg.grad_accum,
+            cfg.batch_size * acc.num_processes * cfg.grad_accum,
+        )
         self.load_state()
         max_steps = cfg.max_steps
         if cfg.max_epochs is not None:

@@ -128,6 +128,8 @@ def test_generate_greedy_matches_manual_loop_with_and_without_cache():
     for step in range(8):
         logits = m.decode_logits(enc, em, ids)[:, -1]
         nxt = logits.argmax(-1) if step else torch.full((3,), m.bart.config.bos_token_id)  # <s> is forced
+        if step == 7:  # and </s> at the length limit (forced_eos, as the official EnCLAP)
+            nxt = torch.full((3,), m.bart.config.eos_token_id)
         ids = torch.cat([ids, nxt[:, None]], dim=1)
     # rows that stopped early are padded by generate; compare up to each row's first </s>
     for b in range(3):
@@ -279,3 +281,22 @@ def test_constructor_does_no_io_pretrained_bart_comes_from_build_enclap() -> Non
     cfg = EnCLAPConfig.tiny(bart_name_or_path="facebook/bart-large")
     with pytest.raises(ValueError, match="build_enclap"):
         EnCLAP(cfg)  # would otherwise download/load BART inside the constructor
+
+
+def test_new_layers_use_bart_initialisation():
+    """clip_proj and the MCM heads: normal(0, init_std) weights and zero biases, as BART's ``_init_weights`` (which
+    the official model's ``post_init`` applies to them), not PyTorch's default uniform init with non-zero biases."""
+    torch.manual_seed(0)
+    m = EnCLAP(EnCLAPConfig.tiny(d_model=64, clip_dim=96, codebook_size=64, n_codebooks=3))
+    std = m.bart.config.init_std
+    layers = [m.clip_proj, *m.mcm_heads]
+    assert len(layers) == 4
+    for layer in layers:
+        assert torch.count_nonzero(layer.bias) == 0
+        w = layer.weight.detach()
+        assert abs(w.mean().item()) < 3 * std / w.numel() ** 0.5
+        assert abs(w.std().item() / std - 1) < 0.06, (w.std().item(), std)
+        # PyTorch's default would be U(-1/sqrt(fan_in), 1/sqrt(fan_in)): std 1/sqrt(3 fan_in), far from 0.02 here
+        assert abs(w.std().item() - (3 * w.shape[1]) ** -0.5) > 0.02
+    # the same init as BART's own new layers, e.g. the codebook tables
+    assert abs(m.codebook_embed.weight.std().item() / std - 1) < 0.06

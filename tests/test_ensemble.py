@@ -57,7 +57,8 @@ def test_token_ensemble_samples_from_mean_logprobs():
     a, b = tiny_captioner(seed=0, eos_bias=-2.0), tiny_captioner(seed=1, eos_bias=-2.0)
     codes, mask, emb = tiny_inputs(a, B=2)
     enc = encode_batch([a, b], codes, mask, emb)
-    g = sample_from_encoder([a, b], enc, SamplingConfig(max_new_tokens=6), SEEDS, greedy=True)
+    cfg = SamplingConfig(max_new_tokens=6, no_repeat_ngram_size=0, min_length=0)
+    g = sample_from_encoder([a, b], enc, cfg, SEEDS, greedy=True)
     bc = a.bart.config
     for i in range(2):
         seq = [bc.decoder_start_token_id]
@@ -67,6 +68,7 @@ def test_token_ensemble_samples_from_mean_logprobs():
                 for m, e in zip((a, b), enc, strict=True)
             ]
             nxt = bc.bos_token_id if len(seq) == 1 else int(torch.stack(lps).mean(0).argmax())
+            nxt = bc.eos_token_id if len(seq) == 6 else nxt  # forced </s> at the length limit
             seq.append(nxt)
             if nxt == bc.eos_token_id:
                 break

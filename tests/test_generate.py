@@ -224,6 +224,13 @@ def test_greedy_and_beam_give_one_candidate(corpus, tmp_path):
     b = generate_candidates(_cfg(corpus, tmp_path / "b.parquet", mode="beam", num_beams=3, sampling=sc), progress=False)
     for t in (g, b):
         assert t["clip_id"].value_counts().max() == 1 and t["selected"].all()
+    # the sampling settings reach the beam path: counting the forced <s> changes the decoder score, not the text
+    sc_bos = SamplingConfig(max_new_tokens=10, min_new_tokens=3, batch_clips=2, score_bos=True)
+    b2 = generate_candidates(
+        _cfg(corpus, tmp_path / "b2.parquet", mode="beam", num_beams=3, sampling=sc_bos), progress=False
+    )
+    assert b2["text"].tolist() == b["text"].tolist()
+    assert not np.allclose(b2["decoder_score"].to_numpy(), b["decoder_score"].to_numpy())
     m = EnCLAP.from_pretrained(corpus / "cap").eval()
     from dcase.features.store import StoreChain
 
@@ -235,7 +242,8 @@ def test_greedy_and_beam_give_one_candidate(corpus, tmp_path):
         torch.ones(1, c.shape[2], dtype=torch.bool),
         torch.from_numpy(emb[cid])[None],
         max_new_tokens=10,
-        min_new_tokens=3,
+        min_new_tokens=max(3, sc.min_length - 1),  # HF: min_length and min_new_tokens do not combine
+        no_repeat_ngram_size=sc.no_repeat_ngram_size,
     )
     assert g["text"].iloc[0] == m.decode_text(ids)[0]
 

@@ -113,6 +113,6 @@ def test_recipe_errors_are_clear(tmp_path):
     from dcase.config import ConfigError
 
     p = tmp_path / "r.yaml"
-    p.write_text("captioners: [a]\ngeneration: {sampling: {top_k: 3}}\n")
-    with pytest.raises(ConfigError, match="top_k"):
+    p.write_text("captioners: [a]\ngeneration: {sampling: {top_q: 3}}\n")  # an unknown key
+    with pytest.raises(ConfigError, match="top_q"):
         load_task6_recipe(p)

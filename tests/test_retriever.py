@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -124,3 +125,57 @@ def test_constructor_is_pure_and_tiny_bert_lives_in_memory(monkeypatch: pytest.M
         Retriever(cfg, text_model, tok)
     pure = Retriever(model.config, text_model, tok)  # only builds modules from the given parts
     assert pure.text_encoder is text_model and pure.tokenizer is tok and pure.embed_dim == 16
+
+
+def test_diagonal_metric_initialisation_round_trip_and_cost(tmp_path: Path) -> None:
+    """``mltm_metric: diagonal``: M = diag(m) with m ~ U[1, 2] (official code), saved and used by ``cost``."""
+    text_dir = build_tiny_bert(tmp_path / "tiny-text")
+    torch.manual_seed(0)
+    cfg = RetrieverConfig(
+        audio=CNextConfig.tiny(), text=TextTowerConfig(name_or_path=str(text_dir)), joint_dim=24, mltm_metric="diagonal"
+    )
+    model = Retriever.build(cfg).eval()
+    assert not hasattr(model, "metric_L") and model.metric is model.metric_diag
+    m = model.metric_diag.detach()
+    assert m.shape == (24,) and m.min() >= 1.0 and m.max() <= 2.0 and m.std() > 0.1
+    back = Retriever.from_pretrained(model.save_pretrained(tmp_path / "ckpt"))
+    assert back.config.mltm_metric == "diagonal"
+    torch.testing.assert_close(back.metric_diag, model.metric_diag)
+    t, a = (
+        torch.nn.functional.normalize(torch.randn(3, 24), dim=1),
+        torch.nn.functional.normalize(torch.randn(4, 24), dim=1),
+    )
+    want = (((t[:, None] - a[None]) ** 2) * m).sum(-1).sqrt()
+    torch.testing.assert_close(back.cost(t, a), want)
+    with pytest.raises(ValueError, match="mltm_metric"):
+        bad = dataclasses.replace(model.config, mltm_metric="lowrank")
+        Retriever(bad, model.text_encoder, model.tokenizer)
+
+
+def test_task_reports_sinkhorn_and_refuses_accumulation(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The loss parts carry the Sinkhorn report; an unconverged solve warns once; grad_accum > 1 is refused."""
+    from dcase.errors import InputError
+    from dcase.stages.retriever import RetrieverStageConfig, RetrieverTask
+    from dcase.training import TrainConfig
+
+    text_dir = build_tiny_bert(tmp_path / "tiny-text")
+    model_cfg = RetrieverConfig(
+        audio=CNextConfig.tiny(), text=TextTowerConfig(name_or_path=str(text_dir)), joint_dim=24
+    )
+    task = RetrieverTask(RetrieverStageConfig(model=model_cfg, train=TrainConfig(grad_accum=1)))
+    model = task.build_model()
+    enc = model.tokenize(["a dog barks", "rain falls", "a car passes", "birds sing"])
+    batch = {"waves": torch.randn(4, 8000), "lengths": torch.full((4,), 8000), **enc}
+    loss, parts = task.loss(model, batch)
+    assert loss.ndim == 0 and set(parts) == {"sinkhorn_iters", "sinkhorn_error", "sinkhorn_unconverged"}
+    assert parts["sinkhorn_unconverged"] == float(parts["sinkhorn_error"] >= 1e-9)
+    assert 1 <= parts["sinkhorn_iters"] <= 1000
+    model.config.mltm_iters = 1  # cannot converge in one iteration
+    with caplog.at_level("WARNING"):
+        for _ in range(3):
+            _, parts = task.loss(model, batch)
+    assert parts["sinkhorn_unconverged"] == 1.0 and parts["sinkhorn_iters"] == 1.0
+    assert sum("did not converge" in r.message for r in caplog.records) == 1
+    bad = RetrieverTask(RetrieverStageConfig(model=model_cfg, train=TrainConfig(grad_accum=2)))
+    with pytest.raises(InputError, match="grad_accum=2 with the m-LTM loss"):
+        bad.build_model()

@@ -110,6 +110,12 @@ def test_tiny_retriever_learns_and_ranks_task8(tmp_path: Path, one_thread: None)
     )
     best = train_retriever(cfg)
     assert kind_of(best) == "retriever" and kind_of(best.parents[1]) == "retriever"  # a run folder: its best
+    import json
+
+    recs = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    steps = [r for r in recs if "lr" in r]
+    assert steps and all({"sinkhorn_iters", "sinkhorn_error", "sinkhorn_unconverged"} <= set(r) for r in steps)
+    assert all(1 <= r["sinkhorn_iters"] <= 50 and 0 <= r["sinkhorn_unconverged"] <= 1 for r in steps)
 
     res = evaluate_retrievers([best], manifest, "validation")
     n_items = res["items"]
@@ -140,8 +146,6 @@ def test_tiny_retriever_learns_and_ranks_task8(tmp_path: Path, one_thread: None)
     assert all(len(set(f)) == 10 for _, f in srows)
 
     # the CLI: `dcase retriever eval` and `dcase submit task8` with a recipe (CSV validated by the official checker)
-    import json
-
     from typer.testing import CliRunner
 
     from dcase.cli import app

@@ -21,10 +21,27 @@ SET_OPTION = typer.Option(
 )
 
 
+def process_rank() -> tuple[int, int]:
+    """(global rank, number of processes) of this process as set by the launcher (``torchrun`` /
+    ``python -m torch.distributed.run``, ``accelerate launch``: ``RANK``, ``WORLD_SIZE``); (0, 1) otherwise."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """True on rank 0 (and in a plain single-process run): the process that logs and writes outputs."""
+    return process_rank()[0] == 0
+
+
 def setup_logging(level: int = logging.INFO) -> None:
+    """Log to stderr. Under several processes every line carries ``[rank r/N]``, and only rank 0 logs below
+    WARNING: the other ranks report warnings and errors only (their info would repeat rank 0's)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    rank, world = process_rank()
+    where = f"[rank {rank}/{world}] " if world > 1 else ""
+    if rank != 0:
+        level = max(level, logging.WARNING)
     logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True
+        level=level, format=f"%(asctime)s {where}%(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True
     )
     for noisy in ("urllib3", "matplotlib", "filelock", "httpx", "fsspec", "faiss.loader"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -31,6 +31,7 @@ def train(
 
     Rerunning the same command resumes from train.output_dir/state.
     """
+    from dcase.cli.common import is_main_process
     from dcase.config import load_config
     from dcase.stages.retriever import RetrieverStageConfig, train_retriever
 
@@ -38,7 +39,8 @@ def train(
     if init:
         cfg.init = init
     best = train_retriever(cfg)
-    typer.echo(f"best checkpoint: {best}")
+    if is_main_process():
+        typer.echo(f"best checkpoint: {best}")
 
 
 @app.command("eval")

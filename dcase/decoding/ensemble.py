@@ -8,8 +8,11 @@ combined; two ways are provided:
   counts added) and reranked together.
 
 In both modes the decoder score of a candidate is the mean over the models of its length-normalised
-log-likelihood under each model (teacher-forced at temperature 1), so scores are comparable across candidates.
-An ensemble of one is exactly single-model decoding (same seeds, same code path).
+log-likelihood under each model (teacher-forced at temperature 1; the forced ``<s>`` counted only with
+``sampling.score_bos``), so scores are comparable across candidates. The logits processing of
+``SamplingConfig`` (``top_k``, ``no_repeat_ngram_size``, ``min_length``) applies to every model's sampling, and
+``no_repeat_ngram_size`` / ``min_length`` to beam search too (as the official EnCLAP's beam search and Wu et al.'s
+samplers). An ensemble of one is exactly single-model decoding (same seeds, same code path).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from dcase.errors import InputError
 log = logging.getLogger(__name__)
 
 ENSEMBLE_MODES = ("token", "pool")
+_DEFAULT = SamplingConfig()
 _PROBES = (
     "A dog barks while rain falls on a metal roof.",
     "Birds chirp; cars pass by, people talk!",
@@ -108,7 +112,18 @@ def pool_from_encoder(
     per_model: list[list[list[Candidate]]] = []
     for m, (model, enc) in enumerate(zip(models, encoded, strict=True)):
         if beams > 0:
-            per_model.append(beam_candidates(model, enc, beams, cfg.max_new_tokens, cfg.min_new_tokens))
+            per_model.append(
+                beam_candidates(
+                    model,
+                    enc,
+                    beams,
+                    cfg.max_new_tokens,
+                    cfg.min_new_tokens,
+                    no_repeat_ngram_size=cfg.no_repeat_ngram_size,
+                    min_length=cfg.min_length,
+                    score_bos=cfg.score_bos,
+                )
+            )
         else:
             sb = sample_from_encoder([model], [enc], cfg, model_seeds(seeds, m), greedy=greedy)
             per_model.append(batch_candidates(model, sb))
@@ -134,7 +149,7 @@ def pool_from_encoder(
         todo = [[c.token_ids for c, o in zip(out[b], owners[b], strict=True) if o != m] for b in range(B)]
         if not any(todo):
             continue
-        scores = score_sequences(model, hid, mask, todo)
+        scores = score_sequences(model, hid, mask, todo, score_bos=cfg.score_bos)
         for b in range(B):
             it = iter(scores[b].tolist())
             for c, o in zip(out[b], owners[b], strict=True):
@@ -148,24 +163,41 @@ def pool_from_encoder(
 
 @torch.no_grad()
 def beam_candidates(
-    model: Any, encoded: tuple[torch.Tensor, torch.Tensor], beams: int, max_new_tokens: int, min_new_tokens: int = 0
+    model: Any,
+    encoded: tuple[torch.Tensor, torch.Tensor],
+    beams: int,
+    max_new_tokens: int,
+    min_new_tokens: int = 0,
+    *,
+    no_repeat_ngram_size: int = _DEFAULT.no_repeat_ngram_size,
+    min_length: int = _DEFAULT.min_length,
+    score_bos: bool = _DEFAULT.score_bos,
 ) -> list[list[Candidate]]:
-    """One beam-search caption per clip (Hugging Face ``generate``), scored with ``sequence_logprobs``."""
+    """One beam-search caption per clip (Hugging Face ``generate``; the captioner's generation config forces
+    ``<s>`` and, by default, ``</s>`` at the length limit), scored like sampled candidates (``score_sequences``).
+    The keyword settings default to ``SamplingConfig``'s; ``min_length`` (decoder length with the start token) is
+    passed as the equivalent ``min_new_tokens`` (HF ignores ``min_length`` when both are given)."""
     hid, mask = encoded
     ids = model.generate_from_encoder(
-        hid, mask, num_beams=beams, do_sample=False, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens
+        hid,
+        mask,
+        num_beams=beams,
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=max(min_new_tokens, min_length - 1),
+        no_repeat_ngram_size=no_repeat_ngram_size,
     )
     labels = ids[:, 1:]
-    scores = model.sequence_logprobs(hid, mask, labels).double()
     pad = model.bart.config.pad_token_id
     texts = model.decode_text(labels)
-    out = []
+    seqs = []
     for b in range(hid.shape[0]):
         seq = [int(x) for x in labels[b].tolist()]
         while seq and seq[-1] == pad:
             seq.pop()
-        out.append(merge_candidates([texts[b]], [seq], [float(scores[b])]))
-    return out
+        seqs.append(seq)
+    scores = score_sequences(model, hid, mask, [[q] for q in seqs], score_bos=score_bos)
+    return [merge_candidates([texts[b]], [seqs[b]], [float(scores[b][0])]) for b in range(hid.shape[0])]
 
 
 __all__ = [

@@ -17,16 +17,27 @@ Randomness: clip ``b`` draws its uniforms ``u[b]`` [n, max_new_tokens] from its 
 descending probability order) first exceeds ``u[b, j, t]``. Results therefore depend only on the seed of the
 clip, not on batch composition or order (a resumed run reproduces a full run exactly).
 
-Nucleus semantics (same as Hugging Face's ``TemperatureLogitsWarper`` then ``TopPLogitsWarper``): scale the
-log-probabilities by 1 / temperature, sort tokens by probability (descending); a token is kept when the total
+Logits processing at each step, in Hugging Face's order (the reference samplers of Wu et al. 2023, whose sampling
+and reranking the report adopts, run ``generate(do_sample=True, temperature=0.5, top_p=0.95, min_length=5,
+no_repeat_ngram_size=3)`` with HF's default ``top_k=50``; the official EnCLAP forces ``</s>`` at the length limit):
+``</s>`` is suppressed while the decoder sequence (start token included) is shorter than ``min_length``
+(``MinLengthLogitsProcessor``) and before ``min_new_tokens`` generated tokens; tokens that would repeat an n-gram
+of size ``no_repeat_ngram_size`` are banned (``NoRepeatNGramLogitsProcessor``); ``<s>`` is forced first and ``</s>``
+last (at step ``max_new_tokens``) when the captioner's generation config forces them (``forced_bos_token_id``,
+``forced_eos_token_id``); then temperature, ``top_k`` (``TopKLogitsWarper``) and nucleus filtering.
+
+Nucleus semantics (same as Hugging Face's ``TemperatureLogitsWarper``, ``TopKLogitsWarper``, then
+``TopPLogitsWarper``): scale the log-probabilities by 1 / temperature, keep the ``top_k`` most probable tokens
+(all with ``top_k = 0``) and renormalise, sort tokens by probability (descending); a token is kept when the total
 probability of the tokens ranked strictly above it is < ``top_p`` (so the token crossing ``top_p`` is kept, and
 the best token always is); the kept probabilities are renormalised.
 
 Decoder score (report §2.3, "the log-likelihood of the generated caption given the input audio"): the
-length-normalised log-likelihood at temperature 1 of the sampled tokens (forced ``<s>`` and ``</s>`` included),
-i.e. exactly ``EnCLAP.sequence_logprobs`` teacher-forced on the sample. It is accumulated during sampling from
-the same logits (no second pass); :func:`score_sequences` computes it teacher-forced for sequences a model did
-not sample itself (candidate pooling), again with shared cross-attention K/V.
+length-normalised log-likelihood at temperature 1 (before any logits processing) of the sampled caption tokens
+and ``</s>``, as Wu et al.'s decoder reranking computes it; the forced ``<s>`` is not counted (``score_bos: true``
+counts it, which equals ``EnCLAP.sequence_logprobs`` teacher-forced on the sample). It is accumulated during
+sampling from the same logits (no second pass); :func:`score_sequences` computes it teacher-forced for sequences a
+model did not sample itself (candidate pooling), again with shared cross-attention K/V.
 
 Ensembles (token level): several captioners decode in lock step; at every step the per-model log-probabilities
 (temperature 1) are averaged and the average is filtered and sampled. The decoder score is then the mean over
@@ -49,14 +60,22 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SamplingConfig:
-    """Nucleus sampling settings (report §3.1). ``max_new_tokens`` counts generated tokens incl. ``<s>``/``</s>``;
-    ``min_new_tokens`` suppresses ``</s>`` before that many tokens (0 = never)."""
+    """Nucleus sampling settings (report §3.1; ``top_k``, ``no_repeat_ngram_size``, ``min_length`` and the decoder
+    score without ``<s>`` follow Wu et al.'s samplers, which the report adopts). ``max_new_tokens`` counts
+    generated tokens incl. ``<s>``/``</s>``; ``min_new_tokens`` suppresses ``</s>`` before that many generated
+    tokens (0 = never); ``min_length`` suppresses it while the decoder sequence with its start token is shorter
+    (Hugging Face's ``min_length``; 5 = at least 3 words after the forced ``<s>``); ``top_k`` 0 and
+    ``no_repeat_ngram_size`` 0 switch those filters off."""
 
     num_candidates: int = 30
     top_p: float = 0.95
     temperature: float = 0.5
     max_new_tokens: int = 40
     min_new_tokens: int = 0
+    top_k: int = 50  # Hugging Face's default, applied by the reference samplers
+    no_repeat_ngram_size: int = 3  # Wu et al.'s samplers; EnCLAP's beam search
+    min_length: int = 5  # Wu et al.'s samplers
+    score_bos: bool = False  # count the forced <s> in the decoder score (Wu et al. do not; it has no <s>)
     seed: int = 0
     batch_clips: int = 8  # clips decoded together (self-attention cache: batch_clips * num_candidates rows)
     topk_first: int = 64  # partial-sort width tried before a full sort (exact either way)
@@ -75,6 +94,15 @@ class SamplingConfig:
             )
         if self.batch_clips < 1 or self.topk_first < 1:
             raise ValueError("sampling.batch_clips and sampling.topk_first must be >= 1")
+        if self.top_k < 0 or self.no_repeat_ngram_size < 0 or self.min_length < 0:
+            raise ValueError(
+                f"sampling.top_k, no_repeat_ngram_size and min_length must be >= 0, got {self.top_k}, "
+                f"{self.no_repeat_ngram_size}, {self.min_length}"
+            )
+
+    def eos_allowed_from(self) -> int:
+        """The first step (0-based generated token) at which ``</s>`` may be sampled (min_new_tokens, min_length)."""
+        return max(self.min_new_tokens, self.min_length - 1)
 
 
 def clip_seed(seed: int, key: str | int) -> int:
@@ -90,19 +118,26 @@ def clip_uniforms(seed: int, n: int, steps: int) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------- nucleus
-def nucleus_probs(logprobs: torch.Tensor, top_p: float, temperature: float) -> torch.Tensor:
+def nucleus_probs(logprobs: torch.Tensor, top_p: float, temperature: float, top_k: int = 0) -> torch.Tensor:
     """The filtered, renormalised sampling distribution: logprobs [R, V] (any normalisation) -> probs [R, V]
     (float64). Reference form of what :func:`nucleus_sample` draws from (full sort)."""
     p = torch.softmax(logprobs.double() / temperature, dim=-1)
+    if 0 < top_k < p.shape[-1]:
+        kth = p.topk(top_k, dim=-1).values[:, -1:]
+        p = torch.where(p >= kth, p, 0.0)
+        p = p / p.sum(-1, keepdim=True)
     vals, idx = p.sort(dim=-1, descending=True)
     keep = (vals.cumsum(-1) - vals) < top_p
     out = torch.zeros_like(p).scatter_(-1, idx, vals * keep)
     return out / out.sum(-1, keepdim=True)
 
 
-def _pick(vals: torch.Tensor, idx: torch.Tensor, u: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Inverse-CDF draw from descending ``vals`` [R, K] (token ids ``idx``) after nucleus filtering."""
+def _pick(vals: torch.Tensor, idx: torch.Tensor, u: torch.Tensor, top_p: float, renorm: bool = False) -> torch.Tensor:
+    """Inverse-CDF draw from descending ``vals`` [R, K] (token ids ``idx``) after nucleus filtering (of ``vals``
+    renormalised to sum 1 with ``renorm``: the top-k set)."""
     v = vals.double()
+    if renorm:
+        v = v / v.sum(-1, keepdim=True)
     keep = (v.cumsum(-1) - v) < top_p
     c = (v * keep).cumsum(-1)
     target = (u * c[:, -1]).unsqueeze(-1)
@@ -112,16 +147,20 @@ def _pick(vals: torch.Tensor, idx: torch.Tensor, u: torch.Tensor, top_p: float) 
 
 
 def nucleus_sample(
-    logprobs: torch.Tensor, u: torch.Tensor, top_p: float, temperature: float, topk_first: int = 64
+    logprobs: torch.Tensor, u: torch.Tensor, top_p: float, temperature: float, topk_first: int = 64, top_k: int = 0
 ) -> torch.Tensor:
     """Draw one token per row: logprobs [R, V], uniforms u [R] (float64 in [0, 1)) -> token ids [R] (long).
 
     Token ``argmin_j {C_j > u * C_K}`` of the descending cumulative kept mass ``C`` (module docstring).
-    Rows whose nucleus fits in the top ``topk_first`` tokens use a partial sort of that width; the others are
-    retried with 16x wider partial sorts while those stay below V / 4, then with a full sort.
+    With ``0 < top_k < V`` one partial sort of width ``top_k`` holds every candidate (renormalised, then nucleus
+    filtered). Otherwise rows whose nucleus fits in the top ``topk_first`` tokens use a partial sort of that width;
+    the others are retried with 16x wider partial sorts while those stay below V / 4, then with a full sort.
     """
     probs = torch.softmax(logprobs.float() / temperature, dim=-1)
     R, V = probs.shape
+    if 0 < top_k < V:
+        vals, idx = probs.topk(top_k, dim=-1, sorted=True)
+        return _pick(vals, idx, u, top_p, renorm=True)
     out = torch.empty(R, dtype=torch.long, device=probs.device)
     rest = torch.arange(R, device=probs.device)
     k = min(topk_first, V) if top_p < 1.0 else V
@@ -137,6 +176,23 @@ def nucleus_sample(
         rest = rest[~fits]
         k = k * 16 if k * 16 <= V // 4 else V  # one wider partial sort, else a full sort
     return out
+
+
+def ban_repeated_ngrams(scores: torch.Tensor, prefix: torch.Tensor, n: int) -> torch.Tensor:
+    """Hugging Face's ``NoRepeatNGramLogitsProcessor``: scores [R, V], decoder prefixes [R, T] (start token
+    included) -> scores with ``-inf`` at every token that would complete an n-gram already in its row's prefix.
+    A new tensor; ``n = 0`` returns ``scores``."""
+    R, T = prefix.shape
+    if n <= 0 or T + 1 < n:
+        return scores
+    if n == 1:
+        follow, hit = prefix, torch.ones_like(prefix, dtype=torch.bool)
+    else:
+        windows = prefix.unfold(1, n - 1, 1)[:, : T - n + 1]  # [R, T-n+1, n-1]: every (n-1)-gram but the last
+        hit = (windows == prefix[:, None, T - n + 1 :]).all(-1)  # equal to the last n-1 tokens
+        follow = prefix[:, n - 1 :]  # the token that followed each of them
+    banned = torch.zeros_like(scores, dtype=torch.float32).scatter_add_(1, follow, hit.float()) > 0
+    return scores.masked_fill(banned, float("-inf"))
 
 
 # ------------------------------------------------------------------------------------ decoder with shared K/V
@@ -164,6 +220,7 @@ class SharedKVDecoder:
         gen = bart.generation_config
         self.start_id = cfg.decoder_start_token_id
         self.forced_bos = gen.forced_bos_token_id if gen.forced_bos_token_id is not None else None
+        self.forced_eos = gen.forced_eos_token_id if gen.forced_eos_token_id is not None else None
         self.max_positions = self.decoder.embed_positions.weight.shape[0] - self.decoder.embed_positions.offset
 
     def cross_kv(self, enc_hidden: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -284,8 +341,9 @@ def sample_from_encoder(
     decs = [SharedKVDecoder(m) for m in models]
     d0 = decs[0]
     for dm in decs[1:]:
-        if (dm.start_id, dm.eos_id, dm.pad_id, dm.forced_bos) != (d0.start_id, d0.eos_id, d0.pad_id, d0.forced_bos):
-            raise ValueError("ensembled captioners disagree on decoder start / eos / pad / forced bos token ids")
+        ids = (dm.start_id, dm.eos_id, dm.pad_id, dm.forced_bos, dm.forced_eos)
+        if ids != (d0.start_id, d0.eos_id, d0.pad_id, d0.forced_bos, d0.forced_eos):
+            raise ValueError("ensembled captioners disagree on decoder start / eos / pad / forced bos / eos token ids")
     B = encoded[0][0].shape[0]
     if len(seeds) != B:
         raise ValueError(f"{B} clips but {len(seeds)} seeds")
@@ -299,6 +357,10 @@ def sample_from_encoder(
     tokens = torch.full((B, n, L), d0.pad_id, dtype=torch.long, device=device)
     lengths = torch.zeros(B, n, dtype=torch.long, device=device)
     sums = torch.zeros(len(models), B, n, dtype=torch.float64, device=device)
+    scored = torch.zeros(B, n, dtype=torch.long, device=device)  # tokens counted in the decoder score
+    skip_bos = d0.forced_bos is not None and not cfg.score_bos
+    eos_from = cfg.eos_allowed_from()
+    start = torch.full((1,), d0.start_id, dtype=torch.long, device=device)
     cur = torch.full((B, n), d0.start_id, dtype=torch.long, device=device)
     done = torch.zeros(B, n, dtype=torch.bool, device=device)
     active = torch.arange(B, device=device)  # original clip index of each batch row
@@ -310,19 +372,28 @@ def sample_from_encoder(
             h = dm.forward(cur[:, :, None], t, cross, mask, cache)[:, :, 0]  # [A, n, D]
             lp_models.append(dm.logprobs(h[alive]))  # [R, V]
         lp = lp_models[0] if M == 1 else torch.stack(lp_models).mean(0)
-        if t < cfg.min_new_tokens:
-            lp = lp.clone()
-            lp[:, d0.eos_id] = float("-inf")
         if t == 0 and d0.forced_bos is not None:
             nxt = torch.full((lp.shape[0],), d0.forced_bos, dtype=torch.long, device=device)
-        elif greedy:
-            nxt = lp.argmax(-1)
+        elif t == L - 1 and d0.forced_eos is not None:
+            nxt = torch.full((lp.shape[0],), d0.forced_eos, dtype=torch.long, device=device)
         else:
-            nxt = nucleus_sample(lp, u[active][:, :, t][alive], cfg.top_p, cfg.temperature, cfg.topk_first)
-        for m, lpm in enumerate(lp_models):
-            sums[m, active] += torch.zeros_like(done, dtype=torch.float64).masked_scatter(
-                alive, lpm.gather(-1, nxt[:, None])[:, 0].double()
-            )
+            if t < eos_from:
+                lp = lp.clone()
+                lp[:, d0.eos_id] = float("-inf")
+            if cfg.no_repeat_ngram_size > 0 and t + 2 >= cfg.no_repeat_ngram_size:
+                prefix = torch.cat([start.expand(lp.shape[0], 1), tokens[active, :, :t][alive]], dim=1)
+                lp = ban_repeated_ngrams(lp, prefix, cfg.no_repeat_ngram_size)
+            if greedy:
+                nxt = lp.argmax(-1)
+            else:
+                ua = u[active][:, :, t][alive]
+                nxt = nucleus_sample(lp, ua, cfg.top_p, cfg.temperature, cfg.topk_first, cfg.top_k)
+        if t > 0 or not skip_bos:
+            for m, lpm in enumerate(lp_models):
+                sums[m, active] += torch.zeros_like(done, dtype=torch.float64).masked_scatter(
+                    alive, lpm.gather(-1, nxt[:, None])[:, 0].double()
+                )
+            scored[active] += alive.long()
         step = torch.full_like(cur, d0.pad_id)
         step[alive] = nxt
         tokens[active, :, t] = step
@@ -339,7 +410,7 @@ def sample_from_encoder(
             crosses = [[(k[keep], v[keep]) for k, v in cr] for cr in crosses]
             masks = [mk[keep] for mk in masks]
             caches = [[(k[rows], v[rows]) for k, v in ca] for ca in caches]
-    model_scores = sums / lengths.clamp(min=1)[None].double()
+    model_scores = sums / scored.clamp(min=1)[None].double()
     return SampleBatch(tokens, lengths, model_scores.mean(0), model_scores)
 
 
@@ -363,12 +434,17 @@ def sample_candidates(
 
 @torch.no_grad()
 def score_sequences(
-    model: Any, enc_hidden: torch.Tensor, enc_mask: torch.Tensor, sequences: Sequence[Sequence[Sequence[int]]]
+    model: Any,
+    enc_hidden: torch.Tensor,
+    enc_mask: torch.Tensor,
+    sequences: Sequence[Sequence[Sequence[int]]],
+    score_bos: bool = False,
 ) -> list[torch.Tensor]:
     """Teacher-forced length-normalised log-likelihood (temperature 1) of token sequences, one batched pass with
     shared cross-attention K/V: enc_hidden [B, S, D], enc_mask [B, S], sequences[b] = list of id lists (ids after
     the decoder start token; a trailing pad is ignored) -> per clip float64 [len(sequences[b])].
-    Equal to ``EnCLAP.sequence_logprobs`` on the same sequences."""
+    The first token is not counted when the model forces it (``<s>``) unless ``score_bos`` (the sampler's decoder
+    score); with ``score_bos`` it equals ``EnCLAP.sequence_logprobs`` on the same sequences."""
     dm = SharedKVDecoder(model)
     B = enc_hidden.shape[0]
     if len(sequences) != B:
@@ -387,6 +463,8 @@ def score_sequences(
     h = dm.forward(dec_in, 0, dm.cross_kv(enc_hidden), enc_mask)  # [B, n, T, D]
     lp = dm.logprobs(h).gather(-1, labels[..., None])[..., 0].double()  # [B, n, T]
     keep = labels != dm.pad_id
+    if dm.forced_bos is not None and not score_bos:
+        keep[:, :, 0] &= labels[:, :, 0] != dm.forced_bos
     score = (lp * keep).sum(-1) / keep.sum(-1).clamp(min=1)
     return [score[b, : len(s)].cpu() for b, s in enumerate(sequences)]
 
@@ -446,6 +524,7 @@ __all__ = [
     "SampleBatch",
     "SamplingConfig",
     "SharedKVDecoder",
+    "ban_repeated_ngrams",
     "batch_candidates",
     "clip_seed",
     "clip_uniforms",

@@ -92,6 +92,7 @@ class EnCLAPConfig:
     mcm_lambda: float = 0.7
     label_smoothing: float = 0.2
     max_caption_tokens: int = 64
+    forced_eos: bool = True  # generation ends with </s> at the length limit (official EnCLAP's forced_eos_token_id)
 
     @property
     def pad_code(self) -> int:
@@ -218,13 +219,16 @@ class EnCLAP(nn.Module):
         config = dataclasses.replace(config, **{f: getattr(bc, f) for f in _BART_FIELDS})
         self.config = config
         # explicit generation defaults (a hub checkpoint's own, e.g. bart-large's beam/no-repeat settings, are
-        # replaced): decoding starts with </s>, forces <s> first, stops at </s>; greedy unless told otherwise
+        # replaced): decoding starts with </s>, forces <s> first, stops at </s> and, with ``forced_eos`` (the
+        # official EnCLAP's generation config), ends a caption that reaches the length limit with </s>; greedy
+        # unless told otherwise
         bart.generation_config = GenerationConfig(
             decoder_start_token_id=bc.decoder_start_token_id,
             bos_token_id=bc.bos_token_id,
             eos_token_id=bc.eos_token_id,
             pad_token_id=bc.pad_token_id,
             forced_bos_token_id=bc.bos_token_id,
+            forced_eos_token_id=bc.eos_token_id if config.forced_eos else None,
             max_new_tokens=config.max_caption_tokens,
         )
         if config.max_codec_positions + 2 > bc.max_position_embeddings:
@@ -241,6 +245,9 @@ class EnCLAP(nn.Module):
         self.register_buffer("codebook_offsets", torch.arange(N) * (K + CODEC_SPECIAL_IDS), persistent=False)
         self.clip_proj = nn.Linear(config.clip_dim, D)
         self.mcm_heads = nn.ModuleList(nn.Linear(D, K) for _ in range(N))
+        for layer in (self.clip_proj, *self.mcm_heads):  # BART's init, as the official model's post_init gives them
+            nn.init.normal_(layer.weight, std=bc.init_std)
+            nn.init.zeros_(layer.bias)
 
     # ----------------------------------------------------------------------------- encoder input (eqs. 1-3)
     @property

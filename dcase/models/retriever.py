@@ -7,7 +7,8 @@ pretrained text encoders (BGE-base/large, BERT-base/large, RoBERTa-base/large), 
         -> Linear -> [B, joint_dim] -> L2-normalise                                  (audio embedding)
     captions -> tokenizer -> text encoder [B, S, H] -> pooling (CLS or masked mean) [B, H]
         -> Linear -> [B, joint_dim] -> L2-normalise                                  (text embedding)
-    loss: m-LTM (learned Mahalanobis metric M = L L^T, entropic OT) or symmetric InfoNCE (learned temperature)
+    loss: m-LTM (learned Mahalanobis metric, full M = L L^T or diagonal M = diag(m); entropic OT) or symmetric
+          InfoNCE (learned temperature); under several processes, over the embeddings of every process
 
 Text pooling follows each family's convention: ``auto`` = the sentence-transformers pooling config when the
 text model is a sentence-transformers directory (``modules.json``), CLS for BGE models, otherwise masked mean
@@ -37,7 +38,7 @@ from torch import nn
 
 from dcase.config import from_dict
 from dcase.errors import MissingInputError
-from dcase.losses import info_nce_loss, mahalanobis_cost, mltm_loss
+from dcase.losses import GRADIENT_MODES, METRICS, gather_pairs, info_nce_loss, mahalanobis_cost, mltm_loss
 from dcase.models.cnext import CNext, CNextConfig, load_cnext_checkpoint
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,10 @@ class RetrieverConfig:
     loss: str = "mltm"  # mltm | infonce
     mltm_epsilon: float = 0.03  # entropic regularisation (m-LTM paper / official code)
     mltm_mass: float = 1.0  # < 1: partial OT transporting this mass (paper uses 0.95 for noisy pairs)
-    mltm_iters: int = 100  # Sinkhorn iterations unrolled in training
+    mltm_metric: str = "full"  # full: M = L L^T from the identity (paper); diagonal: diag(m), m ~ U[1, 2] (official)
+    mltm_iters: int = 1000  # maximum Sinkhorn iterations (official: 1000)
+    mltm_tol: float = 1e-9  # Sinkhorn stops when the marginal error is below this (official: 1e-9)
+    mltm_gradient: str = "implicit"  # implicit (fixed point, O(B^2) memory) | unrolled (official: POT, autograd)
     temperature: float = 0.07  # InfoNCE initial temperature (learned)
 
     @classmethod
@@ -214,6 +218,11 @@ class Retriever(nn.Module):
             raise ValueError(f"retriever loss must be 'mltm' or 'infonce', got {cfg.loss!r}")
         if cfg.text.pooling not in ("cls", "mean"):
             raise ValueError(f"text pooling must be resolved to cls or mean, got {cfg.text.pooling!r} (use build)")
+        if cfg.mltm_metric not in METRICS or cfg.mltm_gradient not in GRADIENT_MODES:
+            raise ValueError(
+                f"mltm_metric must be one of {METRICS} and mltm_gradient one of {GRADIENT_MODES}, got "
+                f"{cfg.mltm_metric!r} and {cfg.mltm_gradient!r}"
+            )
         self.audio_encoder = CNext(cfg.audio)
         self.text_encoder = text_model
         self.tokenizer = tokenizer
@@ -222,8 +231,10 @@ class Retriever(nn.Module):
         self.embed_dim = cfg.joint_dim
         self.audio_proj = nn.Linear(cfg.audio.embed_dim, cfg.joint_dim)
         self.text_proj = nn.Linear(text_model.config.hidden_size, cfg.joint_dim)
-        if cfg.loss == "mltm":
+        if cfg.loss == "mltm" and cfg.mltm_metric == "full":
             self.metric_L = nn.Parameter(torch.eye(cfg.joint_dim))  # M = L L^T, PSD by construction
+        elif cfg.loss == "mltm":
+            self.metric_diag = nn.Parameter(1.0 + torch.rand(cfg.joint_dim))  # M = diag(m), as the official code
         else:
             self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.temperature)))
 
@@ -273,22 +284,49 @@ class Retriever(nn.Module):
         return F.normalize(self.text_proj(self.text_features(input_ids, attention_mask)), dim=-1)
 
     # ---- loss
-    def pair_loss(self, audio: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """Loss of a batch of matching pairs (normalised embeddings [B, D] each)."""
+    @property
+    def metric(self) -> torch.Tensor:
+        """The m-LTM metric parameter: ``L`` [D, D] (full, ``M = L L^T``) or ``m`` [D] (diagonal, ``M = diag(m)``)."""
+        return self.metric_diag if self.config.mltm_metric == "diagonal" else self.metric_L
+
+    def pair_loss(self, audio: torch.Tensor, text: torch.Tensor) -> dict[str, Any]:
+        """Loss of a batch of matching pairs (normalised embeddings [B, D] each): ``{"loss": scalar}``, plus for
+        m-LTM the Sinkhorn report ``sinkhorn_iters``, ``sinkhorn_error`` (final marginal error), ``sinkhorn_converged``.
+
+        Under several processes (an initialised ``torch.distributed`` group) the loss is computed over the global
+        batch gathered from every process (``dcase.losses.gather_pairs``: one transport problem, the same loss value
+        on every process, and after DDP's gradient average the update of one process on the concatenated batch).
+        """
         c = self.config
+        audio, text = gather_pairs(audio, text)
         if c.loss == "mltm":
-            return mltm_loss(
-                audio, text, self.metric_L, epsilon=c.mltm_epsilon, mass=c.mltm_mass, num_iter=c.mltm_iters
+            loss, info = mltm_loss(
+                audio,
+                text,
+                self.metric,
+                epsilon=c.mltm_epsilon,
+                mass=c.mltm_mass,
+                max_iter=c.mltm_iters,
+                tol=c.mltm_tol,
+                gradient=c.mltm_gradient,
+                return_info=True,
             )
-        return info_nce_loss(audio, text, self.logit_scale.clamp(max=math.log(100.0)).exp())
+            return {
+                "loss": loss,
+                "sinkhorn_iters": info.iterations,
+                "sinkhorn_error": info.marginal_error,
+                "sinkhorn_converged": info.converged,
+            }
+        return {"loss": info_nce_loss(audio, text, self.logit_scale.clamp(max=math.log(100.0)).exp())}
 
     def forward(
         self, waves: torch.Tensor, lengths: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """A training step's forward: embeddings of both towers and the pair loss (computed here for DDP)."""
+    ) -> dict[str, Any]:
+        """A training step's forward: this process's embeddings of both towers [B, D] and the pair loss over the
+        global batch with its report (``pair_loss``; computed here, inside the DDP-wrapped forward)."""
         audio = self.encode_audio(waves, lengths)
         text = self.encode_text(input_ids, attention_mask)
-        return {"loss": self.pair_loss(audio, text), "audio": audio, "text": text}
+        return {**self.pair_loss(audio, text), "audio": audio, "text": text}
 
     def cost(self, text: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         """Ground cost for transductive ranking: text [Q, D], audio [N, D] -> [Q, N].
@@ -296,7 +334,7 @@ class Retriever(nn.Module):
         m-LTM models: the learned Mahalanobis distance; InfoNCE models: cosine distance ``1 - t.a``.
         """
         if self.config.loss == "mltm":
-            return mahalanobis_cost(text, audio, self.metric_L)
+            return mahalanobis_cost(text, audio, self.metric)
         return 1.0 - text @ audio.T
 
     # ---- inference API

@@ -14,6 +14,8 @@ collection under the model's ground cost: transductive, as the m-LTM paper evalu
 from __future__ import annotations
 
 import logging
+import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ import torch
 from dcase.data.clotho import read_retrieval_captions
 from dcase.data.datasets import AudioCache, PairDataset, pad_waves
 from dcase.data.manifest import folder_rows, load_captioned_rows, read_manifest
+from dcase.errors import InputError
 from dcase.evaluation.retrieval import (
     AudioIndex,
     ensemble_similarity,
@@ -78,6 +81,7 @@ class RetrieverTask:
         self.min_samples = 1
         self.cache = AudioCache(cfg.model.audio.sample_rate, None, cfg.data.cache_audio)
         self._val: tuple[pd.DataFrame, AudioCache] | None = None
+        self._unconverged = 0  # training steps whose Sinkhorn stopped unconverged
 
     def build_model(self) -> torch.nn.Module:
         if self.cfg.init:
@@ -86,6 +90,7 @@ class RetrieverTask:
         else:
             model = Retriever.build(self.cfg.model)
         self.cfg.model = model.config
+        _check_no_accumulation(model.config, self.cfg.train)
         self.tokenizer = model.tokenizer
         self.min_samples = model.audio_encoder.min_samples()
         self.cache = AudioCache(model.sample_rate, None, self.cfg.data.cache_audio)
@@ -117,8 +122,33 @@ class RetrieverTask:
         }
 
     def loss(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """The pair loss over the global batch (the same value on every process), and for m-LTM the Sinkhorn
+        report as loss parts, which ``fit`` averages into ``train_log.jsonl``: ``sinkhorn_iters``,
+        ``sinkhorn_error`` (final marginal error) and ``sinkhorn_unconverged`` (the fraction of steps whose
+        Sinkhorn stopped at ``mltm_iters`` above ``mltm_tol``). The first unconverged step logs a warning; later
+        ones are counted, and the count is logged again at 10, 100, 1000... steps."""
         out = model(batch["waves"], batch["lengths"], batch["input_ids"], batch["attention_mask"])
-        return out["loss"], {}
+        if "sinkhorn_iters" not in out:
+            return out["loss"], {}
+        if not out["sinkhorn_converged"]:
+            self._unconverged += 1
+            n = self._unconverged
+            if n == 1 or math.log10(n).is_integer():
+                c = self.cfg.model
+                log.warning(
+                    "Sinkhorn did not converge in %d iterations (marginal error %.2e > mltm_tol %.0e) at %d "
+                    "training step(s) so far; raise model.mltm_iters (or mltm_epsilon) if this persists",
+                    out["sinkhorn_iters"],
+                    out["sinkhorn_error"],
+                    c.mltm_tol,
+                    n,
+                )
+        parts = {
+            "sinkhorn_iters": float(out["sinkhorn_iters"]),
+            "sinkhorn_error": float(out["sinkhorn_error"]),
+            "sinkhorn_unconverged": float(not out["sinkhorn_converged"]),
+        }
+        return out["loss"], parts
 
     def evaluate(self, model: torch.nn.Module, accelerator: Any) -> dict[str, float]:
         d = self.cfg.data
@@ -136,6 +166,19 @@ class RetrieverTask:
         model.save_pretrained(path)
 
 
+def _check_no_accumulation(model: RetrieverConfig, train: TrainConfig) -> None:
+    """m-LTM couples every pair of a batch in one transport problem: accumulating micro-batches would solve
+    ``grad_accum`` separate problems, a different objective; refuse it (the global batch is per-process batch x
+    processes)."""
+    if model.loss == "mltm" and train.grad_accum > 1:
+        raise InputError(
+            f"train.grad_accum={train.grad_accum} with the m-LTM loss: each micro-batch would be its own transport "
+            f"problem, not one over the global batch of {train.batch_size} x {train.grad_accum}. Set "
+            "train.grad_accum: 1 and reach the global batch with train.batch_size x processes (the embeddings of "
+            "every process are gathered into one problem)"
+        )
+
+
 def train_retriever(cfg: RetrieverStageConfig) -> Path:
     """Train (or finetune, with ``cfg.init``) a retriever; returns the best checkpoint (by validation mAP@10).
 
@@ -149,7 +192,8 @@ def train_retriever(cfg: RetrieverStageConfig) -> Path:
 
     out = Path(cfg.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "stage_config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    if int(os.environ.get("RANK", "0")) == 0:  # one writer under torchrun / accelerate launch
+        atomic_write_text(out / "stage_config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     return fit(RetrieverTask(cfg), cfg.train)
 
 
