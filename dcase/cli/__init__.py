@@ -37,7 +37,7 @@ app.add_typer(retriever.app, name="retriever", help="Audio-text retrievers (m-LT
 app.add_typer(
     pipeline.app,
     name="pipeline",
-    help="The whole DCASE2024 recipe as one pipeline: plan (steps, inputs, outputs, status) and run (preflight, resume).",
+    help="The whole DCASE2024 recipe as one pipeline: plan (steps, inputs, outputs, status), run (preflight, resume).",
 )
 app.add_typer(submit.app, name="submit", help="Task 6 / Task 8 submission files: export, validate, package.")
 app.add_typer(score.app, name="score", help="Score captions (aac-metrics) or retrieval results.")

@@ -24,9 +24,9 @@ of different lengths, which can flip a nearest-codebook choice when two codeword
 from __future__ import annotations
 
 import json
-import os
 import logging
 import math
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass

@@ -43,6 +43,7 @@ class DemoConfig:
 def make_demo_data(data: Path, clips: int, seed: int) -> Path:
     """The synthetic corpus under ``data/`` in the layouts the pipeline reads (Clotho v2.1 + the mixup release)."""
     from dcase.data.locate import MIXUP_RELEASE_FILE
+
     from dcase.data.synth import INFO_JSON, MIXUP_JSON, make_synth_corpus
 
     corpus = data / "CLOTHO_v2.1"

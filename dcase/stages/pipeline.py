@@ -337,8 +337,9 @@ class _Builder:
             )
 
     def _retrievers(self) -> None:
-        from dcase.config import load_config
         from dcase.stages.retriever import RetrieverStageConfig, train_retriever
+
+        from dcase.config import load_config
 
         val_source, val_splits = parse_use(self.p.validation)
         for spec in self.p.retrievers:
@@ -706,7 +707,6 @@ def _apply_mapping(cfg: Any, overrides: dict[str, Any]) -> Any:
 
 def with_store_sizes(cfg: Any, layout: RunLayout, sources: Sequence[str]) -> Any:
     """The captioner config with ``n_codebooks``, ``codebook_size`` and ``clip_dim`` taken from the stores."""
-    from dcase.features.store import FeatureStore
 
     sizes = store_sizes([layout.codec_store(s) for s in sources], [layout.embed_store(s) for s in sources])
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **sizes))

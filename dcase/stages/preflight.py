@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from dcase.errors import InputError
-from dcase.stages.profiles import EVALUATION_SPLITS, parse_use, resolve_config_path, uses_by_source
+from dcase.stages.profiles import EVALUATION_SPLITS, resolve_config_path, uses_by_source
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +78,10 @@ def _text_encoder(name: str) -> str:
 
 def check_weights(pipe: Any, problems: list[str]) -> None:
     """Every pretrained model and checkpoint the selected steps load exists locally or in the cache."""
-    from dcase.config import load_config
     from dcase.stages.captioner import load_stage_config
     from dcase.stages.retriever import RetrieverStageConfig
+
+    from dcase.config import load_config
 
     p = pipe.profile
     groups = {s.group for s in pipe.selected()}

@@ -46,10 +46,10 @@ def load_recipe(
     """A Task 6 / Task 8 recipe from a file (a path, or a name under the package configs) or an inline mapping,
     with the team identity (lastname, institute, authors, ...) laid over its ``meta`` and the profile's
     ``generation`` overrides merged into a Task 6 recipe's generation settings."""
-    from dcase.stages.profiles import _deep_merge
+    from dcase.submission.recipes import Task6Recipe, Task8Recipe
 
     from dcase.config import from_dict, load_yaml
-    from dcase.submission.recipes import Task6Recipe, Task8Recipe
+    from dcase.stages.profiles import _deep_merge
 
     cls = Task6Recipe if task == 6 else Task8Recipe
     data = dict(item) if isinstance(item, Mapping) else load_yaml(resolve_config_path(str(item)))
@@ -107,6 +107,7 @@ def _decode(
 ) -> Any:
     """Candidates of a recipe's captioners on one dataset split, reranked: writes ``out_dir/candidates.parquet``."""
     from dcase.stages.generation import generate_candidates
+
     from dcase.stages.pipeline import device
 
     source, splits = parse_use(use)
@@ -160,9 +161,10 @@ def tune_rerank(pipe: Any, recipe: Any) -> dict[str, Any]:
 def devtest_task6(pipe: Any, recipe: Any, out_dir: Path) -> dict[str, Any]:
     """A Task 6 system on the development-testing split: candidates, the Task 6 CSV, and its caption metrics
     against the split's references (``scores.json``)."""
-    from dcase.evaluation.captions import evaluate_captions, write_scores_json
     from dcase.stages.generation import read_reference_map, task6_rows
     from dcase.submission.formats import write_task6
+
+    from dcase.evaluation.captions import evaluate_captions, write_scores_json
 
     table = _decode(pipe, recipe, pipe.p.devtest, out_dir)
     rows = task6_rows(table)
@@ -180,8 +182,9 @@ def devtest_task6(pipe: Any, recipe: Any, out_dir: Path) -> dict[str, Any]:
 
 def devtest_task8(pipe: Any, recipe: Any, out_dir: Path) -> dict[str, Any]:
     """A Task 8 system on the development-testing split: every caption is a query for its clip (mAP@10, R@k)."""
-    from dcase.stages.pipeline import device
     from dcase.stages.retriever import evaluate_retrievers
+
+    from dcase.stages.pipeline import device
 
     source, splits = parse_use(pipe.p.devtest)
     res = evaluate_retrievers(
@@ -490,11 +493,12 @@ def system_task6(pipe: Any, recipe: Any, out_dir: Path) -> dict[str, Any]:
 def system_task8(pipe: Any, recipe: Any, out_dir: Path) -> dict[str, Any]:
     """The Task 8 CSV of a recipe (the retrieval audio ranked for every query of ``retrieval_captions.csv``), its
     meta YAML built from what ran, and its system folder."""
-    from dcase.data.manifest import read_manifest
-    from dcase.stages.pipeline import device
     from dcase.stages.retriever import rank_task8
     from dcase.submission.formats import write_task8
     from dcase.submission.meta import build_meta, write_meta
+
+    from dcase.data.manifest import read_manifest
+    from dcase.stages.pipeline import device
 
     source, splits = parse_use(pipe.p.task8_eval)
     rows = list(read_manifest(pipe.L.manifest(source), list(splits)).itertuples(index=False))
