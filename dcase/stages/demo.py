@@ -42,8 +42,7 @@ class DemoConfig:
 
 def make_demo_data(data: Path, clips: int, seed: int) -> Path:
     """The synthetic corpus under ``data/`` in the layouts the pipeline reads (Clotho v2.1 + the mixup release)."""
-    from dcase.data.locate import MIXUP_RELEASE_FILE
-
+    from dcase.data.mixup import RELEASE_JSON
     from dcase.data.synth import INFO_JSON, MIXUP_JSON, make_synth_corpus
 
     corpus = data / "CLOTHO_v2.1"
@@ -51,7 +50,7 @@ def make_demo_data(data: Path, clips: int, seed: int) -> Path:
         make_synth_corpus(
             corpus, clips, seed, n_retrieval=max(MIN_TASK8_CLIPS, clips // 20), overwrite=True, progress=True
         )
-    mixup = data / "Clotho-ChatGPT-Mixup" / MIXUP_RELEASE_FILE
+    mixup = data / "Clotho-ChatGPT-Mixup" / RELEASE_JSON
     if not mixup.is_file() and (corpus / MIXUP_JSON).is_file():
         mixup.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(corpus / MIXUP_JSON, mixup)

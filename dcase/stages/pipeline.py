@@ -188,6 +188,7 @@ class Pipeline:
     found: Any  # dcase.data.locate.DatasetsFound
     steps: list[Step]
     warnings: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # found while planning; the preflight reports them with its own
 
     def selected(self) -> list[Step]:
         return select_steps(self.steps, self.options.only, self.options.start, self.options.until)
@@ -260,7 +261,8 @@ def build_pipeline(profile: Profile, options: PipelineOptions) -> Pipeline:
     found = locate_datasets(options.data_root, options.dataset_paths or None)
     warnings = list(found.warnings)
     b = _Builder(profile, options, layout, found, warnings)
-    return Pipeline(profile, options, layout, found, b.build(), warnings)
+    steps = b.build()
+    return Pipeline(profile, options, layout, found, steps, warnings, problems=[*found.problems, *b.problems])
 
 
 class _Builder:
@@ -271,6 +273,7 @@ class _Builder:
     ) -> None:
         self.p, self.o, self.L, self.found, self.warnings = profile, options, layout, found, warnings
         self.steps: list[Step] = []
+        self.problems: list[str] = []
         self.present = {s for s in profile.datasets if s in found}
 
     # -- helpers
@@ -317,22 +320,19 @@ class _Builder:
         for source in [s for s in self.p.datasets if s in self.present]:
             entry = self.found[source]
             opts = dict(self.p.datasets.get(source) or {})
-            extra: dict[str, Any] = {}
-            if source == "clotho_mixup":
-                extra["clotho"] = self.found["clotho"] if "clotho" in self.found else None
             out = self.L.manifest(source)
 
-            def action(entry: Any = entry, out: Path = out, opts: dict = opts, extra: dict = extra) -> dict:
-                res = build_manifest_from(entry, out, overwrite=True, progress=True, **extra, **opts)
+            def action(entry: Any = entry, out: Path = out, opts: dict = opts) -> dict:
+                res = build_manifest_from(entry, out, overwrite=True, progress=True, **opts)
                 return {"clips": len(res.frame), "skipped": len(res.skipped)}
 
             self.add(
                 name=f"manifests/{source}",
                 group="manifests",
                 description=f"manifest of {source}",
-                inputs=tuple(entry.inputs()),
+                inputs=(entry.root,),
                 outputs=(out,),
-                settings={"source": source, "options": opts, "location": entry.describe()},
+                settings={"source": source, "options": opts, "location": entry.to_dict()},
                 action=action,
             )
 
@@ -812,7 +812,7 @@ def write_run_record(pipe: Pipeline, leak_notes: Sequence[str] = ()) -> None:
         seed=pipe.profile.seed,
         extra={
             "options": json.loads(json.dumps(dataclasses.asdict(pipe.options), default=str)),
-            "datasets": {name: pipe.found[name].describe() for name in pipe.found.names()},
+            "datasets": pipe.found.to_dict(),
             "warnings": pipe.warnings,
             "allow_leak": pipe.options.allow_leak,
             "leaks_allowed": list(leak_notes),

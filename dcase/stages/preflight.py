@@ -309,8 +309,9 @@ def check_duplicate_audio(pipe: Any, problems: list[str], allow_leak: bool) -> l
             train_splits[source].update(splits or ["*"])
     train: list[Path] = []
     evaluation: list[Path] = []
-    for source in pipe.found.names():
-        files = audio_files(pipe.found[source])
+    for entry in pipe.found:
+        source = entry.source
+        files = audio_files(entry)
         for split, paths in files.items():
             if split in EVALUATION_SPLITS:
                 evaluation.extend(paths)

@@ -502,7 +502,7 @@ def system_task8(pipe: Any, recipe: Any, out_dir: Path) -> dict[str, Any]:
 
     source, splits = parse_use(pipe.p.task8_eval)
     rows = list(read_manifest(pipe.L.manifest(source), list(splits)).itertuples(index=False))
-    queries = pipe.found[source].retrieval_captions()
+    queries = pipe.found[source].files["captions:retrieval_audio"]
     retrievers = [pipe.L.resolve(r) for r in recipe.retrievers]
     ranked = rank_task8(
         retrievers,
