@@ -65,7 +65,7 @@ def test_tiny_pipeline_on_real_clips_in_official_layouts(clotho_mini, tmp_path):
     package = json.loads((run / "submission" / "package.json").read_text())
     with zipfile.ZipFile(package["zip"]) as z:
         members = set(z.namelist())
-    for name, rec in outputs.items():
+    for rec in outputs.values():
         task = f"task{rec['task']}"
         assert f"{task}/{rec['label']}/{rec['label']}.output.csv" in members
         assert f"{task}/{rec['label']}/{rec['label']}.meta.yaml" in members
