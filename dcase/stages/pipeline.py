@@ -337,9 +337,8 @@ class _Builder:
             )
 
     def _retrievers(self) -> None:
-        from dcase.stages.retriever import RetrieverStageConfig, train_retriever
-
         from dcase.config import load_config
+        from dcase.stages.retriever import RetrieverStageConfig, train_retriever
 
         val_source, val_splits = parse_use(self.p.validation)
         for spec in self.p.retrievers:

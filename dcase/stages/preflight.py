@@ -78,10 +78,9 @@ def _text_encoder(name: str) -> str:
 
 def check_weights(pipe: Any, problems: list[str]) -> None:
     """Every pretrained model and checkpoint the selected steps load exists locally or in the cache."""
+    from dcase.config import load_config
     from dcase.stages.captioner import load_stage_config
     from dcase.stages.retriever import RetrieverStageConfig
-
-    from dcase.config import load_config
 
     p = pipe.profile
     groups = {s.group for s in pipe.selected()}

@@ -46,10 +46,9 @@ def load_recipe(
     """A Task 6 / Task 8 recipe from a file (a path, or a name under the package configs) or an inline mapping,
     with the team identity (lastname, institute, authors, ...) laid over its ``meta`` and the profile's
     ``generation`` overrides merged into a Task 6 recipe's generation settings."""
-    from dcase.submission.recipes import Task6Recipe, Task8Recipe
-
     from dcase.config import from_dict, load_yaml
     from dcase.stages.profiles import _deep_merge
+    from dcase.submission.recipes import Task6Recipe, Task8Recipe
 
     cls = Task6Recipe if task == 6 else Task8Recipe
     data = dict(item) if isinstance(item, Mapping) else load_yaml(resolve_config_path(str(item)))
@@ -83,7 +82,6 @@ def generate_config(
         gen = dataclasses.replace(gen, w_enc=w_enc, w_dec=round(1.0 - w_enc, 6))
     return GenerateConfig(
         captioners=[str(c) for c in captioners],
-        ensemble=recipe.ensemble,
         retriever=str(retriever) if retriever else None,
         manifest=str(manifest),
         split=split,
@@ -107,7 +105,6 @@ def _decode(
 ) -> Any:
     """Candidates of a recipe's captioners on one dataset split, reranked: writes ``out_dir/candidates.parquet``."""
     from dcase.stages.generation import generate_candidates
-
     from dcase.stages.pipeline import device
 
     source, splits = parse_use(use)
@@ -161,10 +158,9 @@ def tune_rerank(pipe: Any, recipe: Any) -> dict[str, Any]:
 def devtest_task6(pipe: Any, recipe: Any, out_dir: Path) -> dict[str, Any]:
     """A Task 6 system on the development-testing split: candidates, the Task 6 CSV, and its caption metrics
     against the split's references (``scores.json``)."""
+    from dcase.evaluation.captions import evaluate_captions, write_scores_json
     from dcase.stages.generation import read_reference_map, task6_rows
     from dcase.submission.formats import write_task6
-
-    from dcase.evaluation.captions import evaluate_captions, write_scores_json
 
     table = _decode(pipe, recipe, pipe.p.devtest, out_dir)
     rows = task6_rows(table)
@@ -182,9 +178,8 @@ def devtest_task6(pipe: Any, recipe: Any, out_dir: Path) -> dict[str, Any]:
 
 def devtest_task8(pipe: Any, recipe: Any, out_dir: Path) -> dict[str, Any]:
     """A Task 8 system on the development-testing split: every caption is a query for its clip (mAP@10, R@k)."""
-    from dcase.stages.retriever import evaluate_retrievers
-
     from dcase.stages.pipeline import device
+    from dcase.stages.retriever import evaluate_retrievers
 
     source, splits = parse_use(pipe.p.devtest)
     res = evaluate_retrievers(
@@ -352,7 +347,7 @@ def task6_meta(pipe: Any, recipe: Any, captioners: Sequence[Path], out_dir: Path
         "reranking": reranking,
         "fluency_filter": "on" if fluency_on else "off",
         "ensemble_method": (
-            f"{recipe.ensemble}-level ensemble of {len(captioners)} captioners" if len(captioners) > 1 else "none"
+            f"{gen.ensemble}-level ensemble of {len(captioners)} captioners" if len(captioners) > 1 else "none"
         ),
         **_leak_meta(pipe),
     }
@@ -476,7 +471,7 @@ def system_task6(pipe: Any, recipe: Any, out_dir: Path) -> dict[str, Any]:
             "clip_embedder": pipe.L.resolve(pipe.p.clip_embedder),
             "codec": pipe.L.codec,
         },
-        {"name": recipe.name, "ensemble": recipe.ensemble, "generation": _jsonable(recipe.generation), "label": label},
+        {"name": recipe.name, "generation": _jsonable(recipe.generation), "label": label},
     )
     record = {
         "task": 6,
@@ -493,12 +488,11 @@ def system_task6(pipe: Any, recipe: Any, out_dir: Path) -> dict[str, Any]:
 def system_task8(pipe: Any, recipe: Any, out_dir: Path) -> dict[str, Any]:
     """The Task 8 CSV of a recipe (the retrieval audio ranked for every query of ``retrieval_captions.csv``), its
     meta YAML built from what ran, and its system folder."""
+    from dcase.data.manifest import read_manifest
+    from dcase.stages.pipeline import device
     from dcase.stages.retriever import rank_task8
     from dcase.submission.formats import write_task8
     from dcase.submission.meta import build_meta, write_meta
-
-    from dcase.data.manifest import read_manifest
-    from dcase.stages.pipeline import device
 
     source, splits = parse_use(pipe.p.task8_eval)
     rows = list(read_manifest(pipe.L.manifest(source), list(splits)).itertuples(index=False))
@@ -561,26 +555,33 @@ def _jsonable(obj: Any) -> Any:
 
 # ------------------------------------------------------------------------------------------------ package
 def package_systems(pipe: Any, system_dirs: Sequence[Path]) -> dict[str, Any]:
-    """Validate every system and write the DCASE package folder and its zip (``submission/``), refusing
-    placeholder identity fields (author, institute, department, city, ...) and a wrongly named technical report."""
+    """Validate every system and write the DCASE package (``submission/<Lastname>_<Institute>/`` and its zip),
+    refusing template placeholders in identity fields and a wrongly named technical report."""
     from dcase.submission.package import package_submission
 
-    task6, task8, dirs = [], [], {}
+    task6, task8, recs = [], [], {}
     for d in system_dirs:
         rec = json.loads((d / OUTPUTS_FILE).read_text())
-        pair = (d / rec["csv"], d / rec["meta"])
-        (task6 if rec["task"] == 6 else task8).append(pair)
-        dirs[rec["task"]] = rec
+        (task6 if rec["task"] == 6 else task8).append((d / rec["csv"], d / rec["meta"]))
+        recs[rec["task"]] = rec
+    team = str(recs[min(recs)]["label"]).rsplit("_task", 1)[0]
     report = pipe.p.technical_report
-    result = package_submission(
-        pipe.L.package,
+    res = package_submission(
+        pipe.L.package / team,
         task6=task6,
         task8=task8,
         overwrite=True,
-        audio_dir6=Path(dirs[6]["audio_dir"]) if 6 in dirs else None,
-        audio_dir8=Path(dirs[8]["audio_dir"]) if 8 in dirs else None,
-        references8=Path(dirs[8]["queries"]) if 8 in dirs else None,
+        audio_dir6=Path(recs[6]["audio_dir"]) if 6 in recs else None,
+        audio_dir8=Path(recs[8]["audio_dir"]) if 8 in recs else None,
+        references8=Path(recs[8]["queries"]) if 8 in recs else None,
         technical_report=Path(report) if report else None,
     )
-    atomic_write_text(pipe.L.package / "package.json", json.dumps(_jsonable(result), indent=1))
-    return _jsonable(result)
+    record = {
+        "folder": str(res.folder),
+        "zip": str(res.zip),
+        "team": res.team,
+        "systems": res.systems,
+        "technical_report": res.technical_report,
+    }
+    atomic_write_text(pipe.L.package / "package.json", json.dumps(record, indent=1))
+    return record
