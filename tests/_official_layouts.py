@@ -63,7 +63,8 @@ def build_data_root(mini: Path, root: Path, max_segments: int = 3) -> dict[str, 
     for i, clip in enumerate(clips):
         split = SPLIT_OF_CLIP[i]
         folder = audio / ("test_retrieval_audio" if split == "retrieval" else split)
-        for k, (x, sr) in enumerate(_segments(mini / "audio" / clip, max_segments)):
+        n_seg = max_segments + 2 if split == "retrieval" else max_segments  # Task 8 ranks 10 distinct clips
+        for k, (x, sr) in enumerate(_segments(mini / "audio" / clip, n_seg)):
             name = f"{Path(clip).stem} seg{k}.wav"
             folder.mkdir(parents=True, exist_ok=True)
             sf.write(str(folder / name), x, sr)

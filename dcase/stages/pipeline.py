@@ -377,7 +377,7 @@ class _Builder:
                     name=f"retrievers/{spec.name}/{stage}",
                     group="retrievers",
                     description=f"retriever {spec.name} ({stage}, m-LTM) from {cfg_path.name}",
-                    inputs=tuple(Path(m) for m in manifests) + ((init,) if init else ()),
+                    inputs=tuple(Path(m) for m in manifests) + ((init / "best.json",) if init else ()),
                     outputs=(run_dir / "best.json",),
                     settings={"config": _settings(cfg)},
                     action=action,
@@ -630,7 +630,7 @@ class _Builder:
                 group="systems",
                 description=f"Task 6 system {idx} ({recipe.name}) on {self.p.task6_eval}",
                 inputs=(self.L.manifest(s6), *self._decode_inputs(recipe)),
-                outputs=(out / "system.json",),
+                outputs=(out / "outputs.json",),
                 settings=self.system_settings(recipe) | {"team": self.p.team},
                 action=lambda recipe=recipe, out=out: system_task6(self, recipe, out),
             )
@@ -645,7 +645,7 @@ class _Builder:
                 group="systems",
                 description=f"Task 8 system {idx} ({recipe.name}) on {self.p.task8_eval}",
                 inputs=(self.L.manifest(s8), *(_ref_marker(self.L, r) for r in recipe.retrievers)),
-                outputs=(out / "system.json",),
+                outputs=(out / "outputs.json",),
                 settings=self.system_settings(recipe) | {"team": self.p.team},
                 action=lambda recipe=recipe, out=out: system_task8(self, recipe, out),
             )
