@@ -31,7 +31,7 @@ OUTPUTS_FILE = "outputs.json"
 EXTERNAL_DATASETS = {
     "audiocaps": ("AudioCaps", "https://audiocaps.github.io/"),
     "wavcaps": ("WavCaps", "https://huggingface.co/datasets/cvssp/WavCaps"),
-    "clotho_mixup": ("Clotho-ChatGPT-Mixup", "https://github.com/MERL-AI/clotho-chatgpt-mixup"),
+    "clotho_mixup": ("Clotho-ChatGPT-Mixup", "https://huggingface.co/datasets/slseanwu/clotho-chatgpt-mixup-50K"),
 }
 DATASET_NAMES = {"clotho": "Clotho v2.1", **{k: v[0] for k, v in EXTERNAL_DATASETS.items()}}
 
