@@ -844,14 +844,6 @@ def plan_lines(pipe: Pipeline) -> list[str]:
     return lines
 
 
-def device(options: PipelineOptions) -> str:
-    if options.device:
-        return options.device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 __all__ = [
     "GROUPS",
     "Pipeline",

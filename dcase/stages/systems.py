@@ -104,8 +104,8 @@ def _decode(
     pipe: Any, recipe: Any, use: str, out_dir: Path, fluency_scope: str | None = None, w_enc: float | None = None
 ) -> Any:
     """Candidates of a recipe's captioners on one dataset split, reranked: writes ``out_dir/candidates.parquet``."""
+    from dcase.env import resolve_device
     from dcase.stages.generation import generate_candidates
-    from dcase.stages.pipeline import device
 
     source, splits = parse_use(use)
     L = pipe.L
@@ -118,7 +118,7 @@ def _decode(
         [L.codec_store(source)],
         [L.embed_store(source)],
         out_dir / "candidates.parquet",
-        device(pipe.o),
+        resolve_device(pipe.o.device),
         w_enc=w_enc if w_enc is not None else _tuned_w_enc(pipe),
     )
     if fluency_scope is not None:
@@ -178,7 +178,7 @@ def devtest_task6(pipe: Any, recipe: Any, out_dir: Path) -> dict[str, Any]:
 
 def devtest_task8(pipe: Any, recipe: Any, out_dir: Path) -> dict[str, Any]:
     """A Task 8 system on the development-testing split: every caption is a query for its clip (mAP@10, R@k)."""
-    from dcase.stages.pipeline import device
+    from dcase.env import resolve_device
     from dcase.stages.retriever import evaluate_retrievers
 
     source, splits = parse_use(pipe.p.devtest)
@@ -189,7 +189,7 @@ def devtest_task8(pipe: Any, recipe: Any, out_dir: Path) -> dict[str, Any]:
         mode=recipe.mode,
         batch_size=recipe.batch_size,
         max_seconds=recipe.max_seconds,
-        device=device(pipe.o),
+        device=resolve_device(pipe.o.device),
     )
     metrics = res["ensemble"] if len(recipe.retrievers) > 1 else next(iter(res["models"].values()))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -489,7 +489,7 @@ def system_task8(pipe: Any, recipe: Any, out_dir: Path) -> dict[str, Any]:
     """The Task 8 CSV of a recipe (the retrieval audio ranked for every query of ``retrieval_captions.csv``), its
     meta YAML built from what ran, and its system folder."""
     from dcase.data.manifest import read_manifest
-    from dcase.stages.pipeline import device
+    from dcase.env import resolve_device
     from dcase.stages.retriever import rank_task8
     from dcase.submission.formats import write_task8
     from dcase.submission.meta import build_meta, write_meta
@@ -505,7 +505,7 @@ def system_task8(pipe: Any, recipe: Any, out_dir: Path) -> dict[str, Any]:
         mode=recipe.mode,
         batch_size=recipe.batch_size,
         max_seconds=recipe.max_seconds,
-        device=device(pipe.o),
+        device=resolve_device(pipe.o.device),
     )
     label = _label(recipe, 8)
     out_dir.mkdir(parents=True, exist_ok=True)
