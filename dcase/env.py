@@ -92,3 +92,12 @@ def format_info(info: dict[str, Any]) -> str:
         state = f"present  {r['path']}" if r["present"] else f"absent   {r['reason']}"
         lines.append(f"  {name:<16} {state}")
     return "\n".join(lines)
+
+
+def resolve_device(device: str | None = None) -> str:
+    """``device`` as given, else ``cuda`` when a GPU is available, else ``cpu``."""
+    if device:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -26,6 +26,7 @@ Layout of ``output_dir``::
     checkpoints/step-000123/   best checkpoints (``task.save_model``), at most ``keep_best``
     last/                      the final model
     best.json                  the ranking of kept checkpoints
+    best -> checkpoints/...    a link to the best checkpoint (``last`` when nothing was evaluated)
 """
 
 from __future__ import annotations
@@ -571,7 +572,21 @@ class _Trainer:
             bar.close()
         last = self.save_last()
         best = self.prog.best or []
-        return Path(best[0][2]) if best else last
+        best_path = Path(best[0][2]) if best else last
+        if acc.is_main_process:
+            link_best(self.out, best_path)
+        acc.wait_for_everyone()
+        return best_path
+
+
+def link_best(run_dir: Path, best: Path) -> None:
+    """``<run_dir>/best``: a relative symbolic link to the best checkpoint (``last`` when nothing was evaluated), so
+    that ``<run>/best`` names a loadable checkpoint folder. Replaced atomically."""
+    target = os.path.relpath(best, run_dir)
+    tmp = run_dir / ".best.tmp"
+    tmp.unlink(missing_ok=True)
+    os.symlink(target, tmp, target_is_directory=True)
+    os.replace(tmp, run_dir / "best")
 
 
 def fit(task: TrainTask, cfg: TrainConfig) -> Path:

@@ -37,12 +37,26 @@ def _audio(d, names):
     return d
 
 
+AUTHOR = {
+    "lastname": "Kim",
+    "firstname": "Jaeyeon",
+    "email": "jaeyeon@snu.ac.kr",
+    "corresponding": True,
+    "affiliation": {
+        "abbreviation": "SNU",
+        "institute": "Seoul National University",
+        "department": "Electrical Engineering",
+        "location": "Seoul, Korea",
+    },
+}
+
+
 def _meta(task=6, index=1, abbreviation="EnCLAP-DC", **kw):
     recipe = {
         "lastname": "Kim", "institute": "SNU", "index": index, "name": "EnCLAP with DAC and CNext",
         "abbreviation": abbreviation, "data": ["Clotho", "AudioCaps"],
         "description": {"input_sampling_rate": 24000, "machine_learning_method": "encoder-decoder"},
-        "total_parameters": 400_000_000, **kw,
+        "total_parameters": 400_000_000, "authors": [AUTHOR], **kw,
     }  # fmt: skip
     return build_meta(recipe, task)
 
@@ -177,27 +191,81 @@ def test_meta_yaml(tmp_path):
 
 
 def test_package(tmp_path):
+    import zipfile
+
+    from dcase.submission.package import PackageError
+
     audio = _audio(tmp_path / "audio", [n for n, _ in TRICKY])
     t6 = write_task6(TRICKY, tmp_path / "t6.csv")
     pool = [f"c{i}.wav" for i in range(10)]
     t8 = write_task8([("a query", pool)], tmp_path / "t8.csv")
     meta6 = write_meta(_meta(6, 1), tmp_path / "m6.yaml")
+    report = tmp_path / "Kim_SNU_task6.technical_report.pdf"
+    report.write_bytes(b"%PDF-1.4 a report")
     out = tmp_path / "pkg"
-    folders = package_submission(out, task6=[(t6, meta6)], task8=[(t8, _meta(8, 1))], audio_dir6=audio)
-    assert [f.relative_to(out).as_posix() for f in folders] == ["task6/Kim_SNU_task6_1", "task8/Kim_SNU_task8_1"]
+    res = package_submission(
+        out, task6=[(t6, meta6)], task8=[(t8, _meta(8, 1))], audio_dir6=audio, technical_report=report
+    )
+    assert res.systems == ["Kim_SNU_task6_1", "Kim_SNU_task8_1"] and res.team == "Kim_SNU"
     assert (out / "task6/Kim_SNU_task6_1/Kim_SNU_task6_1.output.csv").read_bytes() == t6.read_bytes()
     assert (
         yaml.safe_load((out / "task8/Kim_SNU_task8_1/Kim_SNU_task8_1.meta.yaml").read_text())["submission"]["label"]
         == "Kim_SNU_task8_1"
     )
+    assert (out / "task8/Kim_SNU_task8.technical_report.pdf").read_bytes() == report.read_bytes()
+    with zipfile.ZipFile(res.zip) as z:
+        assert sorted(z.namelist()) == sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+        assert z.read("task6/Kim_SNU_task6_1/Kim_SNU_task6_1.output.csv") == t6.read_bytes()
     with pytest.raises(FileExistsError):
         package_submission(out, task6=[(t6, meta6)])
     package_submission(out, task6=[(t6, meta6)], overwrite=True)
+    assert not (out / "task8").exists()  # replaced as a whole
     with pytest.raises(ValueError, match="task 6, expected task 8"):
         package_submission(tmp_path / "p2", task8=[(t8, meta6)])
-    with pytest.raises(ValueError, match="used by two systems"):
+    with pytest.raises(PackageError, match="used by two systems"):
         package_submission(tmp_path / "p3", task6=[(t6, meta6), (t6, meta6)])
-    assert not (tmp_path / "p3").exists()  # nothing written when validation fails
+    assert not (tmp_path / "p3").exists() and not (tmp_path / "p3.zip").exists()  # nothing written on failure
+    # placeholders of the recipe templates are refused, every field named
+    template = _meta(
+        6,
+        1,
+        lastname="Lastname",
+        institute="Institute",
+        authors=[
+            {
+                "lastname": "Lastname",
+                "firstname": "Firstname",
+                "email": "first.last@example.org",
+                "affiliation": {
+                    "abbreviation": "Institute",
+                    "institute": "Institute name",
+                    "department": "Department",
+                    "location": "City, Country",
+                },
+            }
+        ],
+    )
+    with pytest.raises(PackageError) as e:
+        package_submission(tmp_path / "p4", task6=[(t6, template)], audio_dir6=audio)
+    for name in (
+        "submission.lastname",
+        "submission.institute",
+        "authors[0].firstname",
+        "authors[0].email",
+        "authors[0].affiliation.department",
+        "authors[0].affiliation.location",
+    ):
+        assert name in str(e.value)
+    assert not (tmp_path / "p4").exists()
+    # the technical report must be a PDF with the team's DCASE name
+    wrong = tmp_path / "report.pdf"
+    wrong.write_bytes(b"%PDF-1.4")
+    with pytest.raises(PackageError, match="DCASE expects 'Kim_SNU_task6.technical_report.pdf'"):
+        package_submission(tmp_path / "p5", task6=[(t6, meta6)], technical_report=wrong)
+    fake = tmp_path / "Kim_SNU_task6.technical_report.pdf"
+    fake.write_text("not a pdf")
+    with pytest.raises(PackageError, match="not a PDF"):
+        package_submission(tmp_path / "p6", task6=[(t6, meta6)], technical_report=fake)
 
 
 def test_cli_validate_and_package(tmp_path):

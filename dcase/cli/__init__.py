@@ -10,7 +10,7 @@ import logging
 
 import typer
 
-from dcase.cli import captioner, data, decode, demo, extract, retriever, score, submit
+from dcase.cli import captioner, data, decode, demo, extract, pipeline, retriever, score, submit
 from dcase.cli.common import setup_logging
 
 app = typer.Typer(
@@ -34,6 +34,11 @@ app.add_typer(data.app, name="data", help="Datasets: manifests from official lay
 app.add_typer(extract.app, name="extract", help="Features: DAC codec codes, clip embeddings, store checks.")
 app.add_typer(captioner.app, name="captioner", help="EnCLAP captioner: pretraining (MCM) and finetuning.")
 app.add_typer(retriever.app, name="retriever", help="Audio-text retrievers (m-LTM): training and evaluation.")
+app.add_typer(
+    pipeline.app,
+    name="pipeline",
+    help="The whole DCASE2024 recipe as one pipeline: plan (steps, inputs, outputs, status), run (preflight, resume).",
+)
 app.add_typer(submit.app, name="submit", help="Task 6 / Task 8 submission files: export, validate, package.")
 app.add_typer(score.app, name="score", help="Score captions (aac-metrics) or retrieval results.")
 decode.register(app)

@@ -24,28 +24,33 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print the report as
 
 def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="Output folder (an interrupted demo resumes)."),
-    config: Path = typer.Option(None, "--config", "-c", help="Demo config (default: configs/demo.yaml)."),
+    config: Path = typer.Option(None, "--config", "-c", help="Demo config (default: the package's demo.yaml)."),
     overrides: list[str] = SET_OPTION,
 ) -> None:
-    """Run the whole DCASE2024 chain offline on a synthetic corpus with tiny models (about 10 min on 2 CPU cores).
+    """Run the whole DCASE2024 recipe offline on a synthetic corpus with tiny models (about 5 min on 2 CPU cores).
 
-    Synthetic corpus -> manifests -> retriever (tiny CNext + real all-MiniLM-L6-v2, m-LTM) -> clip embeddings ->
-    DAC codes -> captioner pretraining (MCM) -> finetuning (2 seeds) -> soup -> sampling + reranking -> Task 6 and
-    Task 8 CSVs + meta YAMLs -> scores.json and decoding_comparison.png.
+    It is `dcase data synth` (a corpus in the Clotho v2.1 layout, with mixup pairs) followed by `dcase pipeline run
+    --profile tiny --data-root <out>/data --out <out>/run`: retrievers (tiny CNext + the real all-MiniLM-L6-v2,
+    m-LTM), DAC codes and clip embeddings, EnCLAP pretraining (MCM) and finetuning (2 seeds), a soup, rerank tuning,
+    development-testing scores of 4 Task 6 and 2 Task 8 systems, their CSVs, meta YAMLs and package.
+    Writes <out>/scores.json, <out>/decoding_comparison.png and <out>/system/ (try: dcase caption --system).
 
     Examples:
+
       dcase demo --out demo_out
-      dcase demo --out /tmp/quick --set clips=120 --set num_candidates=10
+
+      dcase demo --out /tmp/quick --set clips=120 --set "profile_overrides=[generation.sampling.num_candidates=8]"
     """
     from dcase.config import load_config
-    from dcase.stages.demo import REPO_CONFIGS, DemoConfig, run_demo, summary_lines
+    from dcase.stages.demo import DemoConfig, run_demo, summary_lines
+    from dcase.stages.profiles import resolve_config_path
 
-    path = config if config is not None else (REPO_CONFIGS / "demo.yaml")
-    cfg = load_config(DemoConfig, path if path.is_file() else None, overrides or [])
+    path = config if config is not None else resolve_config_path("demo.yaml")
+    cfg = load_config(DemoConfig, path, overrides or [])
     scores = run_demo(out, cfg)
     for line in summary_lines(scores):
         typer.echo(line)
-    typer.echo(f"Outputs: {out}/scores.json, {out}/decoding_comparison.png, {out}/submission/")
+    typer.echo(f"Outputs: {out}/scores.json, {out}/decoding_comparison.png, {out}/system/, {out}/run/submission/")
 
 
 def register(app: typer.Typer) -> None:

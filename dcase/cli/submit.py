@@ -66,15 +66,21 @@ def package(
     audio_dir8: Path = typer.Option(None, "--task8-audio-dir", help="Task 8 audio folder."),
     references8: Path = typer.Option(None, "--task8-references", help="Task 8 query captions CSV."),
     report: Path = typer.Option(None, "--technical-report", help="Technical report PDF to include."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing system folders."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing package folder and zip."),
 ) -> None:
-    """Validate every system and write <out>/task<k>/<Label>/<Label>.output.csv + <Label>.meta.yaml.
+    r"""Validate every system, then write the package folder (task<k>/<Label>/<Label>.output.csv + .meta.yaml, and
+    the technical report as task<k>/<Lastname>_<Institute>_task<k>.technical_report.pdf) and <out>.zip, the file to
+    upload. Refuses template placeholders in identity fields, a misnamed report, and an existing --out.
 
-    Example: dcase submit package --task6 t6_1.csv:t6_1.meta.yaml --task8 t8_1.csv:t8_1.meta.yaml --out package
+    Example:
+
+      dcase submit package --task6 Kim_SNU_task6_1.output.csv:Kim_SNU_task6_1.meta.yaml \
+          --task8 Kim_SNU_task8_1.output.csv:Kim_SNU_task8_1.meta.yaml \
+          --technical-report Kim_SNU_task6.technical_report.pdf --out Kim_SNU
     """
     from dcase.submission.package import package_submission
 
-    folders = package_submission(
+    res = package_submission(
         out,
         _pairs(task6, "--task6"),
         _pairs(task8, "--task8"),
@@ -84,8 +90,14 @@ def package(
         references8=references8,
         technical_report=report,
     )
-    for f in folders:
-        typer.echo(str(f))
+    typer.echo(f"{res.folder}: {', '.join(res.systems)}")
+    typer.echo(f"{res.zip}: the file to upload")
+    if not res.technical_report:
+        typer.secho(
+            "warning: no technical report in the package (--technical-report): DCASE needs one",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
 
 
 @app.command("task6")

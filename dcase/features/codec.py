@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -229,6 +230,58 @@ def convert_descript_checkpoint(pth: str | Path, out_dir: str | Path) -> Path:
     )
     log.info("converted %s -> %s (%d codebooks, %d Hz)", pth, out_dir, config.n_codebooks, config.sampling_rate)
     return out_dir
+
+
+def materialize_codec(spec: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
+    """Save the codec named by ``spec`` once as a DacModel folder ``out_dir`` (``save_pretrained``), so that every
+    feature store and every exported system uses the same weights:
+
+    - ``tiny`` / ``full`` / a DacConfig file: random weights drawn with ``seed``;
+    - a Descript ``.pth``: converted (``convert_descript_checkpoint``);
+    - a DacModel folder, or a hub id found in the Hugging Face cache (offline: never downloaded): its files,
+      hard-linked where the file system allows.
+
+    An existing ``out_dir/config.json`` is kept as it is (the pipeline records what made it).
+    """
+    import shutil
+
+    out = Path(out_dir)
+    if (out / "config.json").is_file():
+        return out
+    spec_s = str(spec)
+    path = Path(spec_s).expanduser()
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if spec_s in ("tiny", "full") or path.suffix in (".json", ".yaml", ".yml"):
+        load_codec(spec_s, seed=seed).model.save_pretrained(str(tmp))
+    elif path.suffix == ".pth":
+        convert_descript_checkpoint(path, tmp)
+    else:
+        src = path if path.is_dir() else None
+        if src is None:
+            try:
+                from huggingface_hub import snapshot_download
+
+                src = Path(snapshot_download(spec_s, local_files_only=True))
+            except Exception as e:  # noqa: BLE001 - any failure means the codec is not available offline
+                raise CodecError(
+                    f"codec {spec_s!r} is neither a local DacModel folder nor in the Hugging Face cache; download it "
+                    "on a machine with internet, or give Descript's weights_24khz_8kbps_0.0.4.pth"
+                ) from e
+        if not (src / "config.json").is_file():
+            raise CodecError(f"{src}: not a DacModel folder (no config.json)")
+        tmp.mkdir(parents=True)
+        for f in src.iterdir():
+            if f.is_file():
+                try:
+                    os.link(f.resolve(), tmp / f.name)
+                except OSError:
+                    shutil.copy2(f, tmp / f.name)
+    if out.exists():  # a folder left by a killed run of this step (no config.json): replaced
+        shutil.rmtree(out)
+    tmp.replace(out)
+    log.info("codec %s saved in %s", spec_s, out)
+    return out
 
 
 # --------------------------------------------------------------------------- encoding

@@ -20,7 +20,36 @@ MAX_ABBREVIATION = 10
 LABEL_RE = re.compile(
     r"^(?P<lastname>[A-Za-z][A-Za-z\-]*)_(?P<institute>[A-Za-z0-9\-]+)_task(?P<task>6|8)_(?P<n>[1-4])$"
 )
-PLACEHOLDER_NAMES = ("lastname", "institute", "firstname", "changeme")
+# template values that must be replaced before packaging (compared case-insensitively, stripped)
+PLACEHOLDER_VALUES = frozenset(
+    {
+        "",
+        "lastname",
+        "last name",
+        "firstname",
+        "first name",
+        "institute",
+        "institute name",
+        "institution",
+        "department",
+        "department name",
+        "city",
+        "country",
+        "city, country",
+        "location",
+        "name",
+        "changeme",
+        "change me",
+        "todo",
+        "tbd",
+        "xxx",
+        "your name",
+        "abbreviation",
+        "inst",
+    }
+)
+PLACEHOLDER_EMAIL_DOMAINS = ("example.org", "example.com", "example.net")
+RESULTS_KEY = "development_testing"  # DCASE's development-testing split (Clotho evaluation)
 
 
 def make_label(lastname: str, institute: str, task: int, index: int) -> str:
@@ -58,7 +87,8 @@ def build_meta(recipe: Mapping[str, Any], task: int) -> dict[str, Any]:
     department, location}}), ``data`` (datasets used), ``description`` (mapping with e.g. input_sampling_rate,
     acoustic_features, data_augmentation, embeddings, machine_learning_method, ...), ``total_parameters``,
     ``ensemble_num_systems``, ``external_datasets`` (list of {name, url, total_audio_length}), ``source_code``,
-    ``technical_report``, ``results`` (development-evaluation scores). Unknown keys are an error.
+    ``technical_report``, ``results`` (development-testing scores, i.e. on Clotho evaluation). Unknown keys are
+    an error.
     """
     known = {
         "lastname", "institute", "index", "name", "abbreviation", "authors", "data", "description",
@@ -91,7 +121,7 @@ def build_meta(recipe: Mapping[str, Any], task: int) -> dict[str, Any]:
             "external_datasets": list(recipe.get("external_datasets") or []),
             "source_code": recipe.get("source_code"),
         },
-        "results": {"development_evaluation": dict(recipe.get("results") or {})},
+        "results": {RESULTS_KEY: dict(recipe.get("results") or {})},
     }
     if recipe.get("parameters"):
         meta["system"]["parameters"] = dict(recipe["parameters"])
@@ -145,12 +175,38 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def placeholder_fields(meta: dict) -> list[str]:
-    """Meta fields still holding template placeholders (``Lastname``, ``Institute``, ...)."""
-    bad = [k for k in ("lastname", "institute") if str(meta.get(k, "")).strip().lower() in PLACEHOLDER_NAMES]
-    for i, a in enumerate(meta.get("authors") or []):
-        for k in ("lastname", "firstname", "email"):
-            v = str((a or {}).get(k, "")).strip().lower()
-            if v in PLACEHOLDER_NAMES or "example.org" in v:
+def placeholder_fields(meta: Mapping[str, Any]) -> list[str]:
+    """Identity fields still holding template placeholders (``Lastname``, ``Institute``, ``Department``,
+    ``City, Country``, an ``example.org`` e-mail, ...), as dotted names. Takes a recipe's ``meta`` mapping (lastname,
+    institute, authors) or a built meta YAML (``submission.label``, ``submission.authors``); the one check used by
+    ``dcase submit``, the pipeline's preflight and the package."""
+    if isinstance(meta.get("submission"), Mapping):
+        sub = meta["submission"]
+        m = LABEL_RE.match(str(sub.get("label", "")))
+        ident = {"lastname": m.group("lastname") if m else "", "institute": m.group("institute") if m else ""}
+        return [f"submission.{k}" for k in _placeholders({**ident, "authors": sub.get("authors")})]
+    return _placeholders(meta)
+
+
+def _is_placeholder(value: Any) -> bool:
+    return str(value if value is not None else "").strip().lower() in PLACEHOLDER_VALUES
+
+
+def _placeholders(meta: Mapping[str, Any]) -> list[str]:
+    bad = [k for k in ("lastname", "institute") if _is_placeholder(meta.get(k))]
+    authors = meta.get("authors") or []
+    if not authors:
+        bad.append("authors (none given)")
+    for i, a in enumerate(authors):
+        a = a or {}
+        for k in ("lastname", "firstname"):
+            if _is_placeholder(a.get(k)):
                 bad.append(f"authors[{i}].{k}")
+        email = str(a.get("email") or "").strip().lower()
+        if "@" not in email or email.endswith(PLACEHOLDER_EMAIL_DOMAINS) or _is_placeholder(email.split("@")[0]):
+            bad.append(f"authors[{i}].email")
+        aff = a.get("affiliation") or {}
+        for k in ("abbreviation", "institute", "department", "location"):
+            if _is_placeholder(aff.get(k)):
+                bad.append(f"authors[{i}].affiliation.{k}")
     return bad
