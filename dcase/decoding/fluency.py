@@ -145,6 +145,23 @@ def save_checker(model: Any, path: str | Path, model_type: str | None = None) ->
         torch.save(payload, tmp)
 
 
+FENSE_DEFAULT = "fense"  # names the official FENSE checker wherever aac-metrics / FENSE keep it
+
+
+def resolve_checker_path(spec: str | Path) -> Path:
+    """A checker file: ``spec`` itself, or for ``"fense"`` the official checker where the caption metrics find it
+    (``$DCASE_FENSE_CHECKER``, ``$FENSE_DATA``, ``<torch hub>/fense_data/echecker_clotho_audiocaps_base.ckpt``).
+    Raises FluencyCheckerError saying where to put the file."""
+    if str(spec) != FENSE_DEFAULT:
+        return Path(spec).expanduser()
+    from dcase.evaluation.captions import resolve_checker
+
+    path, _configured, reason = resolve_checker()
+    if path is None:
+        raise FluencyCheckerError(f"fluency checker 'fense': {reason}")
+    return Path(path)
+
+
 def load_fluency_checker(
     path: str | Path,
     backbone: str | Path | None = None,
@@ -159,7 +176,7 @@ def load_fluency_checker(
     import torch
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    path = Path(path)
+    path = resolve_checker_path(path)
     if not path.is_file():
         raise FluencyCheckerError(f"fluency checker {path} does not exist")
     if not 0.0 <= threshold <= 1.0:

@@ -348,3 +348,30 @@ def check_coverage(df: Any, codes: Mapping[str, np.ndarray], embeds: Mapping[str
                 f"{where}: {len(missing)} clip(s) have no {name} features, e.g. {missing[:5]}; "
                 f"run `dcase extract` for them"
             )
+
+
+def store_sizes(stores: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """The model sizes a store (or ``StoreChain``) records in its provenance: codec stores give ``n_codebooks`` and
+    ``codebook_size``, embedding stores ``clip_dim``. Empty for plain mappings (tests); stores that disagree are a
+    ``StoreError`` naming them."""
+    parts = stores.stores if isinstance(stores, StoreChain) else [stores]
+    found: dict[str, dict[int, list[str]]] = {}
+    for s in parts:
+        prov = getattr(s, "provenance", None)
+        if not prov:
+            continue
+        if prov.get("kind") == "codec":
+            extractor = prov.get("extractor_config") or {}
+            pairs = {"n_codebooks": prov.get("n_codebooks"), "codebook_size": extractor.get("codebook_size")}
+        elif prov.get("kind") == "embed":
+            pairs = {"clip_dim": prov.get("embed_dim")}
+        else:
+            continue
+        for k, v in pairs.items():
+            if v is None:  # a store that does not record this size
+                continue
+            found.setdefault(k, {}).setdefault(int(v), []).append(str(getattr(s, "path", s)))
+    bad = {k: v for k, v in found.items() if len(v) > 1}
+    if bad:
+        raise StoreError(f"the feature stores disagree on {bad}")
+    return {k: next(iter(v)) for k, v in found.items()}

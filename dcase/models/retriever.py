@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dcase.config import from_dict
-from dcase.errors import MissingInputError
+from dcase.errors import InputError, MissingInputError
 from dcase.losses import GRADIENT_MODES, METRICS, gather_pairs, info_nce_loss, mahalanobis_cost, mltm_loss
 from dcase.models.cnext import CNext, CNextConfig, load_cnext_checkpoint
 
@@ -57,6 +57,9 @@ class TextTowerConfig:
     max_length: int = 64  # caption tokens (Clotho captions are 8-20 words)
     tiny_hidden: int = 32  # only for name_or_path "tiny-bert": a random char-level BERT built in memory
     tiny_layers: int = 2
+    # random weights at the named encoder's real size (the full-random profile: a CPU smoke run at full scale); a
+    # config found offline is used, else the size of a known encoder (KNOWN_TEXT_SIZES), with a character tokenizer
+    random_init: bool = False
 
 
 @dataclass
@@ -157,6 +160,41 @@ def tiny_bert(hidden: int = 32, layers: int = 2, vocab: list[str] | None = None)
     return BertModel(cfg), tok
 
 
+# (hidden, layers, heads, ffn, vocab) of the report's six text encoders, for random_init without their config files
+KNOWN_TEXT_SIZES: dict[str, tuple[int, int, int, int, int]] = {
+    "BAAI/bge-base-en-v1.5": (768, 12, 12, 3072, 30522),
+    "BAAI/bge-large-en-v1.5": (1024, 24, 16, 4096, 30522),
+    "bert-base-uncased": (768, 12, 12, 3072, 30522),
+    "bert-large-uncased": (1024, 24, 16, 4096, 30522),
+    "roberta-base": (768, 12, 12, 3072, 50265),
+    "roberta-large": (1024, 24, 16, 4096, 50265),
+}
+
+
+def random_text_tower(name: str) -> tuple[nn.Module, Any]:
+    """A random encoder of ``name``'s size and a character-level tokenizer, without any file: a BERT-architecture
+    model with the hidden size, depth, heads, feed-forward size and vocabulary of the named encoder
+    (``KNOWN_TEXT_SIZES``; RoBERTa's sizes in BERT's architecture, within 0.1 % of its parameter count)."""
+    from transformers import BertConfig, BertModel
+
+    if name not in KNOWN_TEXT_SIZES:
+        raise InputError(
+            f"random_init: no config of {name!r} offline and its size is not known; known: {sorted(KNOWN_TEXT_SIZES)}"
+        )
+    hidden, layers, heads, ffn, vocab = KNOWN_TEXT_SIZES[name]
+    _, tokenizer = tiny_bert(16, 1)
+    cfg = BertConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=ffn,
+        max_position_embeddings=512,
+        pad_token_id=0,
+    )
+    return BertModel(cfg), tokenizer
+
+
 def resolve_pooling(cfg: TextTowerConfig, auto_pool: str | None = None) -> str:
     """``cfg.pooling``, with ``auto`` resolved: the sentence-transformers pooling, CLS for BGE models, else mean."""
     pooling = cfg.pooling
@@ -175,7 +213,10 @@ def load_text_tower(cfg: TextTowerConfig, config_only: bool = False) -> tuple[nn
     auto_pool = None
     if src == TINY_BERT:
         model, tokenizer = tiny_bert(cfg.tiny_hidden, cfg.tiny_layers)
+    elif cfg.random_init and not Path(src).exists() and _cached_config(src) is None:
+        model, tokenizer = random_text_tower(cfg.name_or_path)
     else:
+        config_only = config_only or cfg.random_init
         path = Path(src)
         if (path / "modules.json").is_file():
             path, auto_pool = _sentence_transformers_parts(path)
@@ -195,6 +236,17 @@ def load_text_tower(cfg: TextTowerConfig, config_only: bool = False) -> tuple[nn
     if hasattr(model, "pooler"):
         model.pooler = None  # unused: we pool ourselves
     return model, tokenizer, pooling
+
+
+def _cached_config(name: str) -> str | None:
+    """The config.json of a hub repository in the local Hugging Face cache, or None (never downloads)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(name, "config.json")
+        return found if isinstance(found, str) else None
+    except Exception:  # noqa: BLE001 - an invalid repo id is simply not cached
+        return None
 
 
 def pool_tokens(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch
 
 from dcase.data.datasets import CaptionDataset, collate_codes
 from dcase.data.manifest import load_captioned_rows, read_manifest
-from dcase.features.store import StoreChain, check_coverage
+from dcase.features.store import StoreChain, StoreError, check_coverage, store_sizes
 from dcase.losses import IGNORE_INDEX
 from dcase.models.enclap import EnCLAP, EnCLAPConfig, build_enclap
 from dcase.training import TrainConfig, fit
@@ -46,6 +46,7 @@ class CaptionerDataConfig:
     val_manifest: str | None = None
     val_split: str = "validation"
     val_max_clips: int = 0  # clips whose captions are generated and scored at each evaluation; 0 = all
+    allow_leak: bool = False  # train on DCASE2024 evaluation data (Clotho evaluation/test) anyway: refused otherwise
 
 
 @dataclass
@@ -158,7 +159,7 @@ class CaptionerTask:
         self.embeds = embeds if embeds is not None else StoreChain.open(cfg.data.embed_stores)
         self.val_codes = val_codes if val_codes is not None else self.codes
         self.val_embeds = val_embeds if val_embeds is not None else self.embeds
-        self.df = load_captioned_rows(cfg.data.train_manifests, cfg.data.train_splits)
+        self.df = load_captioned_rows(cfg.data.train_manifests, cfg.data.train_splits, cfg.data.allow_leak)
         check_coverage(self.df, self.codes, self.embeds, "training data")
         self.model_config: EnCLAPConfig = cfg.model
         self._train: CaptionDataset | None = None
@@ -166,10 +167,26 @@ class CaptionerTask:
         self.tokenizer: Any = None
 
     def build_model(self) -> torch.nn.Module:
+        """EnCLAP from ``init``, or built from ``model`` with the sizes the feature stores record: codebooks and
+        codebook size from the codec store's provenance, the clip-embedding size from the embedding store (never
+        typed by hand; a config that says otherwise is overridden with a log line). An ``init`` checkpoint whose sizes
+        differ from the stores' is refused before training starts."""
+        sizes = {**store_sizes(self.codes), **store_sizes(self.embeds)}
         if self.cfg.init:
             model = EnCLAP.from_pretrained(self.cfg.init)
             log.info("starting from %s", self.cfg.init)
+            wrong = {k: (getattr(model.config, k), v) for k, v in sizes.items() if getattr(model.config, k) != v}
+            if wrong:
+                raise StoreError(
+                    f"{self.cfg.init}: the checkpoint was built for { ({k: a for k, (a, _) in wrong.items()}) }"
+                    f", the feature stores hold { ({k: b for k, (_, b) in wrong.items()}) }; extract the "
+                    "features with the codec and clip embedder this captioner was trained on"
+                )
         else:
+            differs = {k: (getattr(self.cfg.model, k), v) for k, v in sizes.items() if getattr(self.cfg.model, k) != v}
+            if differs:
+                log.info("model sizes from the feature stores (config -> store): %s", differs)
+            self.cfg.model = dataclasses.replace(self.cfg.model, **sizes)
             model = build_enclap(self.cfg.model, tokenizer=self._run_tokenizer())
         self.model_config = model.config
         self.cfg.model = model.config

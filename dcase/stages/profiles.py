@@ -31,8 +31,6 @@ from dcase.errors import MissingInputError
 PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PROFILES_DIR = PACKAGE_CONFIGS / "profiles"
 DATASETS = ("clotho", "audiocaps", "wavcaps", "clotho_mixup")  # what a data root can hold, in build order
-# split names that are evaluation data in DCASE2024: never trained on (unless --allow-leak)
-EVALUATION_SPLITS = ("evaluation", "test", "retrieval_audio", "analysis")
 
 
 def resolve_config_path(name: str | Path) -> Path:

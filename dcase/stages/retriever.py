@@ -58,6 +58,7 @@ class RetrieverDataConfig:
     max_seconds: float = 10.0  # random training crop
     eval_max_seconds: float = 30.0  # evaluation audio is truncated here (Clotho clips are 15-30 s)
     cache_audio: bool = False  # keep decoded 32 kHz audio in memory (small corpora / demos)
+    allow_leak: bool = False  # train on DCASE2024 evaluation data (Clotho evaluation/test) anyway: refused otherwise
 
 
 @dataclass
@@ -97,7 +98,7 @@ class RetrieverTask:
         return model.train()
 
     def train_dataset(self) -> torch.utils.data.Dataset:
-        df = load_captioned_rows(self.cfg.data.train_manifests, self.cfg.data.train_splits)
+        df = load_captioned_rows(self.cfg.data.train_manifests, self.cfg.data.train_splits, self.cfg.data.allow_leak)
         log.info("retriever training on %d clips", len(df))
         self._train = PairDataset(df, self.cache, self.cfg.data.max_seconds, self.min_samples, self.cfg.train.seed)
         return self._train

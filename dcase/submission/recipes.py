@@ -20,6 +20,7 @@ from pathlib import Path
 
 from dcase.checkpoint import kind_of
 from dcase.data.manifest import folder_rows, write_manifest
+from dcase.decoding.fluency import FENSE_DEFAULT
 from dcase.errors import MissingInputError, OutputExistsError
 from dcase.stages.generation import GenerateConfig, GenerationSettings, generate_candidates, task6_rows
 from dcase.stages.retriever import MODES, rank_task8
@@ -154,7 +155,11 @@ def run_task6_recipe(
     g = recipe.generation
     generation = dataclasses.replace(
         g,
-        fluency_checker=str(_resolve(base, g.fluency_checker)) if g.fluency_checker else None,
+        fluency_checker=(
+            str(_resolve(base, g.fluency_checker))
+            if g.fluency_checker not in (None, FENSE_DEFAULT)
+            else g.fluency_checker
+        ),
         fluency_backbone=str(_resolve(base, g.fluency_backbone)) if g.fluency_backbone else None,
     )
     cfg = GenerateConfig(
