@@ -127,7 +127,8 @@ class BucketBatchSampler:
     For epoch ``e`` a generator seeded with ``(seed, e)`` shuffles all indices; consecutive chunks of
     ``bucket_size`` global batches are sorted by length and cut into global batches of
     ``batch_size * num_replicas`` (so padding is small); the global batches are shuffled and process ``rank``
-    takes its slice of each. Indices wrap around so that every process gets the same number of full batches.
+    takes its slice of each. Indices wrap around (cyclically, even when the dataset is smaller than a global batch),
+    so every process gets the same number of full batches.
     Deterministic for (seed, epoch); ``start_batch`` skips batches already consumed (exact resume).
     """
 
@@ -163,7 +164,7 @@ class BucketBatchSampler:
         rng = np.random.default_rng([self.seed, epoch])
         perm = rng.permutation(self.n_items)
         total = len(self) * g
-        perm = np.concatenate([perm, perm[: total - len(perm)]]) if total > len(perm) else perm
+        perm = np.resize(perm, total)  # wrap around (cyclically, however small the dataset): full batches
         if self.lengths is not None and self.bucket_size > 0:
             chunk = g * self.bucket_size
             parts = []
