@@ -116,9 +116,9 @@ def check_weights(pipe: Any, problems: list[str]) -> None:
                 )
                 if found is not None:
                     _check_bart(found, cfg.model, problems)
-            elif cfg.model.max_codec_positions + 3 > cfg.model.max_position_embeddings:
+            elif cfg.model.max_codec_positions + 2 > cfg.model.max_position_embeddings:
                 problems.append(
-                    f"captioner: max_codec_positions {cfg.model.max_codec_positions} + 3 slots exceed "
+                    f"captioner: max_codec_positions {cfg.model.max_codec_positions} + 2 (<s>, </s>) exceed "
                     f"max_position_embeddings {cfg.model.max_position_embeddings}"
                 )
     if "features" in groups:
@@ -175,9 +175,9 @@ def _check_bart(folder: Path, model_cfg: Any, problems: list[str]) -> None:
         if cfg_file.is_file():
             cfg = json.loads(cfg_file.read_text())
             positions = int(cfg.get("max_position_embeddings", 1024))
-            if model_cfg.max_codec_positions + 3 > positions:
+            if model_cfg.max_codec_positions + 2 > positions:
                 problems.append(
-                    f"captioner: max_codec_positions {model_cfg.max_codec_positions} + 3 slots exceed "
+                    f"captioner: max_codec_positions {model_cfg.max_codec_positions} + 2 (<s>, </s>) exceed "
                     f"BART's {positions} positions ({folder})"
                 )
             tok = folder / "tokenizer.json"
