@@ -214,19 +214,33 @@ def with_overrides(cfg: T, overrides: Iterable[str]) -> T:
     return from_dict(cls, apply_overrides(to_dict(cfg), overrides, cls))
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def load_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config file as a dict, with its ``_base_`` chain merged in (the file's own keys win).
+
+    A missing file, invalid YAML or UTF-8, a non-mapping top level and a ``_base_`` cycle are ConfigErrors naming
+    the file."""
     path = Path(path)
+    if path.resolve() in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, path.resolve()))
+        raise ConfigError(f"{path}: _base_ cycle ({cycle}); a config cannot be its own base")
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        where = f" (the _base_ of {_chain[-1]})" if _chain else ""
+        raise ConfigError(f"config file not found: {path}{where}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid UTF-8 (byte offset {e.start}); re-save it as UTF-8") from e
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     base = data.pop("_base_", None)
     if base is not None:
-        parent = load_yaml((path.parent / base).resolve())
+        if not isinstance(base, str) or not base.strip():
+            raise ConfigError(f"{path}: _base_ must be the path of another YAML file, got {base!r}")
+        parent = load_yaml((path.parent / base).resolve(), (*_chain, path.resolve()))
         data = _deep_merge(parent, data)
     return data
 

@@ -45,10 +45,12 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import save_file, save_model
 
-from dcase.config import write_run_info
-from dcase.io import atomic_write_text
+from dcase.checkpoint import load_safetensors_into, read_safetensors
+from dcase.config import ConfigError, write_run_info
+from dcase.errors import CheckpointError, DcaseError, InputError
+from dcase.io import atomic_write_text, check_output
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +143,7 @@ class BucketBatchSampler:
         bucket_size: int = 50,
     ) -> None:
         if n_items <= 0:
-            raise ValueError("the training dataset is empty")
+            raise InputError("the training dataset is empty")
         if lengths is not None and len(lengths) != n_items:
             raise ValueError(f"item_lengths() gave {len(lengths)} lengths for {n_items} items")
         self.n_items, self.batch_size, self.seed = n_items, batch_size, seed
@@ -284,11 +286,11 @@ class _Trainer:
         from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
         if cfg.grad_accum < 1 or cfg.batch_size < 1:
-            raise ValueError(f"batch_size ({cfg.batch_size}) and grad_accum ({cfg.grad_accum}) must be >= 1")
+            raise ConfigError(f"batch_size ({cfg.batch_size}) and grad_accum ({cfg.grad_accum}) must be >= 1")
         self.task, self.cfg = task, cfg
-        self.out = Path(cfg.output_dir)
+        self.out = check_output(cfg.output_dir, overwrite=True, kind="folder")  # a run folder is resumed
         if cfg.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {cfg.mixed_precision!r}")
+            raise ConfigError(f"mixed_precision must be no, bf16 or fp16, got {cfg.mixed_precision!r}")
         mp = cfg.mixed_precision
         if not torch.cuda.is_available() and mp == "fp16":
             log.warning("fp16 needs a GPU; training in fp32 on CPU (bf16 autocast works on CPU)")
@@ -370,22 +372,28 @@ class _Trainer:
             return False
         trainer = json.loads((d / "trainer.json").read_text())
         if trainer["num_processes"] != self.acc.num_processes:
-            raise ValueError(
+            raise InputError(
                 f"{d}: saved with {trainer['num_processes']} processes, resuming with "
                 f"{self.acc.num_processes}; the data order would differ"
             )
-        load_model(self.acc.unwrap_model(self.model), str(d / "model.safetensors"), device=str(self.acc.device))
+        dev = str(self.acc.device)
+        load_safetensors_into(self.acc.unwrap_model(self.model), d / "model.safetensors", dev)
         inner = self.opt.optimizer if hasattr(self.opt, "optimizer") else self.opt
-        _optimizer_from_files(
-            inner, load_file(str(d / "optimizer.safetensors"), device=str(self.acc.device)), trainer["optimizer"]
-        )
+        try:
+            _optimizer_from_files(inner, read_safetensors(d / "optimizer.safetensors", dev), trainer["optimizer"])
+        except (KeyError, ValueError, RuntimeError) as e:
+            if isinstance(e, DcaseError):
+                raise
+            raise CheckpointError(f"{d}: the optimiser state does not fit this model ({e})") from e
         self.sched.load_state_dict(trainer["scheduler"])
         if self.acc.scaler is not None and "scaler" in trainer:
             self.acc.scaler.load_state_dict(trainer["scaler"])
         p = trainer["progress"]
         self.prog = _Progress(p["step"], p["epoch"], p["batch_in_epoch"], p["samples"], p["best"])
         rank = self.acc.process_index
-        _set_rng_state(load_file(str(d / f"rng_{rank}.safetensors")), json.loads((d / f"rng_{rank}.json").read_text()))
+        _set_rng_state(
+            read_safetensors(d / f"rng_{rank}.safetensors"), json.loads((d / f"rng_{rank}.json").read_text())
+        )
         log.info(
             "resumed from %s at update %d (epoch %d, batch %d)",
             d,

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from dcase.cli.common import user_errors
+from dcase.errors import InputError
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -33,7 +34,7 @@ def codec(
     from dcase.features.extract import extract_codec
 
     if (codec_name is None) == (codec_config is None):
-        raise ValueError("give exactly one of --codec NAME|DIR or --codec-config tiny|full|FILE")
+        raise InputError("give exactly one of --codec NAME|DIR or --codec-config tiny|full|FILE")
     rep = extract_codec(
         manifest, out, codec_name or codec_config, batch_size, skip_bad, splits or None, chunk_seconds, workers=workers
     )
@@ -71,14 +72,17 @@ def embed(
 def convert_dac(
     pth: Path = typer.Argument(..., help="Descript checkpoint, e.g. weights_24khz_8kbps_0.0.4.pth"),
     out_dir: Path = typer.Argument(..., help="Output DacModel directory."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
 ) -> None:
     """Convert Descript's DAC .pth into a transformers DacModel directory (weight norm folded).
 
     Example: dcase extract convert-dac weights_24khz_8kbps_0.0.4.pth models/dac_24khz
     """
     from dcase.features.codec import convert_descript_checkpoint
+    from dcase.io import check_output
 
-    typer.echo(str(convert_descript_checkpoint(pth, out_dir)))
+    check_output(out_dir, overwrite, kind="folder")
+    typer.echo(str(convert_descript_checkpoint(pth, out_dir, overwrite=overwrite)))
 
 
 @app.command("verify")

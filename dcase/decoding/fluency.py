@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from dcase.errors import CheckpointError
+from dcase.errors import CheckpointError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -156,18 +156,24 @@ def load_fluency_checker(
 
     ``backbone`` overrides the checkpoint's ``model_type`` (a local BERT directory holding config + tokenizer).
     """
-    import torch
     from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from dcase.checkpoint import torch_load_weights
 
     path = Path(path)
     if not path.is_file():
         raise FluencyCheckerError(f"fluency checker {path} does not exist")
     if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"fluency threshold must be in [0, 1], got {threshold}")
+        raise InputError(f"fluency threshold must be in [0, 1], got {threshold}")
     try:
-        states = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise FluencyCheckerError(f"cannot read fluency checker {path}: {e}") from e
+        states = torch_load_weights(
+            path,
+            "fluency checker",
+            "torch.save({'model_type': ..., 'num_classes': ..., 'state_dict': model.state_dict()}, path) on a "
+            "trusted machine (the FENSE / aac-metrics checker format)",
+        )
+    except CheckpointError as e:
+        raise FluencyCheckerError(f"fluency checker: {e}") from e
     if not isinstance(states, dict) or not {"model_type", "num_classes", "state_dict"} <= set(states):
         keys = sorted(states) if isinstance(states, dict) else type(states).__name__
         raise FluencyCheckerError(

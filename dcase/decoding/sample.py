@@ -44,6 +44,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from dcase.config import ConfigError
+from dcase.errors import CheckpointError
+
 log = logging.getLogger(__name__)
 
 
@@ -63,18 +66,18 @@ class SamplingConfig:
 
     def check(self) -> None:
         if self.num_candidates < 1:
-            raise ValueError(f"sampling.num_candidates must be >= 1, got {self.num_candidates}")
+            raise ConfigError(f"sampling.num_candidates must be >= 1, got {self.num_candidates}")
         if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
+            raise ConfigError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
         if self.temperature <= 0:
-            raise ValueError(f"sampling.temperature must be > 0, got {self.temperature}")
+            raise ConfigError(f"sampling.temperature must be > 0, got {self.temperature}")
         if self.max_new_tokens < 1 or self.min_new_tokens > self.max_new_tokens:
-            raise ValueError(
+            raise ConfigError(
                 f"need 1 <= max_new_tokens and min_new_tokens <= max_new_tokens, got "
                 f"{self.max_new_tokens} / {self.min_new_tokens}"
             )
         if self.batch_clips < 1 or self.topk_first < 1:
-            raise ValueError("sampling.batch_clips and sampling.topk_first must be >= 1")
+            raise ConfigError("sampling.batch_clips and sampling.topk_first must be >= 1")
 
 
 def clip_seed(seed: int, key: str | int) -> int:
@@ -285,7 +288,7 @@ def sample_from_encoder(
     d0 = decs[0]
     for dm in decs[1:]:
         if (dm.start_id, dm.eos_id, dm.pad_id, dm.forced_bos) != (d0.start_id, d0.eos_id, d0.pad_id, d0.forced_bos):
-            raise ValueError("ensembled captioners disagree on decoder start / eos / pad / forced bos token ids")
+            raise CheckpointError("ensembled captioners disagree on decoder start / eos / pad / forced bos token ids")
     B = encoded[0][0].shape[0]
     if len(seeds) != B:
         raise ValueError(f"{B} clips but {len(seeds)} seeds")

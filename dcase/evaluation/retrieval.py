@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dcase.errors import MissingInputError
+from dcase.errors import InputError, MissingInputError
 from dcase.io import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def ranking_metrics(hits: np.ndarray, n_relevant: np.ndarray) -> dict[str, float
     if hits.ndim != 2 or n_rel.shape != (hits.shape[0],):
         raise ValueError(f"hits must be [Q, K] and n_relevant [Q]; got {hits.shape} and {n_rel.shape}")
     if hits.shape[0] == 0:
-        raise ValueError("no queries to score")
+        raise InputError("no queries to score")
     if (n_rel < 1).any():
         raise ValueError(f"queries {np.flatnonzero(n_rel < 1)[:10].tolist()} have no relevant item")
     if (hits.sum(1) > n_rel).any():
@@ -194,7 +194,7 @@ def top_k(sim: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k best items per row, best first, ties by item index: [Q, N] -> [Q, k]."""
     sim = np.asarray(sim)
     if k > sim.shape[1]:
-        raise ValueError(f"asked for the top {k} of only {sim.shape[1]} items")
+        raise InputError(f"asked for the top {k} of only {sim.shape[1]} items")
     return np.argsort(-sim, axis=1, kind="stable")[:, :k]
 
 
@@ -248,7 +248,7 @@ def build_index(dim: int, n_items: int, cfg: IndexConfig | None = None, train: n
     faiss = _faiss()
     cfg = cfg or IndexConfig()
     if cfg.kind not in INDEX_KINDS:
-        raise ValueError(f"index kind {cfg.kind!r} is not one of {INDEX_KINDS}")
+        raise InputError(f"index kind {cfg.kind!r} is not one of {INDEX_KINDS}")
     if cfg.kind == "flat":
         index = faiss.IndexFlatIP(dim)
     elif cfg.kind == "hnsw":
@@ -308,7 +308,7 @@ class AudioIndex:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """queries [Q, D] -> (scores [Q, k], item indices [Q, k]), best first."""
         if k > len(self):
-            raise ValueError(f"asked for the top {k} of only {len(self)} indexed clips")
+            raise InputError(f"asked for the top {k} of only {len(self)} indexed clips")
         return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
 
     def save(self, path: str | Path) -> Path:
@@ -345,7 +345,7 @@ class AudioIndex:
         ids = json.loads((path / "clip_ids.json").read_text())
         index = faiss.read_index(str(path / "index.faiss"))
         if index.ntotal != len(ids) or emb.shape[0] != len(ids):
-            raise ValueError(
+            raise InputError(
                 f"{path}: index holds {index.ntotal} vectors, embeddings {emb.shape[0]}, ids {len(ids)}; rebuild it"
             )
         return cls(emb, ids, IndexConfig(**info["config"]), info.get("meta"), index=index)

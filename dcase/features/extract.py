@@ -32,7 +32,7 @@ from dcase.features.store import (
     scan_shards,
     write_provenance,
 )
-from dcase.io import atomic_write_text
+from dcase.io import atomic_write_text, check_output
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def run_extraction(
     """The shared driver (see module docstring). ``rows``: manifest DataFrame; ``encode_batch``: waves -> arrays."""
     from dcase.data.manifest import manifest_hash
 
-    out = Path(out)
+    out = check_output(out, overwrite=True, kind="folder")  # a store is resumed, never replaced
     state = process_state()
     rank, world = state.process_index, state.num_processes
     provenance = {**provenance, "dcase_version": _dcase_version(), "manifest_hash": manifest_hash(rows)}

@@ -48,6 +48,13 @@ class ProvenanceError(StoreError):
     """Features of a different provenance would be mixed into one store."""
 
 
+class MissingFeatureError(StoreError, KeyError):
+    """A clip that is not in the store(s). Also a ``KeyError``, as ``Mapping`` lookups require."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 def provenance_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """Human-readable differences between two provenance records, ignoring per-run fields."""
     out: list[str] = []
@@ -209,7 +216,7 @@ class FeatureStore(Mapping[str, np.ndarray]):
     def __getitem__(self, clip_id: str) -> np.ndarray:
         ent = self.index.get(clip_id)
         if ent is None:
-            raise KeyError(f"clip {clip_id!r} is not in feature store {self.path}")
+            raise MissingFeatureError(f"clip {clip_id!r} is not in feature store {self.path}")
         h = self._handles.get(ent["shard"])
         if h is None:
             from safetensors import safe_open
@@ -315,13 +322,13 @@ class StoreChain(Mapping[str, np.ndarray]):
     def __getitem__(self, key: str) -> np.ndarray:
         s = self._find(key)
         if s is None:
-            raise KeyError(f"clip {key!r} is in none of the feature stores {self.names}")
+            raise MissingFeatureError(f"clip {key!r} is in none of the feature stores {self.names}")
         return s[key]
 
     def shape(self, key: str) -> tuple[int, ...]:
         s = self._find(key)
         if s is None:
-            raise KeyError(f"clip {key!r} is in none of the feature stores {self.names}")
+            raise MissingFeatureError(f"clip {key!r} is in none of the feature stores {self.names}")
         return tuple(s.shape(key)) if hasattr(s, "shape") else tuple(np.shape(s[key]))
 
     def __contains__(self, key: object) -> bool:

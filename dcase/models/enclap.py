@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dcase.config import ConfigError
+from dcase.errors import CheckpointError, InputError
 from dcase.losses import IGNORE_INDEX, caption_loss, mcm_loss
 
 log = logging.getLogger(__name__)
@@ -228,13 +230,13 @@ class EnCLAP(nn.Module):
             max_new_tokens=config.max_caption_tokens,
         )
         if config.max_codec_positions + 2 > bc.max_position_embeddings:
-            raise ValueError(
+            raise ConfigError(
                 f"max_codec_positions={config.max_codec_positions} + <s> + </s> exceeds BART's "
                 f"max_position_embeddings={bc.max_position_embeddings}"
             )
         self.tokenizer = tokenizer
         if tokenizer is not None and len(tokenizer) > bc.vocab_size:
-            raise ValueError(f"tokenizer has {len(tokenizer)} tokens but BART's vocabulary is {bc.vocab_size}")
+            raise CheckpointError(f"tokenizer has {len(tokenizer)} tokens but BART's vocabulary is {bc.vocab_size}")
         D, N, K = bc.d_model, config.n_codebooks, config.codebook_size
         self.codebook_embed = nn.EmbeddingBag(N * (K + CODEC_SPECIAL_IDS), D, mode="sum")
         nn.init.normal_(self.codebook_embed.weight, std=bc.init_std)
@@ -424,7 +426,7 @@ class EnCLAP(nn.Module):
     def tokenize(self, captions: list[str], device: torch.device | None = None) -> torch.Tensor:
         """Captions -> labels [B, T] (``<s> ... </s>``, ``IGNORE_INDEX`` padding, at most max_caption_tokens)."""
         if self.tokenizer is None:
-            raise ValueError("this EnCLAP has no tokenizer")
+            raise CheckpointError("this EnCLAP has no tokenizer")
         enc = self.tokenizer(
             list(captions),
             padding=True,
@@ -455,14 +457,16 @@ class EnCLAP(nn.Module):
         """Load a checkpoint folder, training run folder or cached Hub repository (``dcase.checkpoint``)."""
         from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration
 
-        from dcase.checkpoint import load_checkpoint, load_state
+        from dcase.checkpoint import hf_load, load_checkpoint, load_state
 
         meta, state, folder = load_checkpoint(path, "enclap", device)
+        if not isinstance(meta.get("enclap"), dict) or not isinstance(meta.get("bart"), dict):
+            raise CheckpointError(f"{folder}: config.json lacks the 'enclap' and 'bart' sections of an EnCLAP config")
         known = {f.name for f in dataclasses.fields(EnCLAPConfig)}
         config = EnCLAPConfig(**{k: v for k, v in meta["enclap"].items() if k in known})
         bart = BartForConditionalGeneration(BartConfig.from_dict(meta["bart"]))
         tok_dir = folder / TOKENIZER_DIR
-        tok = AutoTokenizer.from_pretrained(str(tok_dir)) if tok_dir.is_dir() else None
+        tok = hf_load(AutoTokenizer.from_pretrained, tok_dir, "the captioner's tokenizer") if tok_dir.is_dir() else None
         model = cls(config, tokenizer=tok, bart=bart)
         load_state(model, state, folder)
         return model.to(device)
@@ -483,8 +487,13 @@ def build_enclap(config: EnCLAPConfig, captions: Iterable[str] | None = None, to
         from transformers import AutoTokenizer, BartForConditionalGeneration
 
         # fp32 master weights whatever the checkpoint's storage dtype (autocast handles bf16/fp16)
-        bart = BartForConditionalGeneration.from_pretrained(config.bart_name_or_path, dtype=torch.float32)
-        tokenizer = tokenizer or AutoTokenizer.from_pretrained(config.bart_name_or_path)
+        from dcase.checkpoint import hf_load
+
+        def load_bart(src: str) -> Any:
+            return BartForConditionalGeneration.from_pretrained(src, dtype=torch.float32)
+
+        bart = hf_load(load_bart, config.bart_name_or_path, "BART (model.bart_name_or_path)")
+        tokenizer = tokenizer or hf_load(AutoTokenizer.from_pretrained, config.bart_name_or_path, "BART's tokenizer")
         return EnCLAP(config, tokenizer=tokenizer, bart=bart)
     if tokenizer is None:
         if captions is None:
@@ -501,10 +510,10 @@ def train_caption_tokenizer(captions: Iterable[str], vocab_size: int) -> Any:
 
     captions = [c for c in captions if c and c.strip()]
     if not captions:
-        raise ValueError("train_caption_tokenizer: no non-empty captions")
+        raise InputError("train_caption_tokenizer: no non-empty captions")
     min_vocab = len(SPECIAL_TOKENS) + len(pre_tokenizers.ByteLevel.alphabet())
     if vocab_size < min_vocab:
-        raise ValueError(f"vocab_size {vocab_size} is below the byte alphabet + specials ({min_vocab})")
+        raise ConfigError(f"vocab_size {vocab_size} is below the byte alphabet + specials ({min_vocab})")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

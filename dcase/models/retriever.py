@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dcase.config import from_dict
-from dcase.errors import MissingInputError
+from dcase.config import ConfigError, from_dict
+from dcase.errors import CheckpointError, MissingInputError
 from dcase.losses import info_nce_loss, mahalanobis_cost, mltm_loss
 from dcase.models.cnext import CNext, CNextConfig, load_cnext_checkpoint
 
@@ -112,7 +112,7 @@ def _sentence_transformers_parts(path: Path) -> tuple[Path, str | None]:
                 pooling = "mean"
             else:
                 modes = [k for k, v in cfg.items() if k.startswith("pooling_mode") and v]
-                raise ValueError(f"{path}: pooling {modes} not supported (only CLS or mean)")
+                raise CheckpointError(f"{path}: pooling {modes} not supported (only CLS or mean)")
     return tdir, pooling
 
 
@@ -159,13 +159,15 @@ def resolve_pooling(cfg: TextTowerConfig, auto_pool: str | None = None) -> str:
     if pooling == "auto":
         pooling = auto_pool or ("cls" if "bge" in cfg.name_or_path.lower() else "mean")
     if pooling not in ("cls", "mean"):
-        raise ValueError(f"text pooling must be auto, cls or mean, got {cfg.pooling!r}")
+        raise ConfigError(f"text pooling must be auto, cls or mean, got {cfg.pooling!r}")
     return pooling
 
 
 def load_text_tower(cfg: TextTowerConfig, config_only: bool = False) -> tuple[nn.Module, object, str]:
     """(encoder, tokenizer, resolved pooling) for ``cfg``. ``config_only``: random weights from the config."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from dcase.checkpoint import hf_load
 
     src = resolve_text_source(cfg.name_or_path)
     auto_pool = None
@@ -180,13 +182,15 @@ def load_text_tower(cfg: TextTowerConfig, config_only: bool = False) -> tuple[nn
             tokenizer = AutoTokenizer.from_pretrained(src)
             if config_only:
                 model = AutoModel.from_config(AutoConfig.from_pretrained(src))
-            else:
-                model = AutoModel.from_pretrained(src)
         except OSError as e:
             raise MissingInputError(
                 f"text encoder {cfg.name_or_path!r} could not be loaded ({e}). Offline, give a local directory "
                 f"(e.g. a `huggingface-cli download` snapshot) or a sentence-transformers folder"
             ) from e
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"text encoder {cfg.name_or_path!r}: unusable config or tokenizer ({e})") from e
+        if not config_only:
+            model = hf_load(AutoModel.from_pretrained, src, "the text encoder")
     pooling = resolve_pooling(cfg, auto_pool)
     if hasattr(model, "pooler"):
         model.pooler = None  # unused: we pool ourselves
@@ -211,7 +215,7 @@ class Retriever(nn.Module):
         super().__init__()
         cfg = config
         if cfg.loss not in ("mltm", "infonce"):
-            raise ValueError(f"retriever loss must be 'mltm' or 'infonce', got {cfg.loss!r}")
+            raise ConfigError(f"retriever loss must be 'mltm' or 'infonce', got {cfg.loss!r}")
         if cfg.text.pooling not in ("cls", "mean"):
             raise ValueError(f"text pooling must be resolved to cls or mean, got {cfg.text.pooling!r} (use build)")
         self.audio_encoder = CNext(cfg.audio)
@@ -241,7 +245,7 @@ class Retriever(nn.Module):
                 src = CNext.from_pretrained(init)
                 missing, unexpected = model.audio_encoder.load_state_dict(src.state_dict(), strict=False)
                 if missing:
-                    raise ValueError(f"{init}: CNext weights miss {missing[:5]}")
+                    raise CheckpointError(f"{init}: CNext weights miss {missing[:5]}")
             else:
                 cnext, report = load_cnext_checkpoint(init, config.audio)
                 model.audio_encoder.load_state_dict(cnext.state_dict())

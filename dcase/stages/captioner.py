@@ -26,6 +26,7 @@ import torch
 
 from dcase.data.datasets import CaptionDataset, collate_codes
 from dcase.data.manifest import load_captioned_rows, read_manifest
+from dcase.errors import InputError
 from dcase.features.store import StoreChain, check_coverage
 from dcase.losses import IGNORE_INDEX
 from dcase.models.enclap import EnCLAP, EnCLAPConfig, build_enclap
@@ -117,13 +118,13 @@ def validation_score(
     from dcase.evaluation.captions import evaluate_captions
 
     if not codec_stores or not embed_stores:
-        raise ValueError("validation_score needs the codec and clip-embedding stores of the manifest's clips")
+        raise InputError("validation_score needs the codec and clip-embedding stores of the manifest's clips")
     df = read_manifest(manifest, [split])
     df = df[df["captions"].map(len) > 0].reset_index(drop=True)
     if max_clips > 0:
         df = df.head(max_clips)
     if len(df) == 0:
-        raise ValueError(f"{manifest}: split {split!r} has no captioned clips to score")
+        raise InputError(f"{manifest}: split {split!r} has no captioned clips to score")
     model = EnCLAP.from_pretrained(checkpoint).eval()
     codes, embeds = StoreChain.open(codec_stores), StoreChain.open(embed_stores)
     check_coverage(df, codes, embeds, f"{manifest} split {split}")
@@ -135,7 +136,7 @@ def validation_score(
     scores = evaluate_captions(texts, [list(c) for c in df["captions"]], [metric])
     value = scores.get(metric)
     if value is None:
-        raise ValueError(f"{metric} cannot be computed here: {scores.missing.get(metric, 'unknown reason')}")
+        raise InputError(f"{metric} cannot be computed here: {scores.missing.get(metric, 'unknown reason')}")
     log.info("%s: %s %.4f on %d clips of %s", checkpoint, metric, value, len(df), split)
     return float(value)
 
@@ -247,7 +248,7 @@ class CaptionerTask:
             df = read_manifest(d.val_manifest, [d.val_split])
             df = df[df["captions"].map(len) > 0].reset_index(drop=True)
             if len(df) == 0:
-                raise ValueError(f"{d.val_manifest}: no captioned rows in split {d.val_split!r}")
+                raise InputError(f"{d.val_manifest}: no captioned rows in split {d.val_split!r}")
             check_coverage(df, self.val_codes, self.val_embeds, f"validation data ({d.val_manifest})")
             pairs = CaptionDataset(
                 df,

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from dcase.checkpoint import kind_of
-from dcase.config import to_dict, with_overrides, write_run_info
+from dcase.config import ConfigError, to_dict, with_overrides, write_run_info
 from dcase.errors import MissingInputError
 from dcase.io import atomic_write_text
 
@@ -181,7 +181,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
     replace = dataclasses.replace
     cfg = cfg or DemoConfig()
     if len(cfg.finetune_seeds) < 2:
-        raise ValueError("finetune_seeds needs at least 2 seeds: the demo soups the finetuned models")
+        raise ConfigError("finetune_seeds needs at least 2 seeds: the demo soups the finetuned models")
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     write_run_info(out / "run", cfg, seed=cfg.seed)

@@ -26,6 +26,7 @@ import torch
 from dcase.data.clotho import read_retrieval_captions
 from dcase.data.datasets import AudioCache, PairDataset, pad_waves
 from dcase.data.manifest import folder_rows, load_captioned_rows, read_manifest
+from dcase.errors import InputError
 from dcase.evaluation.retrieval import (
     AudioIndex,
     ensemble_similarity,
@@ -168,7 +169,7 @@ def score_matrix(
     ``sinkhorn``: log entropic-OT plan under ``model.cost`` (``epsilon`` defaults to the model's m-LTM epsilon).
     """
     if mode not in MODES:
-        raise ValueError(f"ranking mode must be one of {MODES}, got {mode!r}")
+        raise InputError(f"ranking mode must be one of {MODES}, got {mode!r}")
     if mode == "cosine":
         if index is None:
             return text_emb.astype(np.float32) @ audio_emb.astype(np.float32).T
@@ -196,7 +197,7 @@ def clotho_queries(df: pd.DataFrame) -> tuple[list[str], np.ndarray]:
         texts.extend(caps)
         relevant.extend([i] * len(caps))
     if not texts:
-        raise ValueError("no captions to use as queries in this split")
+        raise InputError("no captions to use as queries in this split")
     return texts, np.asarray(relevant, dtype=np.int64)
 
 
@@ -276,11 +277,11 @@ def rank_task8(
     """Rank the audio collection for every caption: -> [(caption, [k distinct file names, best first])],
     one row per query in input order. Several retrievers are ensembled (z-scored mean of similarities)."""
     if not retrievers:
-        raise ValueError("no retriever checkpoints given")
+        raise InputError("no retriever checkpoints given")
     rows = collection_rows(audio) if isinstance(audio, str | Path) else list(audio)
     texts = read_retrieval_captions(captions) if isinstance(captions, str | Path) else list(captions)
     if len(rows) < k:
-        raise ValueError(f"the audio collection has {len(rows)} clips; {k} are needed per query")
+        raise InputError(f"the audio collection has {len(rows)} clips; {k} are needed per query")
     sims = []
     for r in retrievers:
         model = _as_retriever(r, device)

@@ -244,9 +244,9 @@ def task8_rows_from_scores(
         raise ValueError(f"sim has shape {sim.shape}, expected ({len(queries)}, {len(file_names)})")
     if len(set(file_names)) != len(file_names):
         dup = sorted(n for n, c in Counter(file_names).items() if c > 1)
-        raise ValueError(f"duplicate audio file names: {dup[:_MAX_LISTED]}")
+        raise InputError(f"duplicate audio file names: {dup[:_MAX_LISTED]}")
     if len(file_names) < k:
-        raise ValueError(f"only {len(file_names)} audio files for a top-{k} ranking")
+        raise InputError(f"only {len(file_names)} audio files for a top-{k} ranking")
     order = np.argsort(-sim, axis=1, kind="stable")[:, :k]
     return [(q, [file_names[j] for j in row]) for q, row in zip(queries, order, strict=True)]
 
