@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import stat
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from dcase.errors import InputError, OutputExistsError
+from dcase.errors import InputError, MissingInputError, OutputExistsError
 
 
 def _umask() -> int:
@@ -142,6 +143,24 @@ def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_json(path: str | Path, what: str = "JSON file") -> Any:
+    """The content of a JSON file that the pipeline wrote or the user gave; a missing, non-UTF-8 or invalid file
+    is a DcaseError naming it (MissingInputError / InputError), never a bare JSONDecodeError."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise MissingInputError(f"{what} {path} does not exist") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: {what} is not valid UTF-8 (byte offset {e.start})") from e
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(
+            f"{path}: {what} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); it may be truncated"
+        ) from e
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

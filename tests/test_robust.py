@@ -7,13 +7,10 @@ paths is tested in tests/test_data_*.py.)"""
 
 from __future__ import annotations
 
-import json
 import os
-import stat
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from dcase.errors import InputError, MissingInputError
-from dcase.io import atomic_path, atomic_write_text
+from dcase.io import atomic_path, atomic_write_text, read_json
 
 log = logging.getLogger(__name__)
 
@@ -340,9 +340,9 @@ class AudioIndex:
         path = Path(path)
         if not (path / "index.json").is_file():
             raise MissingInputError(f"{path}: not an audio index directory (no index.json)")
-        info = json.loads((path / "index.json").read_text())
+        info = read_json(path / "index.json", "audio index")
         emb = np.load(path / "embeddings.npy")
-        ids = json.loads((path / "clip_ids.json").read_text())
+        ids = read_json(path / "clip_ids.json", "audio index")
         index = faiss.read_index(str(path / "index.faiss"))
         if index.ntotal != len(ids) or emb.shape[0] != len(ids):
             raise InputError(

@@ -23,7 +23,6 @@ tower's initial weights), ``from_pretrained`` a checkpoint. The retriever implem
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import string
@@ -37,6 +36,7 @@ from torch import nn
 
 from dcase.config import ConfigError, from_dict
 from dcase.errors import CheckpointError, MissingInputError
+from dcase.io import read_json
 from dcase.losses import info_nce_loss, mahalanobis_cost, mltm_loss
 from dcase.models.cnext import CNext, CNextConfig, load_cnext_checkpoint
 
@@ -98,14 +98,14 @@ def resolve_text_source(name_or_path: str) -> str:
 
 def _sentence_transformers_parts(path: Path) -> tuple[Path, str | None]:
     """For a sentence-transformers dir: (transformer sub-dir, pooling mode from its Pooling module or None)."""
-    modules = json.loads((path / "modules.json").read_text())
+    modules = read_json(path / "modules.json", "sentence-transformers modules")
     tdir, pooling = path, None
     for m in modules:
         kind = m.get("type", "")
         if kind.endswith("models.Transformer"):
             tdir = path / m.get("path", "")
         elif kind.endswith("models.Pooling"):
-            cfg = json.loads((path / m["path"] / "config.json").read_text())
+            cfg = read_json(path / m["path"] / "config.json", "pooling config")
             if cfg.get("pooling_mode_cls_token"):
                 pooling = "cls"
             elif cfg.get("pooling_mode_mean_tokens"):

@@ -335,7 +335,7 @@ def train_captioner(
     embeds: Mapping[str, np.ndarray] | None = None,
 ) -> Path:
     """Pretrain (``cfg.mcm``) or finetune (``cfg.init``, usually MCM off) EnCLAP; returns the best checkpoint."""
-    return fit(CaptionerTask(cfg, codes, embeds), cfg.train)
+    return fit(CaptionerTask(cfg, codes, embeds), cfg.train, run_config=cfg)
 
 
 def load_stage_config(

@@ -53,7 +53,7 @@ from dcase.decoding.rerank import (
 )
 from dcase.decoding.sample import Candidate, SamplingConfig, clip_seed
 from dcase.errors import CheckpointError, InputError, OutputExistsError
-from dcase.io import atomic_path, atomic_write_text, check_output, fingerprint
+from dcase.io import atomic_path, atomic_write_text, check_output, fingerprint, read_json
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +295,7 @@ def generate_candidates(cfg: GenerateConfig, progress: bool = True, overwrite: b
     pdir = parts_dir(out)
     plan = {"fingerprint": _plan_fingerprint(cfg, clip_ids), "chunk_clips": g.chunk_clips}
     if (pdir / PLAN).is_file():
-        old = json.loads((pdir / PLAN).read_text())
+        old = read_json(pdir / PLAN, "generation plan")
         if old != plan:
             diff = sorted(
                 k

@@ -140,18 +140,10 @@ class RetrieverTask:
 def train_retriever(cfg: RetrieverStageConfig) -> Path:
     """Train (or finetune, with ``cfg.init``) a retriever; returns the best checkpoint (by validation mAP@10).
 
-    The whole resolved stage config is kept as ``<output_dir>/stage_config.yaml`` (``fit`` writes the
-    optimisation part and run info as ``config.yaml`` / ``run.json``).
+    The whole resolved stage config is kept as ``<output_dir>/stage_config.yaml`` (``fit`` writes it, the
+    optimisation part and run info as ``config.yaml`` / ``run.json``, and refuses to resume with another config).
     """
-    import yaml
-
-    from dcase.config import to_dict
-    from dcase.io import atomic_write_text
-
-    out = Path(cfg.train.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "stage_config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    return fit(RetrieverTask(cfg), cfg.train)
+    return fit(RetrieverTask(cfg), cfg.train, run_config=cfg)
 
 
 # --------------------------------------------------------------------------------------------- scoring
