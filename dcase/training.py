@@ -42,7 +42,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -52,7 +52,7 @@ import yaml
 from safetensors.torch import save_file, save_model
 
 from dcase.checkpoint import load_safetensors_into, read_safetensors
-from dcase.config import ConfigError, to_dict, write_run_info
+from dcase.config import ConfigError, check_values, to_dict, write_run_info
 from dcase.errors import CheckpointError, DcaseError, InputError
 from dcase.io import atomic_write_text, check_output, read_json
 
@@ -107,26 +107,26 @@ class TrainConfig:
 
     output_dir: str = "runs/train"
     seed: int = 0
-    max_steps: int = 1000  # optimiser updates
-    max_epochs: float | None = None  # stop at whichever of max_steps / max_epochs comes first
-    batch_size: int = 8  # per process, per micro-batch
-    grad_accum: int = 1
-    lr: float = 1e-4  # peak learning rate
-    warmup_steps: int = 0
-    lr_timescale: int | None = None  # inverse-sqrt timescale; None = warmup_steps, or 10000 without warm-up
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
+    max_steps: int = field(default=1000, metadata={"min": 1})  # optimiser updates
+    max_epochs: float | None = field(default=None, metadata={"gt": 0})  # stop at whichever of the two comes first
+    batch_size: int = field(default=8, metadata={"min": 1})  # per process, per micro-batch
+    grad_accum: int = field(default=1, metadata={"min": 1})
+    lr: float = field(default=1e-4, metadata={"gt": 0})  # peak learning rate
+    warmup_steps: int = field(default=0, metadata={"min": 0})
+    lr_timescale: int | None = field(default=None, metadata={"min": 1})  # None = warmup_steps, or 10000 without
+    weight_decay: float = field(default=0.01, metadata={"min": 0})
+    betas: tuple[float, float] = field(default=(0.9, 0.999), metadata={"min": 0, "lt": 1})
+    eps: float = field(default=1e-8, metadata={"gt": 0})
     max_grad_norm: float = 1.0  # <= 0 disables clipping
-    mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (fp16: GPU only)
-    eval_every: int = 500  # 0 = only at the end
-    save_every: int = 500  # resume-state interval
-    keep_best: int = 3
+    mixed_precision: str = field(default="no", metadata={"choices": ("no", "bf16", "fp16")})  # fp16: GPU only
+    eval_every: int = field(default=500, metadata={"min": 0})  # 0 = only at the end
+    save_every: int = field(default=500, metadata={"min": 0})  # resume-state interval; 0 = only at the end
+    keep_best: int = field(default=3, metadata={"min": 1})
     metric_for_best: str = "loss"
     greater_is_better: bool = False
-    log_every: int = 10
-    num_workers: int = 0
-    bucket_size: int = 50  # batches per length-sorted bucket; 0 = no bucketing
+    log_every: int = field(default=10, metadata={"min": 1})
+    num_workers: int = field(default=0, metadata={"min": 0})
+    bucket_size: int = field(default=50, metadata={"min": 0})  # batches per length-sorted bucket; 0 = no bucketing
     find_unused_parameters: bool = False  # DDP option for models with parameters unused by the loss
 
 
@@ -327,8 +327,7 @@ class _Trainer:
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
-        if cfg.grad_accum < 1 or cfg.batch_size < 1:
-            raise ConfigError(f"batch_size ({cfg.batch_size}) and grad_accum ({cfg.grad_accum}) must be >= 1")
+        check_values(cfg, "train")  # a config built in code is checked like a YAML one
         self.task, self.cfg = task, cfg
         self.out = check_output(cfg.output_dir, overwrite=True, kind="folder")  # a run folder is resumed
         # the whole stage config (JSON form), saved with the state: a resume must be of the same run

@@ -38,13 +38,13 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from dcase.config import ConfigError
+from dcase.config import ConfigError, check_values
 from dcase.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -55,29 +55,25 @@ class SamplingConfig:
     """Nucleus sampling settings (report §3.1). ``max_new_tokens`` counts generated tokens incl. ``<s>``/``</s>``;
     ``min_new_tokens`` suppresses ``</s>`` before that many tokens (0 = never)."""
 
-    num_candidates: int = 30
-    top_p: float = 0.95
-    temperature: float = 0.5
-    max_new_tokens: int = 40
-    min_new_tokens: int = 0
+    num_candidates: int = field(default=30, metadata={"min": 1})
+    top_p: float = field(default=0.95, metadata={"gt": 0, "max": 1})
+    temperature: float = field(default=0.5, metadata={"gt": 0})
+    max_new_tokens: int = field(default=40, metadata={"min": 1})
+    min_new_tokens: int = field(default=0, metadata={"min": 0})
     seed: int = 0
-    batch_clips: int = 8  # clips decoded together (self-attention cache: batch_clips * num_candidates rows)
-    topk_first: int = 64  # partial-sort width tried before a full sort (exact either way)
+    # clips decoded together (self-attention cache: batch_clips * num_candidates rows)
+    batch_clips: int = field(default=8, metadata={"min": 1})
+    # partial-sort width tried before a full sort (exact either way)
+    topk_first: int = field(default=64, metadata={"min": 1})
 
     def check(self) -> None:
-        if self.num_candidates < 1:
-            raise ConfigError(f"sampling.num_candidates must be >= 1, got {self.num_candidates}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
-        if self.temperature <= 0:
-            raise ConfigError(f"sampling.temperature must be > 0, got {self.temperature}")
-        if self.max_new_tokens < 1 or self.min_new_tokens > self.max_new_tokens:
+        """The field limits (``dcase.config.check_values``) and ``min_new_tokens <= max_new_tokens``."""
+        check_values(self, "sampling")
+        if self.min_new_tokens > self.max_new_tokens:
             raise ConfigError(
-                f"need 1 <= max_new_tokens and min_new_tokens <= max_new_tokens, got "
-                f"{self.max_new_tokens} / {self.min_new_tokens}"
+                f"sampling.min_new_tokens ({self.min_new_tokens}) exceeds sampling.max_new_tokens "
+                f"({self.max_new_tokens})"
             )
-        if self.batch_clips < 1 or self.topk_first < 1:
-            raise ConfigError("sampling.batch_clips and sampling.topk_first must be >= 1")
 
 
 def clip_seed(seed: int, key: str | int) -> int:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dcase.config import ConfigError
+from dcase.config import PROBABILITY, ConfigError
 from dcase.errors import CheckpointError, InputError
 from dcase.losses import IGNORE_INDEX, caption_loss, mcm_loss
 
@@ -73,27 +73,28 @@ class EnCLAPConfig:
     ``facebook/bart-large`` or a local directory); otherwise a random BART is built from the fields here."""
 
     bart_name_or_path: str | None = None
-    vocab_size: int = 50265
-    d_model: int = 1024
-    encoder_layers: int = 12
-    decoder_layers: int = 12
-    encoder_attention_heads: int = 16
-    decoder_attention_heads: int = 16
-    encoder_ffn_dim: int = 4096
-    decoder_ffn_dim: int = 4096
-    max_position_embeddings: int = 1024
-    dropout: float = 0.1
-    attention_dropout: float = 0.0
-    activation_dropout: float = 0.0
-    n_codebooks: int = 32  # DAC 24 kHz
-    codebook_size: int = 1024
-    clip_dim: int = 768  # CNext; or the retriever's joint-space dim
-    max_codec_positions: int = 1022  # codec frames per clip (longer inputs are cropped by the dataset)
-    mcm_rate: float = 0.15
-    mcm_span: int = 10
-    mcm_lambda: float = 0.7
-    label_smoothing: float = 0.2
-    max_caption_tokens: int = 64
+    vocab_size: int = field(default=50265, metadata={"min": 1})
+    d_model: int = field(default=1024, metadata={"min": 1})
+    encoder_layers: int = field(default=12, metadata={"min": 1})
+    decoder_layers: int = field(default=12, metadata={"min": 1})
+    encoder_attention_heads: int = field(default=16, metadata={"min": 1})
+    decoder_attention_heads: int = field(default=16, metadata={"min": 1})
+    encoder_ffn_dim: int = field(default=4096, metadata={"min": 1})
+    decoder_ffn_dim: int = field(default=4096, metadata={"min": 1})
+    max_position_embeddings: int = field(default=1024, metadata={"min": 1})
+    dropout: float = field(default=0.1, metadata=PROBABILITY)
+    attention_dropout: float = field(default=0.0, metadata=PROBABILITY)
+    activation_dropout: float = field(default=0.0, metadata=PROBABILITY)
+    n_codebooks: int = field(default=32, metadata={"min": 1})  # DAC 24 kHz
+    codebook_size: int = field(default=1024, metadata={"min": 1})
+    clip_dim: int = field(default=768, metadata={"min": 1})  # CNext; or the retriever's joint-space dim
+    # codec frames per clip (longer inputs are cropped by the dataset)
+    max_codec_positions: int = field(default=1022, metadata={"min": 1})
+    mcm_rate: float = field(default=0.15, metadata=PROBABILITY)
+    mcm_span: int = field(default=10, metadata={"min": 1})
+    mcm_lambda: float = field(default=0.7, metadata=PROBABILITY)
+    label_smoothing: float = field(default=0.2, metadata=PROBABILITY)
+    max_caption_tokens: int = field(default=64, metadata={"min": 1})
 
     @property
     def pad_code(self) -> int:

@@ -52,8 +52,8 @@ class TextTowerConfig:
     """Which text encoder, and how its token states are pooled."""
 
     name_or_path: str = "BAAI/bge-base-en-v1.5"  # hub name, local dir, sentence-transformers dir, or "tiny-bert"
-    pooling: str = "auto"  # auto | cls | mean
-    max_length: int = 64  # caption tokens (Clotho captions are 8-20 words)
+    pooling: str = field(default="auto", metadata={"choices": ("auto", "cls", "mean")})  # auto | cls | mean
+    max_length: int = field(default=64, metadata={"min": 1})  # caption tokens (Clotho captions are 8-20 words)
     tiny_hidden: int = 32  # only for name_or_path "tiny-bert": a random char-level BERT built in memory
     tiny_layers: int = 2
 
@@ -63,14 +63,17 @@ class RetrieverConfig:
     """Dual encoder sizes and the training loss (saved in the checkpoint's ``config.json``)."""
 
     audio: CNextConfig = field(default_factory=lambda: CNextConfig(num_classes=0))
-    audio_init: str | None = None  # published CNext .pth or CNext directory to start the audio tower from
+    # published CNext .pth or CNext directory to start the audio tower from
+    audio_init: str | None = field(default=None, metadata={"input": "any"})
     text: TextTowerConfig = field(default_factory=TextTowerConfig)
-    joint_dim: int = 1024  # m-LTM official setting
-    loss: str = "mltm"  # mltm | infonce
-    mltm_epsilon: float = 0.03  # entropic regularisation (m-LTM paper / official code)
-    mltm_mass: float = 1.0  # < 1: partial OT transporting this mass (paper uses 0.95 for noisy pairs)
-    mltm_iters: int = 100  # Sinkhorn iterations unrolled in training
-    temperature: float = 0.07  # InfoNCE initial temperature (learned)
+    joint_dim: int = field(default=1024, metadata={"min": 1})  # m-LTM official setting
+    loss: str = field(default="mltm", metadata={"choices": ("mltm", "infonce")})  # mltm | infonce
+    # entropic regularisation (m-LTM paper / official code)
+    mltm_epsilon: float = field(default=0.03, metadata={"gt": 0})
+    # < 1: partial OT transporting this mass (paper uses 0.95 for noisy pairs)
+    mltm_mass: float = field(default=1.0, metadata={"gt": 0, "max": 1})
+    mltm_iters: int = field(default=100, metadata={"min": 1})  # Sinkhorn iterations unrolled in training
+    temperature: float = field(default=0.07, metadata={"gt": 0})  # InfoNCE initial temperature (learned)
 
     @classmethod
     def tiny(cls, **overrides: Any) -> RetrieverConfig:

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dcase.config import check_inputs, check_values
 from dcase.data.datasets import CaptionDataset, collate_codes
 from dcase.data.manifest import load_captioned_rows, read_manifest
 from dcase.errors import InputError
@@ -40,13 +41,16 @@ log = logging.getLogger(__name__)
 class CaptionerDataConfig:
     """Manifests and the feature stores holding their clips (a clip is looked up in the stores in order)."""
 
-    train_manifests: list[str] = field(default_factory=list)
+    train_manifests: list[str] = field(default_factory=list, metadata={"input": "file"})
     train_splits: list[str] = field(default_factory=list)  # keep rows of these splits; empty = all captioned
-    codec_stores: list[str] = field(default_factory=list)  # DAC codes, int16 [n_codebooks, T]
-    embed_stores: list[str] = field(default_factory=list)  # clip embeddings, float32 [clip_dim]
-    val_manifest: str | None = None
+    # DAC codes, int16 [n_codebooks, T]
+    codec_stores: list[str] = field(default_factory=list, metadata={"input": "dir"})
+    # clip embeddings, float32 [clip_dim]
+    embed_stores: list[str] = field(default_factory=list, metadata={"input": "dir"})
+    val_manifest: str | None = field(default=None, metadata={"input": "file"})
     val_split: str = "validation"
-    val_max_clips: int = 0  # clips whose captions are generated and scored at each evaluation; 0 = all
+    # clips whose captions are generated and scored at each evaluation; 0 = all
+    val_max_clips: int = field(default=0, metadata={"min": 0})
 
 
 @dataclass
@@ -59,9 +63,9 @@ class CaptionerStageConfig:
     mcm: bool = True  # masked codec modelling (pretraining); off for finetuning
     init: str | None = None  # EnCLAP checkpoint to start from (its model config replaces ``model``)
     gradient_checkpointing: bool = False
-    eval_batch_size: int = 16
-    eval_num_beams: int = 1  # 1 = greedy
-    eval_max_new_tokens: int = 40
+    eval_batch_size: int = field(default=16, metadata={"min": 1})
+    eval_num_beams: int = field(default=1, metadata={"min": 1})  # 1 = greedy
+    eval_max_new_tokens: int = field(default=40, metadata={"min": 1})
     eval_metrics: list[str] = field(default_factory=lambda: ["meteor", "cider_d"])
 
 
@@ -335,6 +339,8 @@ def train_captioner(
     embeds: Mapping[str, np.ndarray] | None = None,
 ) -> Path:
     """Pretrain (``cfg.mcm``) or finetune (``cfg.init``, usually MCM off) EnCLAP; returns the best checkpoint."""
+    check_values(cfg)
+    check_inputs(cfg)
     return fit(CaptionerTask(cfg, codes, embeds), cfg.train, run_config=cfg)
 
 

@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from dcase.checkpoint import resolve_checkpoint
-from dcase.config import ConfigError
+from dcase.config import PROBABILITY, check_inputs, check_values
 from dcase.decoding.rerank import (
     DEFAULT_THRESHOLD,
     apply_fluency,
@@ -66,37 +66,27 @@ class GenerationSettings:
     """How candidates are made, scored and chosen: shared by ``dcase generate`` (``GenerateConfig.generation``) and
     the Task 6 recipes (``Task6Recipe.generation``). configs/dcase2024/generate.yaml holds the report's values."""
 
-    ensemble: str = "token"  # token | pool (used with several captioners)
-    mode: str = "sample"  # sample | greedy | beam
-    num_beams: int = 4
+    # token | pool (used with several captioners)
+    ensemble: str = field(default="token", metadata={"choices": ("token", "pool")})
+    mode: str = field(default="sample", metadata={"choices": MODES})  # sample | greedy | beam
+    num_beams: int = field(default=4, metadata={"min": 1})
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    w_enc: float = 0.7
-    w_dec: float = 0.3
+    w_enc: float = field(default=0.7, metadata={"min": 0})
+    w_dec: float = field(default=0.3, metadata={"min": 0})
     fluency_checker: str | None = None  # FENSE checker checkpoint (aac-metrics format); None: filter off
     fluency_backbone: str | None = None  # local BERT folder overriding the checker's model_type
-    fluency_threshold: float = DEFAULT_THRESHOLD
     # lazy: check candidates in score order until one is fluent (same selection, ~1 checker batch per clip);
+    fluency_threshold: float = field(default=DEFAULT_THRESHOLD, metadata=PROBABILITY)
     # all: check every candidate (needed to re-rank the table later with other weights: dcase tune-rerank)
-    fluency_scope: str = "lazy"
-    audio_embedding: str = "auto"  # auto | store | compute: where the retriever's clip embedding comes from
-    chunk_clips: int = 64  # clips per resumable part file
-    text_batch_size: int = 64
+    fluency_scope: str = field(default="lazy", metadata={"choices": ("lazy", "all")})
+    # auto | store | compute: where the retriever's clip embedding comes from
+    audio_embedding: str = field(default="auto", metadata={"choices": ("auto", "store", "compute")})
+    chunk_clips: int = field(default=64, metadata={"min": 1})  # clips per resumable part file
+    text_batch_size: int = field(default=64, metadata={"min": 1})
 
     def check(self) -> None:
-        if self.ensemble not in ("token", "pool"):
-            raise ConfigError(f"ensemble must be token or pool, got {self.ensemble!r}")
-        if self.mode not in MODES:
-            raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.mode == "beam" and self.num_beams < 1:
-            raise ConfigError(f"num_beams must be >= 1, got {self.num_beams}")
-        if self.w_enc < 0 or self.w_dec < 0:
-            raise ConfigError(f"reranking weights must be >= 0, got w_enc={self.w_enc}, w_dec={self.w_dec}")
-        if self.fluency_scope not in ("lazy", "all"):
-            raise ConfigError(f"fluency_scope must be lazy or all, got {self.fluency_scope!r}")
-        if self.audio_embedding not in ("auto", "store", "compute"):
-            raise ConfigError(f"audio_embedding must be auto, store or compute, got {self.audio_embedding!r}")
-        if self.chunk_clips < 1:
-            raise ConfigError("chunk_clips must be >= 1")
+        """The field limits (``dcase.config.check_values``) and the sampling settings."""
+        check_values(self, "generation", recursive=False)
         self.sampling.check()
 
 
@@ -106,10 +96,11 @@ class GenerateConfig:
 
     captioners: list[str] = field(default_factory=list)  # EnCLAP checkpoint folders (save_pretrained)
     retriever: str | None = None  # retriever folder for the encoder score (None: encoder score off, w_enc must be 0)
-    manifest: str = ""
+    manifest: str = field(default="", metadata={"input": "file"})
     split: str | None = None  # None: every row of the manifest
-    codec_stores: list[str] = field(default_factory=list)
-    embed_stores: list[str] = field(default_factory=list)  # clip embeddings (the captioners' CLAP slot)
+    codec_stores: list[str] = field(default_factory=list, metadata={"input": "dir"})
+    # clip embeddings (the captioners' CLAP slot)
+    embed_stores: list[str] = field(default_factory=list, metadata={"input": "dir"})
     out: str = "candidates.parquet"
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     device: str = "cpu"
@@ -263,6 +254,7 @@ def generate_candidates(cfg: GenerateConfig, progress: bool = True, overwrite: b
     from dcase.features.store import StoreChain, check_coverage
 
     cfg.check()
+    check_inputs(cfg)
     g = cfg.generation
     out = Path(cfg.out)
     if out.exists() and not overwrite:

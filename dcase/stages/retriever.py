@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dcase.config import check_inputs, check_values
 from dcase.data.clotho import read_retrieval_captions
 from dcase.data.datasets import AudioCache, PairDataset, pad_waves
 from dcase.data.manifest import folder_rows, load_captioned_rows, read_manifest
@@ -48,13 +49,14 @@ MODES = ("cosine", "sinkhorn")
 class RetrieverDataConfig:
     """Which clips to train and validate on."""
 
-    train_manifests: list[str] = field(default_factory=list)
+    train_manifests: list[str] = field(default_factory=list, metadata={"input": "file"})
     train_splits: list[str] = field(default_factory=list)  # keep rows of these splits; empty = all with captions
-    val_manifest: str | None = None
+    val_manifest: str | None = field(default=None, metadata={"input": "file"})
     val_split: str = "validation"
-    val_max_clips: int = 0  # 0 = every validation clip
-    max_seconds: float = 10.0  # random training crop
-    eval_max_seconds: float = 30.0  # evaluation audio is truncated here (Clotho clips are 15-30 s)
+    val_max_clips: int = field(default=0, metadata={"min": 0})  # 0 = every validation clip
+    max_seconds: float = field(default=10.0, metadata={"gt": 0})  # random training crop
+    # evaluation audio is truncated here (Clotho clips are 15-30 s)
+    eval_max_seconds: float = field(default=30.0, metadata={"gt": 0})
     cache_audio: bool = False  # keep decoded 32 kHz audio in memory (small corpora / demos)
 
 
@@ -66,7 +68,7 @@ class RetrieverStageConfig:
     data: RetrieverDataConfig = field(default_factory=RetrieverDataConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(metric_for_best="map_at_10", greater_is_better=True))
     init: str | None = None  # retriever checkpoint to finetune (its model config replaces ``model``)
-    eval_batch_size: int = 16
+    eval_batch_size: int = field(default=16, metadata={"min": 1})
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -143,6 +145,8 @@ def train_retriever(cfg: RetrieverStageConfig) -> Path:
     The whole resolved stage config is kept as ``<output_dir>/stage_config.yaml`` (``fit`` writes it, the
     optimisation part and run info as ``config.yaml`` / ``run.json``, and refuses to resume with another config).
     """
+    check_values(cfg)
+    check_inputs(cfg)
     return fit(RetrieverTask(cfg), cfg.train, run_config=cfg)
 
 
