@@ -719,13 +719,11 @@ def score_caption_files(
     metrics: Iterable[str] = ALL_METRICS,
     settings: MetricSettings | None = None,
 ) -> CaptionScores:
-    """Score an official Task 6 CSV (``file_name,caption_predicted``) against a Clotho captions CSV."""
-    from dcase.submission.formats import read_task6
+    """Score an official Task 6 CSV (``file_name,caption_predicted``) against a Clotho captions CSV. The predictions
+    must pass ``submit validate task6`` (no empty caption or file name, no duplicate clip)."""
+    from dcase.submission.formats import validate_task6
 
-    pred = read_task6(predictions)
-    dup = pred["file_name"][pred["file_name"].duplicated()].tolist()
-    if dup:
-        raise InputError(f"{predictions}: duplicate file_name rows: {dup[:10]}")
+    pred = validate_task6(predictions)
     preds = dict(zip(pred["file_name"], pred["caption_predicted"], strict=True))
     refs = read_references(references)
     _, cands, mrefs = align(preds, refs, str(predictions), str(references))

@@ -145,12 +145,15 @@ def score_task8_files(predictions: str | Path, references: str | Path) -> dict[s
     """Score a Task 8 CSV against queries with their relevant files (``submission.formats.read_queries``: a Clotho
     captions CSV, every caption a query relevant to its own clip; or a ``caption,file_name`` ground truth).
 
-    Rows are matched to queries in order when the captions agree row by row; otherwise by caption text, repeated
-    captions being matched in order of appearance. Missing, extra or unmatched queries are errors naming them.
+    The predictions must pass ``submit validate task8`` (10 distinct non-empty names per row). Rows are matched to
+    queries in order when the captions agree row by row; otherwise by caption text, repeated captions being matched
+    in order of appearance. Missing, extra or unmatched queries are errors naming them.
     """
-    from dcase.submission.formats import SubmissionError, read_queries, read_task8, task8_rows
+    from dcase.submission.formats import SubmissionError, read_queries, task8_rows, validate_task8
 
-    rows = task8_rows(read_task8(predictions))
+    # the checks of `dcase submit validate task8` first: an empty slot or a clip repeated in a row would
+    # otherwise be scored (a clip repeated 10 times is not 10 hits, but the row is not a valid submission)
+    rows = task8_rows(validate_task8(predictions))
     queries, relevant = read_queries(references)
     if relevant is None:
         raise SubmissionError(f"{references}: has no file_name column, so the relevant clips are unknown")
