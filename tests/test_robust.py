@@ -7,7 +7,9 @@ paths is tested in tests/test_data_*.py.)"""
 
 from __future__ import annotations
 
+import json
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -216,3 +218,160 @@ def test_a_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     preds, refs = _task6_files(tmp_path)
     r = runner.invoke(app, ["score", "captions", str(preds), "--references", str(refs)])
     assert r.exit_code == 1 and isinstance(r.exception, ValueError)
+
+
+# -------------------------------------------------------------------- class 2: nothing overwritten
+def _existing(tmp: Path, name: str = "existing.json") -> Path:
+    path = tmp / name
+    path.write_text('{"keep": "me"}\n', encoding="utf-8")
+    return path
+
+
+def _score_captions_out(tmp: Path) -> tuple[list, Path]:
+    preds, refs = _task6_files(tmp)
+    out = _existing(tmp)
+    return ["score", "captions", preds, "--references", refs, "--metrics", "bleu_1", "--out", out], out
+
+
+def _score_retrieval_out(tmp: Path) -> tuple[list, Path]:
+    preds, refs, _ = _task8_files(tmp)
+    out = _existing(tmp)
+    return ["score", "retrieval", preds, "--references", refs, "--out", out], out
+
+
+def _retriever_eval_out(tmp: Path) -> tuple[list, Path]:
+    out = _existing(tmp)  # refused before any model is loaded: the checkpoint need not exist
+    return ["retriever", "eval", "-r", tmp / "ret", "--manifest", tmp / "m.parquet", "--out", out], out
+
+
+def _captioner_caption_out(tmp: Path) -> tuple[list, Path]:
+    out = _existing(tmp, "caps.csv")
+    args = ["captioner", "caption", tmp / "ckpt", "--manifest", tmp / "m.parquet", "--codec-store", tmp / "dac"]
+    return [*args, "--embed-store", tmp / "emb", "--out", out], out
+
+
+def _convert_dac_out(tmp: Path) -> tuple[list, Path]:
+    out = tmp / "dac"
+    out.mkdir()
+    (out / "config.json").write_text("{}", encoding="utf-8")
+    pth = tmp / "w.pth"
+    torch.save({"state_dict": {}, "metadata": {}}, pth)
+    return ["extract", "convert-dac", pth, out], out
+
+
+def _package_report(tmp: Path) -> tuple[list, Path]:
+    from test_submission import _meta
+
+    from dcase.submission.formats import write_task6
+    from dcase.submission.meta import write_meta
+
+    t6 = write_task6([("a.wav", "a dog barks")], tmp / "t6.csv")
+    meta = write_meta(_meta(6, 1), tmp / "m6.yaml")
+    report = tmp / "report.pdf"
+    report.write_bytes(b"%PDF-1.4 new report")
+    pkg = tmp / "pkg"
+    old = pkg / "task6" / "Kim_SNU_task6.technical_report.pdf"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"%PDF-1.4 the report already submitted")
+    return ["submit", "package", "--task6", f"{t6}:{meta}", "--out", pkg, "--technical-report", report], old
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        _score_captions_out,
+        _score_retrieval_out,
+        _retriever_eval_out,
+        _captioner_caption_out,
+        _convert_dac_out,
+        _package_report,
+    ],
+    ids=lambda f: f.__name__.strip("_"),
+)
+def test_existing_outputs_are_not_overwritten(tmp_path: Path, case: Callable) -> None:
+    args, out = case(tmp_path)
+    before = snapshot(tmp_path)
+    user_error(args, out, "--overwrite")
+    assert snapshot(tmp_path) == before
+
+
+def test_overwrite_replaces_and_keeps_the_file_mode(tmp_path: Path) -> None:
+    preds, refs = _task6_files(tmp_path)
+    out = _existing(tmp_path)
+    os.chmod(out, 0o644)
+    args = ["score", "captions", preds, "--references", refs, "--metrics", "bleu_1", "--out", out, "--overwrite"]
+    r = runner.invoke(app, [str(a) for a in args])
+    assert r.exit_code == 0, r.output
+    from dcase.evaluation.captions import evaluate_captions
+
+    expected = evaluate_captions(["a dog barks", "rain falls on a roof"], _refs_lists(), ["bleu_1"])["bleu_1"]
+    assert json.loads(out.read_text())["bleu_1"] == pytest.approx(expected)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+
+
+def _refs_lists() -> list[list[str]]:
+    return [
+        ["a dog barks", "a dog is barking", "dogs bark", "a barking dog", "the dog barks"],
+        ["rain falls", "rain is falling", "it rains", "heavy rain", "light rain falls"],
+    ]
+
+
+@pytest.mark.parametrize("old_mode", [None, 0o644, 0o600, 0o664])
+def test_atomic_writes_keep_normal_permissions(tmp_path: Path, old_mode: int | None) -> None:
+    """A new file gets the umask default (not mkstemp's 0600); a replaced file keeps its own mode. Folders too."""
+    from dcase.io import atomic_dir, atomic_write_text
+
+    old_umask = os.umask(0o022)
+    try:
+        path = tmp_path / "f.txt"
+        if old_mode is not None:
+            path.write_text("old")
+            os.chmod(path, old_mode)
+        atomic_write_text(path, "new")
+        assert path.read_text() == "new"
+        assert stat.S_IMODE(path.stat().st_mode) == (0o644 if old_mode is None else old_mode)
+        folder = tmp_path / "d"
+        if old_mode is not None:
+            folder.mkdir()
+            os.chmod(folder, old_mode | 0o100)
+        with atomic_dir(folder) as tmp:
+            (tmp / "x").write_text("1")
+        assert stat.S_IMODE(folder.stat().st_mode) == (0o755 if old_mode is None else old_mode | 0o100)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "f.txt"]
+    finally:
+        os.umask(old_umask)
+
+
+def test_failed_package_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing report, a non-PDF report or a failure half-way: the package folder is as it was (here: absent,
+    then holding a first system), and no temporary folder is left."""
+    from test_submission import _meta
+
+    import dcase.submission.package as package
+    from dcase.submission.formats import write_task6, write_task8
+    from dcase.submission.meta import write_meta
+
+    t6 = write_task6([("a.wav", "a dog barks")], tmp_path / "t6.csv")
+    t8 = write_task8([("a query", [f"c{i}.wav" for i in range(10)])], tmp_path / "t8.csv")
+    m6, m8 = write_meta(_meta(6, 1), tmp_path / "m6.yaml"), write_meta(_meta(8, 1), tmp_path / "m8.yaml")
+    pkg = tmp_path / "pkg"
+    user_error(["submit", "package", "--task6", f"{t6}:{m6}", "--out", pkg, "--technical-report", tmp_path / "no.pdf"])
+    (tmp_path / "r.pdf").write_text("not a pdf")
+    user_error(["submit", "package", "--task6", f"{t6}:{m6}", "--out", pkg, "--technical-report", tmp_path / "r.pdf"])
+    assert not pkg.exists()
+    assert runner.invoke(app, ["submit", "package", "--task6", f"{t6}:{m6}", "--out", str(pkg)]).exit_code == 0
+    before = snapshot(pkg)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(package, "write_meta", broken)
+    with pytest.raises(OSError, match="No space"):
+        package.package_submission(pkg, task8=[(t8, m8)])
+    assert snapshot(pkg) == before
+    assert sorted(p.name for p in pkg.parent.iterdir() if p.name.startswith(".")) == []
+    monkeypatch.undo()
+    package.package_submission(pkg, task8=[(t8, m8)])  # adding a system keeps the first one
+    assert {k: v for k, v in snapshot(pkg).items() if k.startswith("task6/")} == before
+    assert (pkg / "task8" / "Kim_SNU_task8_1" / "Kim_SNU_task8_1.output.csv").read_bytes() == t8.read_bytes()
