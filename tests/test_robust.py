@@ -13,6 +13,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -375,3 +376,274 @@ def test_failed_package_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytes
     package.package_submission(pkg, task8=[(t8, m8)])  # adding a system keeps the first one
     assert {k: v for k, v in snapshot(pkg).items() if k.startswith("task6/")} == before
     assert (pkg / "task8" / "Kim_SNU_task8_1" / "Kim_SNU_task8_1.output.csv").read_bytes() == t8.read_bytes()
+
+
+# ------------------------------------------------------------------ class 3: silent wrong results
+def _negative_max_steps(tmp: Path) -> tuple[list, tuple]:
+    return ["retriever", "train", "--set", "train.max_steps=-5"], ("train.max_steps", "-5", "minimum 1")
+
+
+def _zero_batch_size(tmp: Path) -> tuple[list, tuple]:
+    return ["captioner", "pretrain", "--set", "train.batch_size=0"], ("train.batch_size", "minimum 1")
+
+
+def _probability_above_one(tmp: Path) -> tuple[list, tuple]:
+    return ["captioner", "pretrain", "--set", "model.mcm_rate=1.5"], ("model.mcm_rate", "1.5", "maximum 1.0")
+
+
+def _wrong_type(tmp: Path) -> tuple[list, tuple]:
+    return ["retriever", "train", "--set", "train.lr=fast"], ("train.lr", "'fast'", "expected a number")
+
+
+def _unknown_choice(tmp: Path) -> tuple[list, tuple]:
+    return ["generate", "--set", "generation.mode=topk"], ("generation.mode", "'topk'", "not one of")
+
+
+def _missing_input_path(tmp: Path) -> tuple[list, tuple]:
+    args = ["retriever", "train", "--config", "configs/demo/retriever_tiny.yaml"]
+    args += ["--set", f"data.train_manifests=[{tmp}/absent.parquet]", "--set", f"train.output_dir={tmp}/run"]
+    return args, ("data.train_manifests", "absent.parquet", "does not exist")
+
+
+def _task8_empty_slot(tmp: Path) -> tuple[list, tuple]:
+    preds, refs, names = _task8_files(tmp)
+    header = "caption," + ",".join(f"fname_{i}" for i in range(1, 11))
+    preds.write_text(f"{header}\na dog barks,{','.join(names[:9])},\nrain falls,{','.join(names[2:12])}\n")
+    return ["score", "retrieval", preds, "--references", refs], (preds, "row 1: empty file name")
+
+
+def _task8_clip_repeated(tmp: Path) -> tuple[list, tuple]:
+    preds, refs, _ = _task8_files(tmp)
+    header = "caption," + ",".join(f"fname_{i}" for i in range(1, 11))
+    preds.write_text(f"{header}\na dog barks,{','.join(['c0.wav'] * 10)}\nrain falls,{','.join(['c5.wav'] * 10)}\n")
+    return ["score", "retrieval", preds, "--references", refs], (preds, "row 1: duplicate file names ['c0.wav']")
+
+
+def _task6_empty_caption(tmp: Path) -> tuple[list, tuple]:
+    preds, refs = _task6_files(tmp)
+    preds.write_text('file_name,caption_predicted\na.wav,a dog barks\nb.wav,"  "\n', encoding="utf-8")
+    return ["score", "captions", preds, "--references", refs, "--metrics", "bleu_1"], (preds, "row 2 (b.wav)")
+
+
+def _query_with_unquoted_comma(tmp: Path) -> tuple[list, tuple]:
+    preds, refs, _ = _task8_files(tmp)
+    refs.write_text("caption,file_name\na dog barks, loudly,c0.wav\nrain falls,c5.wav\n", encoding="utf-8")
+    return ["score", "retrieval", preds, "--references", refs], (refs, "row 1", "3 fields")
+
+
+def _retrieval_captions_unquoted_comma(tmp: Path) -> tuple[list, tuple]:
+    preds, _, _ = _task8_files(tmp)
+    queries = tmp / "retrieval_captions.csv"
+    queries.write_text("caption\na dog barks, loudly\nrain falls\n", encoding="utf-8")
+    return ["submit", "validate", "task8", preds, "--references", queries], (queries, "row 1", "2 fields")
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        _negative_max_steps,
+        _zero_batch_size,
+        _probability_above_one,
+        _wrong_type,
+        _unknown_choice,
+        _missing_input_path,
+        _task8_empty_slot,
+        _task8_clip_repeated,
+        _task6_empty_caption,
+        _query_with_unquoted_comma,
+        _retrieval_captions_unquoted_comma,
+    ],
+    ids=lambda f: f.__name__.strip("_"),
+)
+def test_refused_instead_of_a_silent_wrong_result(tmp_path: Path, case: Callable, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # configs/ paths are relative to the repository
+    args, names = case(tmp_path)
+    before = snapshot(tmp_path)
+    user_error(args, *names)
+    assert snapshot(tmp_path) == before
+
+
+def test_resume_with_a_changed_config_is_refused_and_safe_changes_are_exact(tmp_path: Path) -> None:
+    """seed and lr changed: refused with both keys named and config.yaml untouched. max_steps raised: allowed,
+    and the result is bit-identical to an uninterrupted run of the final length."""
+    from safetensors.torch import load_file
+    from test_training import ToyTask, _cfg
+
+    from dcase.training import ResumeError, fit
+
+    run = tmp_path / "run"
+    fit(ToyTask(), _cfg(run, max_steps=4), run_config=None)
+    recorded = (run / "config.yaml").read_bytes()
+    with pytest.raises(ResumeError, match=r"train.lr: the run has 0.05, this command has 0.1.*train.seed") as e:
+        fit(ToyTask(), _cfg(run, max_steps=4, seed=1, lr=0.1))
+    assert "\n" not in str(e.value) and str(run) in str(e.value)
+    assert (run / "config.yaml").read_bytes() == recorded
+    fit(ToyTask(), _cfg(run, max_steps=8, log_every=2))  # safe changes
+    fit(ToyTask(), _cfg(tmp_path / "ref", max_steps=8))
+    a = load_file(str(run / "last" / "model.safetensors"))
+    b = load_file(str(tmp_path / "ref" / "last" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_of_a_stage_names_changed_model_keys(tmp_path: Path) -> None:
+    """Through the CLI: a tiny retriever run resumed with another model size and seed is refused (exit 2), with
+    the changed keys and without touching the run's records."""
+    from test_retriever_train import make_corpus
+
+    manifest = make_corpus(tmp_path / "corpus", per_class_train=2, per_class_test=0)
+    base = ["retriever", "train", "--config", "configs/demo/retriever_tiny.yaml"]
+    sets = [f"data.train_manifests=[{manifest}]", "data.val_manifest=null", f"train.output_dir={tmp_path}/run"]
+    sets += ["train.max_steps=2", "train.batch_size=4", "train.save_every=1", "data.max_seconds=0.5"]
+    args = [*base, *[x for s in sets for x in ("--set", s)]]
+    cwd = os.getcwd()
+    os.chdir(Path(__file__).resolve().parents[1])
+    try:
+        r = runner.invoke(app, args)
+        assert r.exit_code == 0, r.output
+        before = snapshot(tmp_path / "run")
+        user_error([*args, "--set", "model.joint_dim=16", "--set", "train.seed=1"], "model.joint_dim", "train.seed")
+        assert snapshot(tmp_path / "run") == before
+    finally:
+        os.chdir(cwd)
+
+
+def test_time_based_flush_bounds_the_work_a_kill_loses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shard is written every shard_size clips or flush_seconds seconds, whichever comes first."""
+    import dcase.features.store as store
+
+    now = [0.0]
+    monkeypatch.setattr(store.time, "monotonic", lambda: now[0])
+    w = store.ShardWriter(tmp_path, shard_size=100, flush_seconds=60.0)
+    for i in range(5):
+        w.add(f"c{i}", np.full(3, i, dtype=np.int16))
+        now[0] += 20.0  # 20 s per clip: the third clip arrives 40 s after the first, the fourth 60 s after
+    shards = sorted((tmp_path / "shards").glob("*.safetensors"))
+    assert len(shards) == 1 and sorted(store.scan_shards(tmp_path)) == ["c0", "c1", "c2", "c3"]
+    w.flush()
+    assert sorted(store.scan_shards(tmp_path)) == [f"c{i}" for i in range(5)]
+    with pytest.raises(store.StoreError, match="flush interval"):
+        store.ShardWriter(tmp_path, flush_seconds=0)
+
+
+def _synth_clips(folder: Path, n: int, seconds: float = 0.6, seed: int = 0) -> Path:
+    """n noise clips at 24 kHz and their manifest (split development)."""
+    import soundfile as sf
+
+    from dcase.data.manifest import ManifestRow, write_manifest
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        path = folder / f"clip{i}.wav"
+        sf.write(path, (0.1 * rng.standard_normal(int(24000 * seconds))).astype(np.float32), 24000)
+        rows.append(ManifestRow(path.name, str(path), "development", "synth", seconds, 24000, ["a noise"]))
+    write_manifest(rows, folder / "manifest.parquet")
+    return folder / "manifest.parquet"
+
+
+def test_changed_audio_is_reported_and_re_extracted(tmp_path: Path) -> None:
+    """Replacing an audio file after extraction: verify names the clip, the extractor re-encodes it (no stale
+    codes), and the result equals a fresh extraction of the new audio."""
+    import soundfile as sf
+
+    from dcase.features.store import FeatureStore
+
+    manifest = _synth_clips(tmp_path / "audio", 3)
+    out = tmp_path / "dac"
+    codec = ["extract", "codec", "-m", manifest, "-o", out, "--codec-config", "tiny", "--shard-size", "2"]
+    assert runner.invoke(app, [str(a) for a in codec]).exit_code == 0
+    old = FeatureStore.open(out)["clip1.wav"]
+    assert runner.invoke(app, ["extract", "verify", str(out), "-m", str(manifest)]).exit_code == 0
+    wav = tmp_path / "audio" / "clip1.wav"
+    x, sr = sf.read(wav, dtype="float32")
+    sf.write(wav, np.sin(np.arange(len(x)) * 0.05).astype(np.float32) * 0.3, sr)  # same length, other content
+    user_error(["extract", "verify", out, "-m", manifest], "clip1.wav", "audio changed", str(wav))
+    assert runner.invoke(app, [str(a) for a in codec]).exit_code == 0
+    new = FeatureStore.open(out)["clip1.wav"]
+    assert runner.invoke(app, ["extract", "verify", str(out), "-m", str(manifest)]).exit_code == 0
+    fresh_cmd = [*codec[:5], str(tmp_path / "fresh"), *codec[6:]]
+    assert runner.invoke(app, [str(a) for a in fresh_cmd]).exit_code == 0
+    fresh = FeatureStore.open(tmp_path / "fresh")
+    assert not np.array_equal(old, new) and np.array_equal(new, fresh["clip1.wav"])
+    store = FeatureStore.open(out)
+    assert all(np.array_equal(store[c], fresh[c]) for c in fresh)
+
+
+# ------------------------------------------------------------ class 4: valid input that must be accepted
+def test_utf8_bom_is_accepted_everywhere(tmp_path: Path) -> None:
+    preds8, refs8, names = _task8_files(tmp_path)
+    queries = tmp_path / "retrieval_captions.csv"
+    queries.write_bytes(b"\xef\xbb\xbfcaption\na dog barks\nrain falls\n")
+    r = runner.invoke(app, ["submit", "validate", "task8", str(preds8), "--references", str(queries)])
+    assert r.exit_code == 0, r.output
+    refs8.write_bytes(b"\xef\xbb\xbf" + refs8.read_bytes())
+    preds8.write_bytes(b"\xef\xbb\xbf" + preds8.read_bytes())
+    r = runner.invoke(app, ["score", "retrieval", str(preds8), "--references", str(refs8)])
+    assert r.exit_code == 0, r.output
+    scores = json.loads(r.output[r.output.index("{") :])
+    assert scores["map_at_10"] == pytest.approx((1.0 + 1 / 4) / 2)  # c0 first; c5 fourth in the second row
+    preds6, refs6 = _task6_files(tmp_path)
+    preds6.write_bytes(b"\xef\xbb\xbf" + preds6.read_bytes())
+    refs6.write_bytes(b"\xef\xbb\xbf" + refs6.read_bytes())
+    r = runner.invoke(app, ["score", "captions", str(preds6), "--references", str(refs6), "--metrics", "bleu_1"])
+    assert r.exit_code == 0, r.output
+
+
+def test_a_config_with_a_bom_and_a_base_chain_loads(tmp_path: Path) -> None:
+    from dcase.config import load_config
+    from dcase.training import TrainConfig
+
+    (tmp_path / "base.yaml").write_text("max_steps: 7\nlr: 0.5\n", encoding="utf-8")
+    (tmp_path / "run.yaml").write_bytes(b"\xef\xbb\xbf_base_: base.yaml\nlr: 0.25\n")
+    cfg = load_config(TrainConfig, tmp_path / "run.yaml", ["batch_size=3"])
+    assert (cfg.max_steps, cfg.lr, cfg.batch_size) == (7, 0.25, 3)
+
+
+# ------------------------------------------------------------------------ class 5: unclear errors
+def _cp1252_predictions(tmp: Path) -> tuple[list, tuple]:
+    preds, refs = _task6_files(tmp)
+    data = "file_name,caption_predicted\na.wav,a dog barks\nb.wav,rain in a café\n".encode("cp1252")
+    preds.write_bytes(data)
+    where = f"byte offset {data.index(0xE9)}"
+    return ["score", "captions", preds, "--references", refs], (preds, "not valid UTF-8", "line 3", where)
+
+
+def _cp1252_config(tmp: Path) -> tuple[list, tuple]:
+    cfg = tmp / "cfg.yaml"
+    data = "train:\n  output_dir: café\n".encode("cp1252")
+    cfg.write_bytes(data)
+    return ["retriever", "train", "--config", cfg], (cfg, "not valid UTF-8", f"byte offset {data.index(0xE9)}")
+
+
+def _corrupt_store_index(tmp: Path) -> tuple[list, tuple]:
+    manifest = _synth_clips(tmp / "audio", 1)
+    args = ["extract", "codec", "-m", str(manifest), "-o", str(tmp / "dac"), "--codec-config", "tiny"]
+    assert runner.invoke(app, args).exit_code == 0
+    index = tmp / "dac" / "index.json"
+    index.write_text(index.read_text()[:20], encoding="utf-8")
+    return ["extract", "verify", tmp / "dac", "-m", manifest], (index, "not valid JSON", "rerun the extraction")
+
+
+def _corrupt_training_state(tmp: Path) -> tuple[list, tuple]:
+    from test_retriever_train import make_corpus
+
+    state = tmp / "run" / "state"
+    state.mkdir(parents=True)
+    (state / "trainer.json").write_text('{"progress": ', encoding="utf-8")
+    manifest = make_corpus(tmp / "corpus", per_class_train=1, per_class_test=0)
+    args = ["retriever", "train", "--config", Path(__file__).resolve().parents[1] / "configs/demo/retriever_tiny.yaml"]
+    args += ["--set", f"data.train_manifests=[{manifest}]", "--set", "data.val_manifest=null"]
+    return [*args, "--set", f"train.output_dir={tmp}/run"], (state / "trainer.json", "not valid JSON")
+
+
+@pytest.mark.parametrize(
+    "case",
+    [_cp1252_predictions, _cp1252_config, _corrupt_store_index, _corrupt_training_state],
+    ids=lambda f: f.__name__.strip("_"),
+)
+def test_errors_name_the_file_and_the_place(tmp_path: Path, case: Callable) -> None:
+    args, names = case(tmp_path)
+    before = snapshot(tmp_path)
+    user_error(args, *names)
+    assert snapshot(tmp_path) == before
