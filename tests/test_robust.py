@@ -647,3 +647,23 @@ def test_errors_name_the_file_and_the_place(tmp_path: Path, case: Callable) -> N
     before = snapshot(tmp_path)
     user_error(args, *names)
     assert snapshot(tmp_path) == before
+
+
+def test_half_written_shards_of_killed_writers_are_removed(tmp_path: Path) -> None:
+    """A killed writer's .tmp shard is removed on the next run; a live writer's (this process) is kept."""
+    import subprocess
+    import sys
+
+    from dcase.features.store import _host_tag, remove_stale_tmp
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    host = _host_tag()
+    gone = shards / f".part-r000-20240101000000-{host}-{dead.stdout.strip()}-0a1b2c3d-00000.safetensors.x1.tmp"
+    live = shards / f".part-r000-20240101000000-{host}-{os.getpid()}-0a1b2c3d-00000.safetensors.x2.tmp"
+    other = shards / f".part-r000-20240101000000-otherhost{host[:4]}-{dead.stdout.strip()}-0a-00000.safetensors.x.tmp"
+    for f in (gone, live, other):
+        f.write_bytes(b"half")
+    assert remove_stale_tmp(tmp_path) == [gone]
+    assert sorted(p.name for p in shards.iterdir()) == sorted([live.name, other.name])

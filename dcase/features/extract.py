@@ -31,6 +31,7 @@ from dcase.features.store import (
     audio_fingerprint,
     check_provenance,
     finalize_store,
+    remove_stale_tmp,
     scan_shards,
     write_provenance,
 )
@@ -132,8 +133,10 @@ def run_extraction(
     rank, world = state.process_index, state.num_processes
     provenance = {**provenance, "dcase_version": _dcase_version(), "manifest_hash": manifest_hash(rows)}
     exists = check_provenance(out, provenance)  # every process checks: all raise alike on a mismatch
-    if state.is_main_process and not exists:
-        write_provenance(out, provenance)
+    if state.is_main_process:
+        if not exists:
+            write_provenance(out, provenance)
+        remove_stale_tmp(out)  # before the barrier: no process of this run writes yet
     state.wait_for_everyone()
 
     done = scan_shards(out)

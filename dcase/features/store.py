@@ -27,6 +27,8 @@ import json
 import logging
 import math
 import os
+import re
+import socket
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -187,6 +189,39 @@ def audio_changed(recorded: Sequence[Mapping[str, Any]] | None, row: Any, full_h
     return None
 
 
+def _host_tag() -> str:
+    return "".join(c for c in socket.gethostname() if c.isalnum())[:16] or "host"
+
+
+_TMP_SHARD = re.compile(r"^\.part-r\d+-\d+-(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-[0-9a-f]+-\d+\.safetensors\..*\.tmp$")
+
+
+def remove_stale_tmp(path: str | Path) -> list[Path]:
+    """Delete the half-written shard files (``.part-....tmp``) left in ``path/shards`` by killed writers: those of
+    this host whose process is gone. A live writer's file, or another host's, is never touched. Returns them."""
+    removed: list[Path] = []
+    shard_dir = Path(path) / SHARDS
+    if not shard_dir.is_dir():
+        return removed
+    host = _host_tag()
+    for f in shard_dir.glob(".part-*.tmp"):
+        m = _TMP_SHARD.match(f.name)
+        if m is None or m["host"] != host:
+            continue
+        try:
+            os.kill(int(m["pid"]), 0)
+            continue  # the writer is alive
+        except ProcessLookupError:
+            pass
+        except PermissionError:  # alive, another user's
+            continue
+        f.unlink(missing_ok=True)
+        removed.append(f)
+    if removed:
+        log.info("%s: removed %d half-written shard file(s) of killed runs", shard_dir, len(removed))
+    return removed
+
+
 class ShardWriter:
     """Buffers clip features and writes them as atomic safetensors shards: every ``shard_size`` clips, or as soon
     as the oldest buffered clip has waited ``flush_seconds`` (None: no time limit), whichever comes first."""
@@ -207,7 +242,9 @@ class ShardWriter:
         self.audio: dict[str, list[dict[str, Any]]] = {}
         self.first_at: float | None = None
         # unique per writer: a rerun in the same process and second must never overwrite a finished shard
-        self.stamp = f"{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        # host and pid in the name: remove_stale_tmp can tell a dead writer's leftovers from a live one's
+        when = time.strftime("%Y%m%d%H%M%S", time.gmtime())
+        self.stamp = f"{when}-{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.n_shards = 0
         self.n_written = 0
 
