@@ -667,3 +667,32 @@ def test_half_written_shards_of_killed_writers_are_removed(tmp_path: Path) -> No
         f.write_bytes(b"half")
     assert remove_stale_tmp(tmp_path) == [gone]
     assert sorted(p.name for p in shards.iterdir()) == sorted([live.name, other.name])
+
+
+def test_audio_embedding_cache_follows_changed_audio(tmp_path: Path) -> None:
+    """The cached index of a collection is keyed by each file's size and mtime: replacing a file recomputes it
+    (never stale embeddings), and a damaged cache is rebuilt instead of failing."""
+    import soundfile as sf
+
+    from dcase.data.manifest import read_manifest
+    from dcase.features.embed import audio_index
+    from dcase.models.retriever import Retriever, RetrieverConfig
+
+    torch.manual_seed(0)
+    model = Retriever.build(RetrieverConfig.tiny()).eval()
+    manifest = _synth_clips(tmp_path / "audio", 3, seconds=0.5)
+    rows = list(read_manifest(manifest).itertuples(index=False))
+    first = audio_index(model, model, rows, cache_dir=tmp_path / "cache", progress=False)
+    wav = tmp_path / "audio" / "clip2.wav"
+    x, sr = sf.read(wav, dtype="float32")
+    sf.write(wav, (0.5 * np.sin(np.arange(len(x)) * 0.3)).astype(np.float32), sr)
+    again = audio_index(model, model, rows, cache_dir=tmp_path / "cache", progress=False)
+    fresh = audio_index(model, model, rows, progress=False)
+    assert not np.allclose(first.embeddings[2], again.embeddings[2])
+    assert np.array_equal(again.embeddings, fresh.embeddings) and np.array_equal(
+        first.embeddings[:2], fresh.embeddings[:2]
+    )
+    for f in (tmp_path / "cache").rglob("embeddings.npy"):
+        f.write_bytes(b"damaged")
+    rebuilt = audio_index(model, model, rows, cache_dir=tmp_path / "cache", progress=False)
+    assert np.array_equal(rebuilt.embeddings, fresh.embeddings)

@@ -156,7 +156,11 @@ def read_candidates(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise MissingInputError(f"candidates file {path} does not exist")
-    return validate_candidates(pd.read_parquet(path), str(path))
+    try:
+        table = pd.read_parquet(path)
+    except Exception as e:  # noqa: BLE001 - any parquet failure is reported with the file name
+        raise CandidatesError(f"{path}: not a readable candidates parquet file ({e}); rerun dcase generate") from e
+    return validate_candidates(table, str(path))
 
 
 def apply_fluency(df: pd.DataFrame, checker: Any) -> pd.DataFrame:

@@ -344,9 +344,12 @@ class AudioIndex:
         if not (path / "index.json").is_file():
             raise MissingInputError(f"{path}: not an audio index directory (no index.json)")
         info = read_json(path / "index.json", "audio index")
-        emb = np.load(path / "embeddings.npy")
         ids = read_json(path / "clip_ids.json", "audio index")
-        index = faiss.read_index(str(path / "index.faiss"))
+        try:
+            emb = np.load(path / "embeddings.npy")
+            index = faiss.read_index(str(path / "index.faiss"))
+        except Exception as e:  # noqa: BLE001 - numpy and faiss raise many kinds of errors on damaged files
+            raise InputError(f"{path}: damaged audio index ({type(e).__name__}: {e}); delete it to rebuild") from e
         if index.ntotal != len(ids) or emb.shape[0] != len(ids):
             raise InputError(
                 f"{path}: index holds {index.ntotal} vectors, embeddings {emb.shape[0]}, ids {len(ids)}; rebuild it"
