@@ -222,6 +222,16 @@ def load_safetensors_into(model: torch.nn.Module, path: str | Path, device: str 
 PICKLE_REFUSED = "pickle checkpoints are not loaded (only tensors, read with torch.load(weights_only=True))"
 
 
+def _unpickling_detail(error: BaseException) -> tuple[bool, str]:
+    """(whether ``torch.load(weights_only=True)`` refused Python objects, the informative line of its message).
+    torch's message starts with advice to retry with ``weights_only=False``, which is never followed here."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    refused = [ln for ln in lines if "GLOBAL" in ln]
+    if refused:
+        return True, refused[0]
+    return False, next((ln for ln in reversed(lines) if "Unsupported" in ln or "error" in ln.lower()), str(error))
+
+
 def torch_load_weights(path: str | Path, what: str, convert: str) -> Any:
     """``torch.load(path, weights_only=True)`` of a foreign checkpoint (the only use of ``torch.load``).
 
@@ -235,10 +245,12 @@ def torch_load_weights(path: str | Path, what: str, convert: str) -> Any:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: {PICKLE_REFUSED}; convert with {convert} ({first})") from e
+        refused, detail = _unpickling_detail(e)
+        if refused:
+            raise CheckpointError(f"{path}: {PICKLE_REFUSED}; convert with {convert} ({detail})") from e
+        raise CheckpointError(f"{path}: cannot read {what}: not a PyTorch checkpoint, or damaged ({detail})") from e
     except Exception as e:  # noqa: BLE001 - a damaged file can fail the unpickler in any way
-        raise CheckpointError(f"{path}: cannot read {what} ({type(e).__name__}: {e}); convert with {convert}") from e
+        raise CheckpointError(f"{path}: cannot read {what}: not a PyTorch checkpoint, or damaged ({e})") from e
 
 
 def hf_load(load: Callable[[str], Any], source: str | Path, what: str) -> Any:
@@ -251,9 +263,12 @@ def hf_load(load: Callable[[str], Any], source: str | Path, what: str) -> Any:
     try:
         return load(str(source))
     except pickle.UnpicklingError as e:
+        refused, detail = _unpickling_detail(e)
+        if not refused:
+            raise CheckpointError(f"{source}: cannot load {what}: damaged weights ({detail})") from e
         raise CheckpointError(
             f"{source}: {what}: {PICKLE_REFUSED}; convert with: load it on a trusted machine and save_pretrained it "
-            "with safe_serialization=True (model.safetensors)"
+            f"with safe_serialization=True (model.safetensors) ({detail})"
         ) from e
     except (OSError, ValueError, RuntimeError, EOFError, SafetensorError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

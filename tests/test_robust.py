@@ -98,6 +98,12 @@ def _pickle_dac(tmp: Path) -> tuple[list, tuple]:
     return ["extract", "convert-dac", pth, tmp / "dac"], (pth, "pickle checkpoints are not loaded", "convert with")
 
 
+def _garbage_dac(tmp: Path) -> tuple[list, tuple]:
+    pth = tmp / "weights.pth"
+    pth.write_bytes(b"<html>a download error page, not a checkpoint</html>")
+    return ["extract", "convert-dac", pth, tmp / "dac"], (pth, "not a PyTorch checkpoint, or damaged")
+
+
 def _pickle_cnext(tmp: Path) -> tuple[list, tuple]:
     pth = tmp / "cnext.pth"
     torch.save({"model": {"w": torch.zeros(2)}, "epoch": Evil()}, pth)
@@ -174,6 +180,7 @@ def _out_under_a_file(tmp: Path) -> tuple[list, tuple]:
     "case",
     [
         _pickle_dac,
+        _garbage_dac,
         _pickle_cnext,
         _codec_folder_with_pickle,
         _codec_folder_with_bert,
