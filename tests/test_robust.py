@@ -679,14 +679,22 @@ def test_half_written_shards_of_killed_writers_are_removed(tmp_path: Path) -> No
 def test_audio_embedding_cache_follows_changed_audio(tmp_path: Path) -> None:
     """The cached index of a collection is keyed by each file's size and mtime: replacing a file recomputes it
     (never stale embeddings), and a damaged cache is rebuilt instead of failing."""
+    import tempfile
+
     import soundfile as sf
 
     from dcase.data.manifest import read_manifest
     from dcase.features.embed import audio_index
     from dcase.models.retriever import Retriever, RetrieverConfig
 
+    def dcase_temp() -> set[str]:
+        return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("dcase")}
+
+    before = dcase_temp()
     torch.manual_seed(0)
     model = Retriever.build(RetrieverConfig.tiny()).eval()
+    Retriever.from_pretrained(model.save_pretrained(tmp_path / "ret"))
+    assert dcase_temp() == before  # the tiny text tower is built in memory: no temporary folder left behind
     manifest = _synth_clips(tmp_path / "audio", 3, seconds=0.5)
     rows = list(read_manifest(manifest).itertuples(index=False))
     first = audio_index(model, model, rows, cache_dir=tmp_path / "cache", progress=False)
