@@ -63,6 +63,7 @@ def caption(
     num_beams: int = typer.Option(4, help="Beam size (1 = greedy)."),
     batch_size: int = typer.Option(16),
     score: bool = typer.Option(False, help="Also print METEOR / CIDEr-D against the manifest's captions."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
 ) -> None:
     """Caption clips with beam search or greedy decoding (quick checks; use `dcase generate` for submissions).
 
@@ -75,9 +76,11 @@ def caption(
     from dcase.data.datasets import CaptionDataset
     from dcase.data.manifest import read_manifest
     from dcase.features.store import StoreChain, check_coverage
-    from dcase.io import atomic_path
+    from dcase.io import atomic_path, check_output
     from dcase.models.enclap import EnCLAP
     from dcase.stages.captioner import generate_captions
+
+    check_output(out, overwrite)
 
     model = EnCLAP.from_pretrained(checkpoint, device="cuda" if torch.cuda.is_available() else "cpu").eval()
     df = read_manifest(manifest, [split] if split else None).reset_index(drop=True)
@@ -88,7 +91,7 @@ def caption(
         df, codes, embeds, mc.n_codebooks, mc.clip_dim, mc.max_codec_positions, random_crop=False, per_caption=False
     )
     texts = generate_captions(model, ds, batch_size, progress=True, num_beams=num_beams)
-    with atomic_path(out) as tmp:
+    with atomic_path(out, overwrite=overwrite) as tmp:
         pd.DataFrame({"clip_id": df["clip_id"], "caption": texts}).to_csv(tmp, index=False)
     typer.echo(f"wrote {len(texts)} captions to {out}")
     if score:
