@@ -49,10 +49,9 @@ def leaf_output_elements(model: torch.nn.Module, run) -> int:  # noqa: ANN001
 
 
 def captioner(config_name: str) -> tuple[int, int, int]:
-    from dcase.config import load_config
+    from dcase.config import load_config, resolve_config_path
     from dcase.models.enclap import EnCLAP
     from dcase.stages.captioner import CaptionerStageConfig
-    from dcase.stages.profiles import resolve_config_path
 
     cfg = load_config(CaptionerStageConfig, resolve_config_path(config_name))
     mc = dataclasses.replace(cfg.model, bart_name_or_path=None, n_codebooks=32, codebook_size=1024, clip_dim=1024)
@@ -69,9 +68,8 @@ def captioner(config_name: str) -> tuple[int, int, int]:
 
 
 def retriever(config_name: str) -> tuple[int, int, int]:
-    from dcase.config import load_config
+    from dcase.config import load_config, resolve_config_path
     from dcase.models.retriever import Retriever, random_text_tower, resolve_pooling
-    from dcase.stages.profiles import resolve_config_path
     from dcase.stages.retriever import RetrieverStageConfig
 
     cfg = load_config(RetrieverStageConfig, resolve_config_path(config_name))

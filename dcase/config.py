@@ -41,6 +41,8 @@ from dcase.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
+PACKAGE_CONFIGS = Path(__file__).resolve().parent / "configs"  # stage configs, profiles, recipes (package data)
+
 T = TypeVar("T")
 
 
@@ -290,12 +292,29 @@ def with_overrides(cfg: T, overrides: Iterable[str]) -> T:
     return from_dict(cls, apply_overrides(to_dict(cfg), overrides, cls))
 
 
+def resolve_config_path(name: str | Path) -> Path:
+    """A stage config or recipe: an existing path, else a file under the package's ``configs/`` folder
+    (``dcase2024/captioner_pretrain.yaml`` and ``configs/dcase2024/captioner_pretrain.yaml`` both work), so
+    ``--config`` works from any directory, not only inside a checkout."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    rel = Path(*path.parts[1:]) if path.parts and path.parts[0] == "configs" else path
+    for cand in (PACKAGE_CONFIGS / rel, PACKAGE_CONFIGS / rel.with_suffix(".yaml")):
+        if not path.is_absolute() and cand.is_file():
+            return cand
+    raise ConfigError(f"config file not found: {name} (looked in the current directory and in {PACKAGE_CONFIGS})")
+
+
 def load_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A YAML config file as a dict, with its ``_base_`` chain merged in (the file's own keys win).
 
     A missing file, invalid YAML or UTF-8, a non-mapping top level and a ``_base_`` cycle are ConfigErrors naming
-    the file."""
+    the file. A relative path that does not exist is looked up in the package's ``configs/`` folder
+    (``resolve_config_path``), so configs work from any directory."""
     path = Path(path)
+    if not _chain and not path.is_file() and not path.is_absolute():
+        path = resolve_config_path(path)
     if path.resolve() in _chain:
         cycle = " -> ".join(str(p) for p in (*_chain, path.resolve()))
         raise ConfigError(f"{path}: _base_ cycle ({cycle}); a config cannot be its own base")

@@ -40,9 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dcase.config import resolve_config_path
 from dcase.errors import InputError, MissingInputError
 from dcase.io import atomic_write_text
-from dcase.stages.profiles import Profile, parse_use, resolve_config_path, stage_overrides, uses_by_source
+from dcase.stages.profiles import Profile, parse_use, stage_overrides, uses_by_source
 
 log = logging.getLogger(__name__)
 
