@@ -59,7 +59,7 @@ def caption(
     codec_store: list[str] = typer.Option(..., "--codec-store", help="Codec feature store(s), repeatable."),
     embed_store: list[str] = typer.Option(..., "--embed-store", help="Clip-embedding store(s), repeatable."),
     split: str = typer.Option(None, "--split", help="Only rows of this split."),
-    out: str = typer.Option(..., "--out", help="CSV to write (clip_id, caption)."),
+    out: str = typer.Option(..., "--out", help="Task 6 CSV to write (file_name,caption_predicted)."),
     num_beams: int = typer.Option(4, help="Beam size (1 = greedy)."),
     batch_size: int = typer.Option(16),
     score: bool = typer.Option(False, help="Also print METEOR / CIDEr-D against the manifest's captions."),
@@ -69,15 +69,14 @@ def caption(
     Example: dcase captioner caption runs/enclap_ft/last --manifest data/clotho/manifest.parquet
     --split evaluation --codec-store features/dac_clotho --embed-store features/emb_clotho --out caps.csv --score
     """
-    import pandas as pd
     import torch
 
     from dcase.data.datasets import CaptionDataset
     from dcase.data.manifest import read_manifest
     from dcase.features.store import StoreChain, check_coverage
-    from dcase.io import atomic_path
     from dcase.models.enclap import EnCLAP
     from dcase.stages.captioner import generate_captions
+    from dcase.submission.formats import write_task6
 
     model = EnCLAP.from_pretrained(checkpoint, device="cuda" if torch.cuda.is_available() else "cpu").eval()
     df = read_manifest(manifest, [split] if split else None).reset_index(drop=True)
@@ -88,8 +87,8 @@ def caption(
         df, codes, embeds, mc.n_codebooks, mc.clip_dim, mc.max_codec_positions, random_crop=False, per_caption=False
     )
     texts = generate_captions(model, ds, batch_size, progress=True, num_beams=num_beams)
-    with atomic_path(out) as tmp:
-        pd.DataFrame({"clip_id": df["clip_id"], "caption": texts}).to_csv(tmp, index=False)
+    # the Task 6 format (clip ids of folder manifests are file names), so that `dcase score captions` reads it
+    write_task6(list(zip(df["clip_id"].astype(str), texts, strict=True)), out, overwrite=True)
     typer.echo(f"wrote {len(texts)} captions to {out}")
     if score:
         from dcase.evaluation.captions import evaluate_captions
