@@ -8,11 +8,23 @@ from dcase.cli.common import CONFIG_OPTION, SET_OPTION, user_errors
 
 app = typer.Typer(no_args_is_help=True)
 
+REPORT_TO_OPTION = typer.Option(
+    None,
+    "--report-to",
+    help="Experiment trackers (Accelerate): auto (TensorBoard when installed; the default), none, all, or names "
+    "such as wandb,mlflow (same as --set train.report_to=...).",
+)
 
-def _run(config: str | None, overrides: list[str] | None, init: str | None, mcm: bool) -> None:
+
+def with_report_to(overrides: list[str] | None, report_to: str | None) -> list[str]:
+    """``--set`` overrides plus ``train.report_to`` from ``--report-to``."""
+    return [*(overrides or []), *([f"train.report_to={report_to}"] if report_to else [])]
+
+
+def _run(config: str | None, overrides: list[str] | None, init: str | None, mcm: bool, report_to: str | None) -> None:
     from dcase.stages.captioner import load_stage_config, train_captioner
 
-    cfg = load_stage_config(config, overrides or [], init=init, mcm=mcm)
+    cfg = load_stage_config(config, with_report_to(overrides, report_to), init=init, mcm=mcm)
     best = train_captioner(cfg)
     typer.echo(f"best checkpoint: {best}")
 
@@ -23,6 +35,7 @@ def pretrain(
     config: str = CONFIG_OPTION,
     overrides: list[str] = SET_OPTION,
     init: str = typer.Option(None, "--init", help="Start from this EnCLAP checkpoint instead of model.*"),
+    report_to: str = REPORT_TO_OPTION,
 ) -> None:
     """Pretrain EnCLAP with captioning + masked codec modelling (MCM on).
 
@@ -31,7 +44,7 @@ def pretrain(
 
     Rerunning the same command resumes from train.output_dir/state.
     """
-    _run(config, overrides, init, mcm=True)
+    _run(config, overrides, init, mcm=True, report_to=report_to)
 
 
 @app.command()
@@ -40,6 +53,7 @@ def finetune(
     config: str = CONFIG_OPTION,
     overrides: list[str] = SET_OPTION,
     init: str = typer.Option(..., "--init", help="EnCLAP checkpoint to finetune (e.g. the pretraining's best)."),
+    report_to: str = REPORT_TO_OPTION,
 ) -> None:
     """Finetune EnCLAP on Clotho development without MCM.
 
@@ -48,7 +62,7 @@ def finetune(
 
     Rerunning the same command resumes from train.output_dir/state.
     """
-    _run(config, overrides, init, mcm=False)
+    _run(config, overrides, init, mcm=False, report_to=report_to)
 
 
 @app.command()

@@ -128,8 +128,22 @@ def search(
         typer.echo(f"{rank:>3}  {h.score:+.4f}  {h.file}")
 
 
+def plot(
+    run_dir: Path = typer.Argument(..., help="Training run folder (holding train_log.jsonl)."),
+    out: Path = typer.Option(None, "--out", "-o", help="PNG to write (default: RUN_DIR/curves.png)."),
+) -> None:
+    """Draw a training run's curves (loss, learning rate, samples/s, validation metrics) to a PNG.
+
+    Example: dcase plot demo_out/run/captioner/finetune_seed0
+    """
+    from dcase.curves import plot_curves
+
+    typer.echo(str(plot_curves(run_dir, out)))
+
+
 def register(app: typer.Typer) -> None:
     """Add the commands that use a trained system to the root app."""
     app.command("caption")(user_errors(caption))
     app.command("index")(user_errors(index))
     app.command("search")(user_errors(search))
+    app.command("plot")(user_errors(plot))
