@@ -141,9 +141,40 @@ def plot(
     typer.echo(str(plot_curves(run_dir, out)))
 
 
+def push(
+    source: Path = typer.Argument(..., help="Training run folder (its best checkpoint), checkpoint or system folder."),
+    repo_id: str = typer.Argument(..., help="Hub repository id, owner/name (created when missing)."),
+    out: Path = typer.Option(
+        None, "--out", "-o", help="Only write the folder that would be uploaded (with its model card) here."
+    ),
+    private: bool = typer.Option(False, "--private", help="Create the repository as private."),
+    token: str = typer.Option(None, "--token", help="Hub token (default: huggingface-cli login / HF_TOKEN)."),
+    endpoint: str = typer.Option(None, "--endpoint", help="Another Hub endpoint (default: HF_ENDPOINT)."),
+) -> None:
+    """Share a checkpoint or system on the Hugging Face Hub, with a generated model card (README.md: data, config,
+    scores from the run's records, licences of the weights it came from). Needs the network (not HF_HUB_OFFLINE).
+
+    Examples:
+
+      dcase push runs/enclap_ft myname/enclap-clotho
+
+      dcase push demo_out/system myname/dcase-demo-system --out /tmp/upload   (inspect, no upload)
+
+    Load it back anywhere: Captioner.from_pretrained("myname/dcase-demo-system").
+    """
+    from dcase.hub import prepare_upload
+    from dcase.hub import push as push_to_hub
+
+    if out is not None:
+        typer.echo(str(prepare_upload(source, out, repo_id)))
+        return
+    typer.echo(push_to_hub(source, repo_id, private=private, token=token, endpoint=endpoint))
+
+
 def register(app: typer.Typer) -> None:
     """Add the commands that use a trained system to the root app."""
     app.command("caption")(user_errors(caption))
     app.command("index")(user_errors(index))
     app.command("search")(user_errors(search))
     app.command("plot")(user_errors(plot))
+    app.command("push")(user_errors(push))
