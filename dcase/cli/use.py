@@ -171,6 +171,24 @@ def push(
     typer.echo(push_to_hub(source, repo_id, private=private, token=token, endpoint=endpoint))
 
 
+def serve(
+    system: str = typer.Option(None, "--system", help="Task 6 system folder (or Hub id): the Caption tab."),
+    index_dir: str = typer.Option(None, "--index", help="Index folder from dcase index: the Search tab."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: the whole network)."),
+    port: int = typer.Option(7860, "--port", help="Port."),
+    no_fluency_filter: bool = typer.Option(False, "--no-fluency-filter", help="Ignore the system's FENSE checker."),
+    device: str = typer.Option(None, "--device", help="cpu | cuda | ..."),
+) -> None:
+    """A local web page: upload or record a clip to caption it (with the ranked candidates and their scores), type
+    a query to search the indexed clips (with audio players). Needs the serve extra: pip install 'dcase[serve]'.
+
+    Example: dcase serve --system demo_out/system --index demo_index   (then open http://127.0.0.1:7860)
+    """
+    from dcase.serve import serve as run_server
+
+    run_server(system, index_dir, host, port, device, None if no_fluency_filter else "system")
+
+
 def register(app: typer.Typer) -> None:
     """Add the commands that use a trained system to the root app."""
     app.command("caption")(user_errors(caption))
@@ -178,3 +196,4 @@ def register(app: typer.Typer) -> None:
     app.command("search")(user_errors(search))
     app.command("plot")(user_errors(plot))
     app.command("push")(user_errors(push))
+    app.command("serve")(user_errors(serve))
