@@ -281,3 +281,9 @@ def _other_weights(folder: Path) -> Path:
         m.audio_proj.weight.add_(1.0)
     m.save_pretrained(folder)
     return folder
+
+
+def test_clip_shorter_than_one_codec_frame_is_captioned(tiny, tmp_path):
+    short = write_audio(tmp_path / "blip.wav", 0.004, 24000)  # 96 samples < one 320-sample frame
+    (res,) = Captioner.from_pretrained(tiny["system"]).caption(short, return_candidates=True)
+    assert res.caption and res.candidates[0].selected
