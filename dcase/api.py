@@ -502,6 +502,8 @@ class Retriever:
                 log.info("%s was built with other retriever weights or max_seconds: rebuilding it", out)
                 old = None
         coll = AudioCollection.build(self, files, old, max_seconds, batch_size, progress)
+        if not len(coll):
+            raise InputError(f"{files_or_folder}: none of the {len(files)} audio files could be read")
         if out is not None:
             coll.save(out)
         self.collection = coll
@@ -593,7 +595,7 @@ class AudioCollection:
         """Keys and embeddings of ``files``, reusing ``old``'s embeddings of unchanged files (``Retriever.index``)."""
         from types import SimpleNamespace
 
-        from dcase.data.audio import audio_info
+        from dcase.data.audio import AudioError, audio_info
         from dcase.features.embed import embed_rows
         from dcase.io import sha256_file
 
@@ -612,10 +614,20 @@ class AudioCollection:
             reuse.append(prev[0] if prev is not None and prev[1].sha256 == digest else None)
         todo = [i for i, r in enumerate(reuse) if r is None]
         log.info("%d files: %d embedded before, %d to embed", len(files), len(files) - len(todo), len(todo))
-        rows = []
+        rows, bad = [], set()
         for i in todo:
-            duration, _ = audio_info(keys[i].path)
+            try:
+                duration, _ = audio_info(keys[i].path)
+            except AudioError as e:  # one unreadable file does not stop a folder from being indexed
+                log.warning("skipping %s", e)
+                bad.add(i)
+                continue
             rows.append(SimpleNamespace(clip_id=keys[i].path, audio_path=keys[i].path, duration_s=duration))
+        if bad:
+            keep = [i for i in range(len(keys)) if i not in bad]
+            keys, reuse = [keys[i] for i in keep], [reuse[i] for i in keep]
+            todo = [j for j, i in enumerate(keep) if reuse[j] is None]
+            files = [files[i] for i in keep]
         embeddings = []
         for m, model in enumerate(retriever.models):
             emb = np.zeros((len(files), model.embed_dim), dtype=np.float32)

@@ -181,8 +181,10 @@ def test_retriever_index_and_search(tiny, tmp_path):
     assert r.sources == [tiny["system"] / "retriever"]
     with pytest.raises(InputError, match="nothing is indexed"):
         r.search("a tone")
+    (coll / "broken.wav").write_bytes(b"RIFF0000WAVEjunk")  # skipped with a warning, not fatal
     r.index(coll)  # recursive: sub/ included
-    assert len(r.collection) == 5
+    assert len(r.collection) == 5 and not any("broken" in f for f in r.collection.files)
+    (coll / "broken.wav").unlink()
     hits = r.search("a high tone", k=3)
     ref = _cosines(r.models[0], audio_files(coll, recursive=True), "a high tone")
     best = sorted(ref, key=ref.get, reverse=True)[:3]
