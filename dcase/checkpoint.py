@@ -153,7 +153,10 @@ def _read_config(folder: Path) -> tuple[str | None, dict[str, Any]]:
         return kind, dict(data.get("config") or {})
     for kind, name in LEGACY_CONFIG_NAMES.items():
         if (folder / name).is_file():
-            return kind, json.loads((folder / name).read_text(encoding="utf-8"))
+            try:
+                return kind, json.loads((folder / name).read_text(encoding="utf-8"))
+            except ValueError as e:
+                raise CheckpointError(f"{folder / name}: not valid JSON ({e})") from e
     return None, {}
 
 
@@ -180,8 +183,6 @@ def load_checkpoint(
     """(model config, state dict, folder) of a checkpoint of ``expected_kind`` (see ``resolve_checkpoint``).
 
     A folder of another kind, or one without a checkpoint config, is a CheckpointError saying what it holds."""
-    from safetensors.torch import load_file
-
     folder = resolve_checkpoint(path_or_repo_id)
     kind, config = _read_config(folder)
     if kind is None:
@@ -196,13 +197,94 @@ def load_checkpoint(
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         raise CheckpointError(f"{folder}: {KIND_TITLES[kind]} checkpoint without {WEIGHTS_NAME}")
-    return config, load_file(str(weights), device=str(device)), folder
+    return config, read_safetensors(weights, device), folder
+
+
+def read_safetensors(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file; a truncated or corrupt file is a CheckpointError naming it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInputError(f"{path} does not exist")
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({e}); restore or re-create it") from e
+
+
+def load_safetensors_into(model: torch.nn.Module, path: str | Path, device: str | torch.device = "cpu") -> None:
+    """``safetensors.torch.load_model`` with a damaged file or weights of another shape as a CheckpointError."""
+    load_state(model, read_safetensors(path, device), path)
+
+
+PICKLE_REFUSED = "pickle checkpoints are not loaded (only tensors, read with torch.load(weights_only=True))"
+
+
+def _unpickling_detail(error: BaseException) -> tuple[bool, str]:
+    """(whether ``torch.load(weights_only=True)`` refused Python objects, the informative line of its message).
+    torch's message starts with advice to retry with ``weights_only=False``, which is never followed here."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    refused = [ln for ln in lines if "GLOBAL" in ln]
+    if refused:
+        return True, refused[0]
+    return False, next((ln for ln in reversed(lines) if "Unsupported" in ln or "error" in ln.lower()), str(error))
+
+
+def torch_load_weights(path: str | Path, what: str, convert: str) -> Any:
+    """``torch.load(path, weights_only=True)`` of a foreign checkpoint (the only use of ``torch.load``).
+
+    A pickle that needs Python objects beyond tensors and plain containers is refused, and a damaged file is
+    reported, as a CheckpointError naming ``path``; ``convert`` says how to turn it into something loadable."""
+    import pickle
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInputError(f"{what} not found: {path}")
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        refused, detail = _unpickling_detail(e)
+        if refused:
+            raise CheckpointError(f"{path}: {PICKLE_REFUSED}; convert with {convert} ({detail})") from e
+        raise CheckpointError(f"{path}: cannot read {what}: not a PyTorch checkpoint, or damaged ({detail})") from e
+    except Exception as e:  # noqa: BLE001 - a damaged file can fail the unpickler in any way
+        raise CheckpointError(f"{path}: cannot read {what}: not a PyTorch checkpoint, or damaged ({e})") from e
+
+
+def hf_load(load: Callable[[str], Any], source: str | Path, what: str) -> Any:
+    """``load(source)`` (a transformers ``from_pretrained``) with unreadable, pickled or truncated weights and
+    missing files reported as a CheckpointError naming ``source``."""
+    import pickle
+
+    from safetensors import SafetensorError
+
+    try:
+        return load(str(source))
+    except pickle.UnpicklingError as e:
+        refused, detail = _unpickling_detail(e)
+        if not refused:
+            raise CheckpointError(f"{source}: cannot load {what}: damaged weights ({detail})") from e
+        raise CheckpointError(
+            f"{source}: {what}: {PICKLE_REFUSED}; convert with: load it on a trusted machine and save_pretrained it "
+            f"with safe_serialization=True (model.safetensors) ({detail})"
+        ) from e
+    except (OSError, ValueError, RuntimeError, EOFError, SafetensorError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{source}: cannot load {what} ({type(e).__name__}: {first})") from e
 
 
 def load_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], where: str | Path) -> None:
     """Load ``state`` into ``model``. Keys absent from ``state`` are allowed only for tied parameters (stored once,
     sharing memory with a loaded one); anything else missing or unexpected is a CheckpointError naming it."""
-    missing, unexpected = model.load_state_dict(dict(state), strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(dict(state), strict=False)
+    except RuntimeError as e:  # a tensor of another shape: a checkpoint of another model size
+        sizes = [line.strip() for line in str(e).splitlines() if "size mismatch" in line]
+        raise CheckpointError(
+            f"{where}: weights do not fit the model ({'; '.join(sizes[:3]) or e}); was it written with another config?"
+        ) from e
     if missing:
         own = model.state_dict()
         loaded = {own[k].data_ptr() for k in state if k in own}

@@ -8,6 +8,17 @@ verbatim (``train.output_dir=/data/exp #3/run``); a list takes YAML flow syntax 
 (a path containing ``, `` is never split); booleans, numbers and ``null`` are parsed as YAML. Code builds stage
 configs as typed objects (``dataclasses.replace``); ``with_overrides`` applies a user's ``--set`` strings to one.
 ``write_run_info`` records the resolved config, seed, git hash and package versions in a run directory.
+
+Values are checked in one place. A field's limits sit next to it, in its metadata::
+
+    max_steps: int = field(default=1000, metadata={"min": 1})
+    dropout: float = field(default=0.1, metadata=PROBABILITY)          # {"min": 0.0, "max": 1.0}
+    train_manifests: list[str] = field(default_factory=list, metadata={"input": "file"})
+
+``min`` / ``max`` are inclusive, ``gt`` / ``lt`` exclusive, ``choices`` a set of allowed values (a list or tuple
+is checked item by item). ``from_dict`` (so every YAML file and ``--set`` override) applies them
+(``check_values``); ``input`` marks paths that must exist when the stage starts (``check_inputs``: ``file``,
+``dir`` or ``any``), checked by the stage, since a pipeline may declare a path before an earlier step writes it.
 """
 
 from __future__ import annotations
@@ -25,10 +36,12 @@ from typing import Any, TypeVar
 import yaml
 
 from dcase.env import package_versions
-from dcase.errors import InputError
+from dcase.errors import DcaseError, InputError, MissingInputError
 from dcase.io import atomic_write_text
 
 log = logging.getLogger(__name__)
+
+PACKAGE_CONFIGS = Path(__file__).resolve().parent / "configs"  # stage configs, profiles, recipes (package data)
 
 T = TypeVar("T")
 
@@ -108,15 +121,80 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+PROBABILITY: Mapping[str, float] = types.MappingProxyType({"min": 0.0, "max": 1.0})
+
+
+def _check_field(value: Any, limits: Mapping[str, Any], where: str) -> None:
+    items = value if isinstance(value, list | tuple) else [value]
+    for x in items:
+        if x is None:
+            continue
+        if "choices" in limits and x not in limits["choices"]:
+            raise ConfigError(f"{where}: {x!r} is not one of {sorted(limits['choices'])}")
+        if not isinstance(x, int | float) or isinstance(x, bool):
+            continue
+        if "min" in limits and x < limits["min"]:
+            raise ConfigError(f"{where}: {x!r} is below the minimum {limits['min']!r}")
+        if "max" in limits and x > limits["max"]:
+            raise ConfigError(f"{where}: {x!r} is above the maximum {limits['max']!r}")
+        if "gt" in limits and not x > limits["gt"]:
+            raise ConfigError(f"{where}: {x!r} must be greater than {limits['gt']!r}")
+        if "lt" in limits and not x < limits["lt"]:
+            raise ConfigError(f"{where}: {x!r} must be less than {limits['lt']!r}")
+
+
+def check_values(cfg: Any, prefix: str = "", recursive: bool = True) -> None:
+    """Check the limits in the field metadata of dataclass config ``cfg`` (and its nested configs); the first
+    value out of range is a ConfigError naming its dotted key."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        where = f"{prefix}.{f.name}" if prefix else f.name
+        if recursive and dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_values(value, where)
+        elif f.metadata:
+            _check_field(value, f.metadata, where)
+
+
+def check_inputs(cfg: Any, prefix: str = "") -> None:
+    """Every non-empty path of a field marked ``metadata={"input": "file" | "dir" | "any"}`` (recursively) must
+    exist as that kind; otherwise a MissingInputError naming the key and the path."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        where = f"{prefix}.{f.name}" if prefix else f.name
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_inputs(value, where)
+            continue
+        kind = f.metadata.get("input") if f.metadata else None
+        if kind is None or value is None:
+            continue
+        for item in value if isinstance(value, list | tuple) else [value]:
+            if item is None or str(item) == "":
+                continue
+            path = Path(str(item)).expanduser()
+            ok = path.is_file() if kind == "file" else path.is_dir() if kind == "dir" else path.exists()
+            if not ok:
+                what = {"file": "a file", "dir": "a folder"}.get(kind, "a file or folder")
+                state = "does not exist" if not path.exists() else f"is not {what}"
+                raise MissingInputError(f"{where}: {path} {state} (an input: {what} is expected here)")
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
-    """Build dataclass ``cls`` from a mapping. Unknown keys raise ConfigError listing the valid keys."""
+    """Build dataclass ``cls`` from a mapping. Unknown keys raise ConfigError listing the valid keys; values
+    outside their field's limits raise ConfigError naming the key (module docstring)."""
     types_ = _field_types(cls)
     unknown = sorted(set(data) - set(types_))
     if unknown:
         where = f" in '{prefix}'" if prefix else ""
         raise ConfigError(f"unknown config key(s) {unknown}{where} of {cls.__name__}; valid keys: {sorted(types_)}")
     kwargs = {k: _coerce(v, types_[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        obj = cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, DcaseError):
+            raise
+        raise ConfigError(f"{prefix or cls.__name__}: {e}") from e
+    check_values(obj, prefix, recursive=False)  # nested configs were checked by their own from_dict
+    return obj
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -214,19 +292,50 @@ def with_overrides(cfg: T, overrides: Iterable[str]) -> T:
     return from_dict(cls, apply_overrides(to_dict(cfg), overrides, cls))
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def resolve_config_path(name: str | Path) -> Path:
+    """A stage config or recipe: an existing path, else a file under the package's ``configs/`` folder
+    (``dcase2024/captioner_pretrain.yaml`` and ``configs/dcase2024/captioner_pretrain.yaml`` both work), so
+    ``--config`` works from any directory, not only inside a checkout."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    rel = Path(*path.parts[1:]) if path.parts and path.parts[0] == "configs" else path
+    for cand in (PACKAGE_CONFIGS / rel, PACKAGE_CONFIGS / rel.with_suffix(".yaml")):
+        if not path.is_absolute() and cand.is_file():
+            return cand
+    raise ConfigError(f"config file not found: {name} (looked in the current directory and in {PACKAGE_CONFIGS})")
+
+
+def load_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config file as a dict, with its ``_base_`` chain merged in (the file's own keys win).
+
+    A missing file, invalid YAML or UTF-8, a non-mapping top level and a ``_base_`` cycle are ConfigErrors naming
+    the file. A relative path that does not exist is looked up in the package's ``configs/`` folder
+    (``resolve_config_path``), so configs work from any directory."""
     path = Path(path)
+    if not _chain and not path.is_file() and not path.is_absolute():
+        path = resolve_config_path(path)
+    if path.resolve() in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, path.resolve()))
+        raise ConfigError(f"{path}: _base_ cycle ({cycle}); a config cannot be its own base")
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        where = f" (the _base_ of {_chain[-1]})" if _chain else ""
+        raise ConfigError(f"config file not found: {path}{where}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid UTF-8 (byte offset {e.start}); re-save it as UTF-8") from e
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     base = data.pop("_base_", None)
     if base is not None:
-        parent = load_yaml((path.parent / base).resolve())
+        if not isinstance(base, str) or not base.strip():
+            raise ConfigError(f"{path}: _base_ must be the path of another YAML file, got {base!r}")
+        parent = load_yaml((path.parent / base).resolve(), (*_chain, path.resolve()))
         data = _deep_merge(parent, data)
     return data
 

@@ -203,15 +203,15 @@ def soup_checkpoints(
     from dcase.config import write_run_info
 
     if method not in ("uniform", "greedy"):
-        raise ValueError(f"unknown soup method {method!r} (uniform or greedy)")
+        raise InputError(f"unknown soup method {method!r} (uniform or greedy)")
     dirs = [Path(d) for d in dirs]
     if len(dirs) < 2:
-        raise ValueError(f"a soup needs at least 2 ingredients, got {len(dirs)}")
+        raise InputError(f"a soup needs at least 2 ingredients, got {len(dirs)}")
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise OutputExistsError(f"{out} exists and is not empty; pass overwrite=True (CLI: --overwrite)")
     if any(out.resolve() == d.resolve() for d in dirs):
-        raise ValueError(f"{out} is one of the ingredients")
+        raise InputError(f"{out} is one of the ingredients")
     for d in dirs:
         if not d.is_dir():
             raise MissingInputError(f"checkpoint directory {d} does not exist")
@@ -234,7 +234,7 @@ def soup_checkpoints(
         extra["chosen"] = list(range(len(dirs)))
     else:
         if evaluate_fn is None:
-            raise ValueError("method='greedy' needs evaluate_fn(model_dir) -> validation score")
+            raise InputError("method='greedy' needs evaluate_fn(model_dir) -> validation score")
         scores = [float(evaluate_fn(d)) for d in dirs]
         with tempfile.TemporaryDirectory(prefix="greedy_soup_") as tmpd:
 

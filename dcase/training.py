@@ -15,7 +15,9 @@ A stage describes *what* to train with a ``TrainTask`` (model, dataset, collate,
   plus ``last``;
 - exact resume: ``state/`` holds the model and optimiser (safetensors), scheduler, RNG states of every process
   and the data position (epoch, batch in epoch) as JSON. Rerunning ``fit`` with the same ``output_dir``
-  continues from it and sees the same batches as an uninterrupted run (bit-exact on CPU).
+  continues from it and sees the same batches as an uninterrupted run (bit-exact on CPU). The state records
+  the whole stage config; resuming with a config that differs outside ``SAFE_RESUME_KEYS`` (when to stop,
+  evaluate, save, log; data-loader workers) is refused with the list of changed keys (``ResumeError``).
 
 Run it on one CPU, or on many GPUs/nodes with ``accelerate launch`` (or ``torchrun``): the global batch is
 ``batch_size * num_processes * grad_accum``.
@@ -23,6 +25,7 @@ Run it on one CPU, or on many GPUs/nodes with ``accelerate launch`` (or ``torchr
 Layout of ``output_dir``::
 
     config.yaml, run.json      resolved config and run info (``write_run_info``)
+    stage_config.yaml          the whole stage config (when ``fit`` is given it)
     train_log.jsonl            one JSON record per log / evaluation
     curves.png                 loss, learning rate, samples/s and validation metrics (written at the end)
     trackers/dcase/            TensorBoard event files (when TensorBoard is a tracker)
@@ -43,23 +46,64 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, load_model, save_file, save_model
+import yaml
+from safetensors.torch import save_file, save_model
 
-from dcase.config import write_run_info
-from dcase.io import atomic_write_text
+from dcase.checkpoint import load_safetensors_into, read_safetensors
+from dcase.config import ConfigError, check_values, to_dict, write_run_info
+from dcase.errors import CheckpointError, DcaseError, InputError
+from dcase.io import atomic_write_text, check_output, read_json
 
 log = logging.getLogger(__name__)
 
 STATE_DIR = "state"
 LOG_FILE = "train_log.jsonl"
 DEFAULT_TIMESCALE = 10_000
+STAGE_CONFIG = "stage_config.yaml"
+# Config keys (dotted, in the stage config) that may change when a run is resumed: they do not change what the
+# resumed run computes, only when it stops, how often it evaluates / saves / logs, and how data is loaded.
+# Anything else differing from the saved state refuses the resume (docs/errors.md).
+SAFE_RESUME_KEYS: frozenset[str] = frozenset(
+    {
+        "train.max_steps",
+        "train.max_epochs",
+        "train.eval_every",
+        "train.save_every",
+        "train.log_every",
+        "train.num_workers",
+        "train.keep_best",
+        "train.output_dir",
+        "eval_batch_size",
+        "data.cache_audio",
+    }
+)
+
+
+class ResumeError(InputError):
+    """A run folder holds the state of a run with another config (or process count); it is not resumed."""
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) for every leaf that differs between two nested config dicts; a key
+    present in only one of them has ``None`` on the other side."""
+    a, b = _flatten(dict(old)), _flatten(dict(new))
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
 @dataclass
@@ -68,26 +112,26 @@ class TrainConfig:
 
     output_dir: str = "runs/train"
     seed: int = 0
-    max_steps: int = 1000  # optimiser updates
-    max_epochs: float | None = None  # stop at whichever of max_steps / max_epochs comes first
-    batch_size: int = 8  # per process, per micro-batch
-    grad_accum: int = 1
-    lr: float = 1e-4  # peak learning rate
-    warmup_steps: int = 0
-    lr_timescale: int | None = None  # inverse-sqrt timescale; None = warmup_steps, or 10000 without warm-up
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
+    max_steps: int = field(default=1000, metadata={"min": 1})  # optimiser updates
+    max_epochs: float | None = field(default=None, metadata={"gt": 0})  # stop at whichever of the two comes first
+    batch_size: int = field(default=8, metadata={"min": 1})  # per process, per micro-batch
+    grad_accum: int = field(default=1, metadata={"min": 1})
+    lr: float = field(default=1e-4, metadata={"gt": 0})  # peak learning rate
+    warmup_steps: int = field(default=0, metadata={"min": 0})
+    lr_timescale: int | None = field(default=None, metadata={"min": 1})  # None = warmup_steps, or 10000 without
+    weight_decay: float = field(default=0.01, metadata={"min": 0})
+    betas: tuple[float, float] = field(default=(0.9, 0.999), metadata={"min": 0, "lt": 1})
+    eps: float = field(default=1e-8, metadata={"gt": 0})
     max_grad_norm: float = 1.0  # <= 0 disables clipping
-    mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (fp16: GPU only)
-    eval_every: int = 500  # 0 = only at the end
-    save_every: int = 500  # resume-state interval
-    keep_best: int = 3
+    mixed_precision: str = field(default="no", metadata={"choices": ("no", "bf16", "fp16")})  # fp16: GPU only
+    eval_every: int = field(default=500, metadata={"min": 0})  # 0 = only at the end
+    save_every: int = field(default=500, metadata={"min": 0})  # resume-state interval; 0 = only at the end
+    keep_best: int = field(default=3, metadata={"min": 1})
     metric_for_best: str = "loss"
     greater_is_better: bool = False
-    log_every: int = 10
-    num_workers: int = 0
-    bucket_size: int = 50  # batches per length-sorted bucket; 0 = no bucketing
+    log_every: int = field(default=10, metadata={"min": 1})
+    num_workers: int = field(default=0, metadata={"min": 0})
+    bucket_size: int = field(default=50, metadata={"min": 0})  # batches per length-sorted bucket; 0 = no bucketing
     find_unused_parameters: bool = False  # DDP option for models with parameters unused by the loss
     # experiment trackers (Accelerate): auto = TensorBoard when the tensorboard package is installed, else none;
     # none; all (every installed one); or names separated by commas (tensorboard, wandb, mlflow, comet_ml, aim, ...)
@@ -176,7 +220,8 @@ class BucketBatchSampler:
     For epoch ``e`` a generator seeded with ``(seed, e)`` shuffles all indices; consecutive chunks of
     ``bucket_size`` global batches are sorted by length and cut into global batches of
     ``batch_size * num_replicas`` (so padding is small); the global batches are shuffled and process ``rank``
-    takes its slice of each. Indices wrap around so that every process gets the same number of full batches.
+    takes its slice of each. Indices wrap around (cyclically, even when the dataset is smaller than a global batch),
+    so every process gets the same number of full batches.
     Deterministic for (seed, epoch); ``start_batch`` skips batches already consumed (exact resume).
     """
 
@@ -191,7 +236,7 @@ class BucketBatchSampler:
         bucket_size: int = 50,
     ) -> None:
         if n_items <= 0:
-            raise ValueError("the training dataset is empty")
+            raise InputError("the training dataset is empty")
         if lengths is not None and len(lengths) != n_items:
             raise ValueError(f"item_lengths() gave {len(lengths)} lengths for {n_items} items")
         self.n_items, self.batch_size, self.seed = n_items, batch_size, seed
@@ -212,7 +257,7 @@ class BucketBatchSampler:
         rng = np.random.default_rng([self.seed, epoch])
         perm = rng.permutation(self.n_items)
         total = len(self) * g
-        perm = np.concatenate([perm, perm[: total - len(perm)]]) if total > len(perm) else perm
+        perm = np.resize(perm, total)  # wrap around (cyclically, however small the dataset): full batches
         if self.lengths is not None and self.bucket_size > 0:
             chunk = g * self.bucket_size
             parts = []
@@ -329,16 +374,20 @@ def _batch_size(batch: dict) -> int:
 
 
 class _Trainer:
-    def __init__(self, task: TrainTask, cfg: TrainConfig) -> None:
+    def __init__(self, task: TrainTask, cfg: TrainConfig, run_config: Any = None) -> None:
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
-        if cfg.grad_accum < 1 or cfg.batch_size < 1:
-            raise ValueError(f"batch_size ({cfg.batch_size}) and grad_accum ({cfg.grad_accum}) must be >= 1")
+        check_values(cfg, "train")  # a config built in code is checked like a YAML one
         self.task, self.cfg = task, cfg
-        self.out = Path(cfg.output_dir)
+        self.out = check_output(cfg.output_dir, overwrite=True, kind="folder")  # a run folder is resumed
+        # the whole stage config (JSON form), saved with the state: a resume must be of the same run
+        self.stage_config = run_config
+        self.run_config = json.loads(
+            json.dumps(to_dict(run_config) if run_config is not None else {"train": to_dict(cfg)})
+        )
         if cfg.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {cfg.mixed_precision!r}")
+            raise ConfigError(f"mixed_precision must be no, bf16 or fp16, got {cfg.mixed_precision!r}")
         mp = cfg.mixed_precision
         if not torch.cuda.is_available() and mp == "fp16":
             log.warning("fp16 needs a GPU; training in fp32 on CPU (bf16 autocast works on CPU)")
@@ -404,6 +453,7 @@ class _Trainer:
                 "scheduler": self.sched.state_dict(),
                 "optimizer": opt_m,
                 "num_processes": self.acc.num_processes,
+                "config": self.run_config,
             }
             if self.acc.scaler is not None:
                 trainer["scaler"] = self.acc.scaler.state_dict()
@@ -417,30 +467,55 @@ class _Trainer:
             shutil.rmtree(old, ignore_errors=True)
         self.acc.wait_for_everyone()
 
+    def check_resume(self, state_dir: Path, saved: Mapping[str, Any] | None) -> None:
+        """Refuse to resume a run whose saved config differs from this one outside ``SAFE_RESUME_KEYS``."""
+        if saved is None:
+            log.warning("%s: saved without its config (older dcase); the resume cannot be checked", state_dir)
+            return
+        diff = config_diff(saved, self.run_config)
+        unsafe = [d for d in diff if d[0] not in SAFE_RESUME_KEYS]
+        if unsafe:
+            shown = "; ".join(f"{k}: the run has {a!r}, this command has {b!r}" for k, a, b in unsafe[:20])
+            more = f" (and {len(unsafe) - 20} more)" if len(unsafe) > 20 else ""
+            raise ResumeError(
+                f"{self.out}: refusing to resume a run with a changed config: {shown}{more}. Use a new "
+                f"train.output_dir, or give the run's own values back; only {sorted(SAFE_RESUME_KEYS)} may change "
+                "on resume"
+            )
+        for k, a, b in diff:
+            log.info("resume: %s changed from %r to %r (a safe change)", k, a, b)
+
     def load_state(self) -> bool:
         d = self.state_dir
         if not (d / "trainer.json").exists() and (self.out / f"{STATE_DIR}.old" / "trainer.json").exists():
             d = self.out / f"{STATE_DIR}.old"  # killed between the two renames
         if not (d / "trainer.json").exists():
             return False
-        trainer = json.loads((d / "trainer.json").read_text())
+        trainer = read_json(d / "trainer.json", "training state")
+        self.check_resume(d, trainer.get("config"))
         if trainer["num_processes"] != self.acc.num_processes:
-            raise ValueError(
+            raise ResumeError(
                 f"{d}: saved with {trainer['num_processes']} processes, resuming with "
                 f"{self.acc.num_processes}; the data order would differ"
             )
-        load_model(self.acc.unwrap_model(self.model), str(d / "model.safetensors"), device=str(self.acc.device))
+        dev = str(self.acc.device)
+        load_safetensors_into(self.acc.unwrap_model(self.model), d / "model.safetensors", dev)
         inner = self.opt.optimizer if hasattr(self.opt, "optimizer") else self.opt
-        _optimizer_from_files(
-            inner, load_file(str(d / "optimizer.safetensors"), device=str(self.acc.device)), trainer["optimizer"]
-        )
+        try:
+            _optimizer_from_files(inner, read_safetensors(d / "optimizer.safetensors", dev), trainer["optimizer"])
+        except (KeyError, ValueError, RuntimeError) as e:
+            if isinstance(e, DcaseError):
+                raise
+            raise CheckpointError(f"{d}: the optimiser state does not fit this model ({e})") from e
         self.sched.load_state_dict(trainer["scheduler"])
         if self.acc.scaler is not None and "scaler" in trainer:
             self.acc.scaler.load_state_dict(trainer["scaler"])
         p = trainer["progress"]
         self.prog = _Progress(p["step"], p["epoch"], p["batch_in_epoch"], p["samples"], p["best"])
         rank = self.acc.process_index
-        _set_rng_state(load_file(str(d / f"rng_{rank}.safetensors")), json.loads((d / f"rng_{rank}.json").read_text()))
+        _set_rng_state(
+            read_safetensors(d / f"rng_{rank}.safetensors"), read_json(d / f"rng_{rank}.json", "training state")
+        )
         log.info(
             "resumed from %s at update %d (epoch %d, batch %d)",
             d,
@@ -541,8 +616,11 @@ class _Trainer:
 
     def run(self) -> Path:
         cfg, acc = self.cfg, self.acc
+        self.load_state()  # first: a refused resume must not rewrite the run's config.yaml
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
+            if self.stage_config is not None:
+                atomic_write_text(self.out / STAGE_CONFIG, yaml.safe_dump(to_dict(self.stage_config), sort_keys=False))
             write_run_info(
                 self.out,
                 cfg,
@@ -568,7 +646,6 @@ class _Trainer:
             cfg.grad_accum,
             cfg.batch_size * acc.num_processes * cfg.grad_accum,
         )
-        self.load_state()
         max_steps = cfg.max_steps
         if cfg.max_epochs is not None:
             per_epoch = len(self.sampler) / cfg.grad_accum
@@ -664,9 +741,12 @@ def link_best(run_dir: Path, best: Path) -> None:
     os.replace(tmp, run_dir / "best")
 
 
-def fit(task: TrainTask, cfg: TrainConfig) -> Path:
+def fit(task: TrainTask, cfg: TrainConfig, run_config: Any = None) -> Path:
     """Train ``task`` with ``cfg``; resume from ``cfg.output_dir/state`` if present.
 
+    ``run_config``: the whole stage config (a dataclass holding ``cfg`` as ``train``), recorded as
+    ``stage_config.yaml`` and with the resume state. Resuming with a config that differs outside
+    ``SAFE_RESUME_KEYS`` (or with another number of processes) is a ResumeError listing the changed keys.
     Returns the best checkpoint directory (by ``metric_for_best``), or ``last`` when nothing was evaluated.
     """
-    return _Trainer(task, cfg).run()
+    return _Trainer(task, cfg, run_config).run()

@@ -14,7 +14,7 @@ from dcase.data.datasets import CaptionDataset, collate_codes
 from dcase.data.manifest import ManifestRow, write_manifest
 from dcase.data.manifest import load_captioned_rows as load_rows
 from dcase.features.store import FeatureStore, ShardWriter, StoreChain, check_coverage, finalize_store
-from dcase.models.enclap import EnCLAP
+from dcase.models.enclap import EnCLAP, EnCLAPConfig, build_enclap
 from dcase.stages.captioner import CaptionerStageConfig, load_stage_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -325,3 +325,46 @@ def test_captioner_resume_after_kill_is_bit_exact(tmp_path):
     a = EnCLAP.from_pretrained(tmp_path / "ref" / "last").state_dict()
     b = EnCLAP.from_pretrained(tmp_path / "res" / "last").state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_model_sizes_come_from_the_stores(tmp_path):
+    """The codec store's provenance gives n_codebooks and codebook_size, the embedding store's the clip-embedding
+    size: a config saying otherwise is overridden; an init checkpoint of other sizes is refused before training."""
+    import dataclasses
+
+    from dcase.features.store import StoreError, finalize_store, store_sizes
+    from dcase.stages.captioner import CaptionerStageConfig, CaptionerTask
+    from dcase.training import TrainConfig
+
+    manifest, dac, emb = _corpus(tmp_path)
+    finalize_store(dac, {"kind": "codec", "n_codebooks": N_CB, "extractor_config": {"codebook_size": K}})
+    finalize_store(emb, {"kind": "embed", "embed_dim": DIM})
+    assert store_sizes(StoreChain.open([dac])) == {"n_codebooks": N_CB, "codebook_size": K}
+    assert store_sizes(StoreChain.open([emb])) == {"clip_dim": DIM}
+    wrong = EnCLAPConfig.tiny(n_codebooks=N_CB + 3, codebook_size=1024, clip_dim=768, vocab_size=300)
+    cfg = CaptionerStageConfig(model=wrong, train=TrainConfig(output_dir=str(tmp_path / "run")))
+    cfg.data.train_manifests, cfg.data.train_splits = [str(manifest)], ["development"]
+    cfg.data.codec_stores, cfg.data.embed_stores = [str(dac)], [str(emb)]
+    model = CaptionerTask(cfg).build_model()
+    assert (model.config.n_codebooks, model.config.codebook_size, model.config.clip_dim) == (N_CB, K, DIM)
+    model.save_pretrained(tmp_path / "ok")
+    other = build_enclap(EnCLAPConfig.tiny(n_codebooks=N_CB, codebook_size=K, clip_dim=DIM + 1), captions=["a b"])
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(StoreError, match=r"built for \{'clip_dim': 9\}, the feature stores hold \{'clip_dim': 8\}"):
+        CaptionerTask(dataclasses.replace(cfg, init=str(tmp_path / "other"))).build_model()
+    CaptionerTask(dataclasses.replace(cfg, init=str(tmp_path / "ok"))).build_model()  # same sizes: fine
+
+
+def test_training_rows_refuse_dcase_evaluation_data(tmp_path):
+    from dcase.data.manifest import ManifestError, ManifestRow, load_captioned_rows, write_manifest
+
+    rows = [
+        ManifestRow(f"{s}.wav", str(tmp_path / f"{s}.wav"), s, "clotho", 1.0, 44100, ["a caption"])
+        for s in ("development", "evaluation")
+    ]
+    rows.append(ManifestRow("ac.wav", str(tmp_path / "ac.wav"), "test", "audiocaps", 1.0, 32000, ["a caption"]))
+    m = write_manifest(rows, tmp_path / "m.parquet") is not None and tmp_path / "m.parquet"
+    with pytest.raises(ManifestError, match=r"clotho:evaluation \(1 clips\).*data.allow_leak=true"):
+        load_captioned_rows([m])
+    assert len(load_captioned_rows([m], ["development", "test"])) == 2  # AudioCaps test is not DCASE evaluation data
+    assert len(load_captioned_rows([m], allow_leak=True)) == 3

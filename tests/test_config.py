@@ -176,3 +176,22 @@ def test_with_overrides_applies_user_strings_to_a_typed_config() -> None:
     assert cfg.model.n_layers == 2  # the input is not modified
     with pytest.raises(ConfigError, match="valid keys"):
         with_overrides(cfg, ["nope=1"])
+
+
+def test_configs_are_package_data_found_from_any_directory(tmp_path, monkeypatch):
+    """`--config configs/dcase2024/...` and `--config dcase2024/...` work outside a checkout: a relative path that
+    does not exist is looked up in the package's configs/ folder."""
+    from dcase.config import PACKAGE_CONFIGS, ConfigError, load_config, resolve_config_path
+    from dcase.stages.captioner import CaptionerStageConfig
+
+    monkeypatch.chdir(tmp_path)
+    want = PACKAGE_CONFIGS / "dcase2024" / "captioner_finetune.yaml"
+    assert resolve_config_path("configs/dcase2024/captioner_finetune.yaml") == want
+    assert resolve_config_path("dcase2024/captioner_finetune") == want
+    cfg = load_config(CaptionerStageConfig, "configs/dcase2024/captioner_finetune.yaml")
+    assert cfg.mcm is False and cfg.train.lr == 1.25e-5  # its _base_ (the pretraining file) is merged too
+    (tmp_path / "dcase2024").mkdir()
+    (tmp_path / "dcase2024" / "captioner_finetune.yaml").write_text("mcm: true\n")
+    assert load_config(CaptionerStageConfig, "dcase2024/captioner_finetune.yaml").mcm is True  # a local file wins
+    with pytest.raises(ConfigError, match="looked in the current directory and in"):
+        load_config(CaptionerStageConfig, "dcase2024/nothing.yaml")

@@ -26,17 +26,21 @@ def _single_thread():
 
 
 def test_shipped_recipes_mirror_the_report():
-    want = {1: (1, 0), 2: (1, 1), 3: (7, 0), 4: (9, 2)}  # (captioners, soups) per system, report §3.3
+    # (captioners, of which soups) per system, report §3.3; soups are the pipeline's soups/<name> (profile dcase2024)
+    want = {1: (1, 0), 2: (1, 1), 3: (7, 0), 4: (9, 2)}
     for n, (n_cap, n_soup) in want.items():
         r = load_task6_recipe(REPO / "submissions" / f"task6_{n}.yaml")
-        assert (len(r.captioners), len(r.soups)) == (n_cap, n_soup)
+        assert (len(r.captioners), sum(c.startswith("soups/") for c in r.captioners)) == (n_cap, n_soup)
+        assert r.clip_embedder == r.retriever == "retrievers/bge-base/pretrain" and r.codec == "codec"
         g = r.generation
         assert (g.sampling.top_p, g.sampling.temperature, g.sampling.num_candidates) == (0.95, 0.5, 30)
         assert (g.w_enc, g.w_dec) == (0.7, 0.3)
         assert build_meta(r.meta, 6)["submission"]["label"] == f"Lastname_Institute_task6_{n}"
         assert {"lastname", "institute"} <= set(placeholder_fields(r.meta))
-    soup5 = load_task6_recipe(REPO / "submissions" / "task6_2.yaml").soups[0]
-    assert len(soup5.ingredients) == 5 and soup5.method == "uniform"
+    from dcase.stages.profiles import load_profile
+
+    soups = {s.name: s.seeds for s in load_profile("dcase2024").soups}
+    assert soups == {"soup_a": [0, 1, 2, 3, 4], "soup_b": [2, 3, 4, 5, 6]}
 
 
 def test_cli_submit_task6_end_to_end(tmp_path):

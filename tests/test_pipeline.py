@@ -167,3 +167,78 @@ def test_shipped_profiles_load():
         "roberta-large",
     ]
     assert report.captioner.seeds == list(range(7)) and report.clip_embedder == "retrievers/bge-base/pretrain"
+
+
+def test_preflight_reports_every_problem_at_once(tmp_path):
+    """A broken set-up: a training split that is evaluation data, a development file with the content of an
+    evaluation file, an existing codec store of another size, and a step whose input store does not exist. The
+    preflight lists all four in one error, before any model is loaded; the CLI prints them and exits 2."""
+    import shutil
+
+    from _datasets_util import MINI_DEV, MINI_EVAL, make_data_root
+    from typer.testing import CliRunner
+
+    from dcase.cli import app
+    from dcase.data.locate import locate_datasets
+    from dcase.data.sources import build_manifest_from
+    from dcase.features.extract import extract_codec
+    from dcase.stages.pipeline import PipelineOptions, build_pipeline
+    from dcase.stages.preflight import PreflightError, preflight
+
+    data = make_data_root(tmp_path / "data")
+    audio = data / "CLOTHO_v2.1" / "clotho_audio_files"
+    shutil.copyfile(audio / "evaluation" / MINI_EVAL[0], audio / "development" / MINI_DEV[0])  # same content
+    run = tmp_path / "run"
+    manifest = run / "manifests" / "clotho.parquet"
+    build_manifest_from(locate_datasets(data)["clotho"], manifest)
+    extract_codec(manifest, run / "features" / "codec" / "clotho", "tiny", progress=False)  # 4 codebooks x 64
+    codec = tmp_path / "codec.json"
+    codec.write_text(
+        json.dumps(
+            {
+                "n_codebooks": 2,
+                "codebook_size": 32,
+                "codebook_dim": 4,
+                "hidden_size": 32,
+                "encoder_hidden_size": 8,
+                "decoder_hidden_size": 16,
+            }
+        )
+    )
+    overrides = ["captioner.finetune_data=[clotho:development, clotho:test]", f"codec.model={codec}"]
+    pipe = build_pipeline(
+        load_profile("tiny", overrides), PipelineOptions(out=run, data_root=data, only=["captioner/pretrain"])
+    )
+    with pytest.raises(PreflightError) as e:
+        preflight(pipe)
+    problems = e.value.problems
+    assert any("captioner finetuning reads evaluation data clotho:['test']" in p for p in problems), problems
+    assert any(f"development/{MINI_DEV[0]} has the same content as evaluation audio" in p for p in problems)
+    assert any("the store holds codes with {'n_codebooks': 4, 'codebook_size': 64}" in p for p in problems)
+    assert any("step captioner/pretrain needs" in p and "index.json" in p for p in problems)
+
+    res = CliRunner().invoke(
+        app,
+        [
+            "pipeline",
+            "run",
+            "--profile",
+            "tiny",
+            "--data-root",
+            str(data),
+            "--out",
+            str(run),
+            "--only",
+            "captioner/pretrain",
+            *sum((["--set", o] for o in overrides), []),
+        ],
+    )
+    assert res.exit_code == 2, res.output
+    for needle in (
+        "clotho:['test']",
+        "has the same content as evaluation audio",
+        "the store holds codes with",
+        "step captioner/pretrain needs",
+    ):
+        assert needle in res.output, res.output[-3000:]
+    assert not (run / "captioner").exists()  # nothing ran

@@ -239,3 +239,17 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     w2 = load_file(str(tmp_path / "p2" / "last" / "model.safetensors"))
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5)
+
+
+def test_sampler_fills_every_process_even_when_the_data_is_smaller_than_a_batch():
+    """3 items, 2 processes x batch 4: both processes get 4 indices (the permutation repeated cyclically), never an
+    empty batch; every item appears."""
+    from dcase.training import BucketBatchSampler
+
+    got = []
+    for rank in (0, 1):
+        s = BucketBatchSampler(3, 4, seed=0, num_replicas=2, rank=rank)
+        batches = list(s)
+        assert len(batches) == 1 and len(batches[0]) == 4
+        got += batches[0]
+    assert sorted(set(got)) == [0, 1, 2] and len(got) == 8

@@ -77,6 +77,7 @@ def caption(
     num_beams: int = typer.Option(4, help="Beam size (1 = greedy)."),
     batch_size: int = typer.Option(16),
     score: bool = typer.Option(False, help="Also print METEOR / CIDEr-D against the manifest's captions."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
 ) -> None:
     """Caption clips with beam search or greedy decoding (quick checks; use `dcase generate` for submissions).
 
@@ -88,9 +89,12 @@ def caption(
     from dcase.data.datasets import CaptionDataset
     from dcase.data.manifest import read_manifest
     from dcase.features.store import StoreChain, check_coverage
+    from dcase.io import check_output
     from dcase.models.enclap import EnCLAP
     from dcase.stages.captioner import generate_captions
     from dcase.submission.formats import write_task6
+
+    check_output(out, overwrite)
 
     model = EnCLAP.from_pretrained(checkpoint, device="cuda" if torch.cuda.is_available() else "cpu").eval()
     df = read_manifest(manifest, [split] if split else None).reset_index(drop=True)
@@ -102,7 +106,7 @@ def caption(
     )
     texts = generate_captions(model, ds, batch_size, progress=True, num_beams=num_beams)
     # the Task 6 format (clip ids of folder manifests are file names), so that `dcase score captions` reads it
-    write_task6(list(zip(df["clip_id"].astype(str), texts, strict=True)), out, overwrite=True)
+    write_task6(list(zip(df["clip_id"].astype(str), texts, strict=True)), out, overwrite=overwrite)
     typer.echo(f"wrote {len(texts)} captions to {out}")
     if score:
         from dcase.evaluation.captions import evaluate_captions

@@ -47,24 +47,39 @@ def setup_logging(level: int = logging.INFO) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def one_line(error: BaseException) -> str:
+    """An error message on one line: the lines of a multi-line message (lists of problems) joined by ``; ``."""
+    text = error.args[0] if isinstance(error, KeyError) and error.args else error
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    head, rest = lines[0], lines[1:]
+    return head + (" " + "; ".join(rest) if rest else "")
+
+
 def user_errors(fn: F) -> F:
     """The error boundary of a command: a ``DcaseError`` (bad input, files or configuration) is printed as one
     line and exits with status 2; anything else is a bug and keeps its traceback. ``DCASE_TRACEBACK=1`` shows the
     traceback of domain errors too.
 
-    Plain ``ValueError``/``KeyError`` are still reported as user errors while their raise sites are being moved to
-    ``DcaseError`` subclasses.
-    """
+    The OS errors that can only concern a path the user chose (a folder where a file is written, a path under a
+    regular file, a permission refused) are reported the same way, naming the path; the writers check their
+    outputs first (``dcase.io.check_output``), this is the net under them."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (DcaseError, ValueError, KeyError) as e:
+        except DcaseError as e:
             if os.environ.get("DCASE_TRACEBACK"):
                 raise
-            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-            typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+            typer.secho(f"error: {one_line(e)}", fg=typer.colors.RED, err=True)
+            sys.exit(2)
+        except (IsADirectoryError, NotADirectoryError, PermissionError) as e:
+            # always about a path the user chose (an --out naming a folder, a path under a file, no permission)
+            if os.environ.get("DCASE_TRACEBACK") or not e.filename:
+                raise
+            typer.secho(f"error: {e.filename}: {e.strerror}; choose another path", fg=typer.colors.RED, err=True)
             sys.exit(2)
 
     return wrapper  # type: ignore[return-value]

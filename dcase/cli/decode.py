@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from dcase.cli.common import user_errors
+from dcase.errors import InputError
 
 
 def _load_evaluator(spec: str):  # noqa: ANN202 - returns a user callable
@@ -16,13 +17,13 @@ def _load_evaluator(spec: str):  # noqa: ANN202 - returns a user callable
 
     mod_name, sep, fn_name = spec.partition(":")
     if not sep or not mod_name or not fn_name:
-        raise ValueError(f"--evaluator expects module:function, got {spec!r}")
+        raise InputError(f"--evaluator expects module:function, got {spec!r}")
     try:
         fn = getattr(importlib.import_module(mod_name), fn_name)
     except (ImportError, AttributeError) as e:
-        raise ValueError(f"cannot import evaluator {spec!r}: {e}") from e
+        raise InputError(f"cannot import evaluator {spec!r}: {e}") from e
     if not callable(fn):
-        raise ValueError(f"evaluator {spec!r} is not callable")
+        raise InputError(f"evaluator {spec!r} is not callable")
     return fn
 
 
@@ -58,16 +59,16 @@ def soup(
     from dcase.merging import soup_checkpoints
 
     if method not in ("uniform", "greedy"):
-        raise ValueError(f"--method must be uniform or greedy, got {method!r}")
+        raise InputError(f"--method must be uniform or greedy, got {method!r}")
     if method == "greedy" and not evaluator:
-        raise ValueError("--method greedy needs --evaluator captioner (or module:function: checkpoint folder -> score)")
+        raise InputError("--method greedy needs --evaluator captioner (or module:function: checkpoint folder -> score)")
     if evaluator == "captioner":
         import functools
 
         from dcase.stages.captioner import validation_score
 
         if manifest is None or not codec_store or not embed_store:
-            raise ValueError("--evaluator captioner needs --manifest, --codec-store and --embed-store")
+            raise InputError("--evaluator captioner needs --manifest, --codec-store and --embed-store")
         fn = functools.partial(
             validation_score,
             manifest=manifest,
@@ -146,7 +147,7 @@ def generate(
         "w_dec": w_dec,
     }
     if greedy and beam:
-        raise ValueError("give at most one of --greedy and --beam N")
+        raise InputError("give at most one of --greedy and --beam N")
     if greedy:
         gen_given["mode"] = "greedy"
     if beam:
@@ -167,6 +168,7 @@ def tune_rerank(
     threshold: float = typer.Option(
         None, "--fluency-threshold", help="Fluency filter threshold (when the table has probabilities) [0.9]."
     ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace tuning.csv / tuning.png in --out."),
 ) -> None:
     """Grid-search the encoder weight w_enc (w_dec = 1 - w_enc) of the reranker on a validation split.
 
@@ -178,8 +180,8 @@ def tune_rerank(
     try:
         grid = [float(w) for w in weights.split(",") if w.strip()]
     except ValueError as e:
-        raise ValueError(f"--weights expects comma-separated numbers, got {weights!r}") from e
-    best = tune_rerank_weights(candidates, references, out, grid, metric, threshold)
+        raise InputError(f"--weights expects comma-separated numbers, got {weights!r}") from e
+    best = tune_rerank_weights(candidates, references, out, grid, metric, threshold, overwrite)
     typer.echo(f"{out}/tuning.csv, {out}/tuning.png: best w_enc={best['w_enc']:.2f} ({metric}={best[metric]:.4f})")
 
 

@@ -41,9 +41,8 @@ def demo(
 
       dcase demo --out /tmp/quick --set clips=120 --set "profile_overrides=[generation.sampling.num_candidates=8]"
     """
-    from dcase.config import load_config
+    from dcase.config import load_config, resolve_config_path
     from dcase.stages.demo import DemoConfig, run_demo, summary_lines
-    from dcase.stages.profiles import resolve_config_path
 
     path = config if config is not None else resolve_config_path("demo.yaml")
     cfg = load_config(DemoConfig, path, overrides or [])

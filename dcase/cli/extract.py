@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from dcase.cli.common import user_errors
+from dcase.errors import InputError
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -23,6 +24,10 @@ def codec(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unusable clips (listed in skipped.json)."),
     splits: list[str] = typer.Option(None, "--splits", help="Only these splits (repeatable)."),
     workers: int = typer.Option(1, "--workers", help="CPU: batches encoded at once, one torch thread each."),
+    shard_size: int = typer.Option(256, "--shard-size", min=1, help="Write a shard every N clips ..."),
+    flush_seconds: float = typer.Option(
+        120.0, "--flush-seconds", min=0.001, help="... or every S seconds, whichever first (a kill loses at most S s)."
+    ),
 ) -> None:
     """DAC codes (int16 [32, T], 75 frames/s) for every clip of a manifest.
 
@@ -33,9 +38,18 @@ def codec(
     from dcase.features.extract import extract_codec
 
     if (codec_name is None) == (codec_config is None):
-        raise ValueError("give exactly one of --codec NAME|DIR or --codec-config tiny|full|FILE")
+        raise InputError("give exactly one of --codec NAME|DIR or --codec-config tiny|full|FILE")
     rep = extract_codec(
-        manifest, out, codec_name or codec_config, batch_size, skip_bad, splits or None, chunk_seconds, workers=workers
+        manifest,
+        out,
+        codec_name or codec_config,
+        batch_size,
+        skip_bad,
+        splits or None,
+        chunk_seconds,
+        shard_size=shard_size,
+        workers=workers,
+        flush_seconds=flush_seconds,
     )
     typer.echo(
         f"{out}: {rep.encoded} clips encoded by this process, {rep.already_done} already present, "
@@ -52,6 +66,10 @@ def embed(
     batch_size: int = typer.Option(8, "--batch-size", "-b"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unusable clips (listed in skipped.json)."),
     splits: list[str] = typer.Option(None, "--splits", help="Only these splits (repeatable)."),
+    shard_size: int = typer.Option(256, "--shard-size", min=1, help="Write a shard every N clips ..."),
+    flush_seconds: float = typer.Option(
+        120.0, "--flush-seconds", min=0.001, help="... or every S seconds, whichever first (a kill loses at most S s)."
+    ),
 ) -> None:
     """One clip embedding per clip (EnCLAP's CLAP slot) from a retriever's audio tower or CNext.
 
@@ -59,7 +77,9 @@ def embed(
     """
     from dcase.features.extract import extract_embeddings
 
-    rep = extract_embeddings(manifest, out, retriever, batch_size, skip_bad, splits or None)
+    rep = extract_embeddings(
+        manifest, out, retriever, batch_size, skip_bad, splits or None, shard_size, flush_seconds=flush_seconds
+    )
     typer.echo(
         f"{out}: {rep.encoded} clips embedded by this process, {rep.already_done} already present, "
         f"{len(rep.skipped)} skipped"
@@ -71,14 +91,17 @@ def embed(
 def convert_dac(
     pth: Path = typer.Argument(..., help="Descript checkpoint, e.g. weights_24khz_8kbps_0.0.4.pth"),
     out_dir: Path = typer.Argument(..., help="Output DacModel directory."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
 ) -> None:
     """Convert Descript's DAC .pth into a transformers DacModel directory (weight norm folded).
 
     Example: dcase extract convert-dac weights_24khz_8kbps_0.0.4.pth models/dac_24khz
     """
     from dcase.features.codec import convert_descript_checkpoint
+    from dcase.io import check_output
 
-    typer.echo(str(convert_descript_checkpoint(pth, out_dir)))
+    check_output(out_dir, overwrite, kind="folder")
+    typer.echo(str(convert_descript_checkpoint(pth, out_dir, overwrite=overwrite)))
 
 
 @app.command("verify")

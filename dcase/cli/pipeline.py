@@ -150,6 +150,7 @@ def run(
 
     Groups, in order: manifests, retrievers, features, pretrain, finetune, soups, rerank, devtest, systems, package.
     """
+    from dcase.cli.common import is_main_process
     from dcase.stages.pipeline import plan_lines, run_pipeline, write_run_record
     from dcase.stages.preflight import preflight
 
@@ -159,11 +160,13 @@ def run(
         team,
         _options(out, data_root, clotho, audiocaps, wavcaps, clotho_mixup, only, start, until, allow_leak),
     )
-    for w in pipe.warnings:
+    for w in pipe.warnings if is_main_process() else ():
         typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
     notes = preflight(pipe)
     write_run_record(pipe, notes)
     final = run_pipeline(pipe)
+    if not is_main_process():  # under a launcher, one summary
+        return
     for line in plan_lines(pipe):
         typer.echo(line)
     pending = [st.step.name for st in final if st.state != "done"]

@@ -56,6 +56,7 @@ def evaluate(
     batch_size: int = typer.Option(16, "--batch-size"),
     max_seconds: float = typer.Option(30.0, "--max-seconds", help="Truncate audio longer than this."),
     cache_dir: Path = typer.Option(None, "--cache-dir", help="Persist/reuse audio embeddings + faiss index here."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
 ) -> None:
     """Text-to-audio mAP@10 and R@1/5/10: every caption of a clip is a query, its clip the relevant item.
 
@@ -64,9 +65,11 @@ def evaluate(
     """
     import torch
 
-    from dcase.io import atomic_write_text
+    from dcase.io import atomic_write_text, check_output
     from dcase.stages.retriever import evaluate_retrievers
 
+    if out:
+        check_output(out, overwrite)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     res = evaluate_retrievers(
         retriever,
@@ -86,7 +89,7 @@ def evaluate(
             f"R@10 {m['r_at_10']:.4f}"
         )
     if out:
-        atomic_write_text(out, json.dumps(res, indent=2))
+        atomic_write_text(out, json.dumps(res, indent=2), overwrite=overwrite)
         typer.echo(f"wrote {out}")
 
 
@@ -109,9 +112,11 @@ def rank(
     """
     import torch
 
+    from dcase.io import check_output
     from dcase.stages.retriever import rank_task8
     from dcase.submission.formats import write_task8
 
+    check_output(out, overwrite)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = rank_task8(
         retriever, audio_dir, captions, mode=mode, batch_size=batch_size, cache_dir=cache_dir, device=device

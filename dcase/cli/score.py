@@ -28,6 +28,7 @@ def captions(
     fense_checker: Path = typer.Option(None, "--fense-checker", help="FENSE checker .ckpt (must load if given)."),
     sbert_model: str = typer.Option(None, "--sbert-model", help="Local sentence-BERT directory for FENSE."),
     corenlp_dir: Path = typer.Option(None, "--corenlp-dir", help="Folder with the CoreNLP 3.6.0 jars for SPICE."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
 ) -> None:
     """Score Task 6 predictions with aac-metrics. Metrics whose resources are absent are null, with a reason.
 
@@ -36,6 +37,10 @@ def captions(
     import json
 
     from dcase.evaluation.captions import ALL_METRICS, MetricSettings, score_caption_files, write_scores_json
+    from dcase.io import check_output
+
+    if out:
+        check_output(out, overwrite)
 
     names = ALL_METRICS if metrics == "all" else tuple(m.strip() for m in metrics.split(",") if m.strip())
     settings = MetricSettings(
@@ -46,7 +51,7 @@ def captions(
     scores = score_caption_files(predictions, references, names, settings)
     data = scores.to_json_dict()
     if out:
-        write_scores_json(scores, out)
+        write_scores_json(scores, out, overwrite=overwrite)
         log.info("wrote %s", out)
     typer.echo(json.dumps(data, indent=2))
 
@@ -59,6 +64,7 @@ def retrieval(
         ..., "--references", help="Clotho captions CSV (every caption is a query for its clip) or caption,file_name."
     ),
     out: Path = typer.Option(None, "--out", help="scores.json to write (atomically)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
 ) -> None:
     """Score Task 8 rankings: mAP@10, R@1, R@5, R@10.
 
@@ -68,8 +74,11 @@ def retrieval(
 
     from dcase.evaluation.captions import write_scores_json
     from dcase.evaluation.retrieval import score_task8_files
+    from dcase.io import check_output
 
+    if out:
+        check_output(out, overwrite)
     scores = score_task8_files(predictions, references)
     if out:
-        write_scores_json(scores, out)
+        write_scores_json(scores, out, overwrite=overwrite)
     typer.echo(json.dumps(scores, indent=2))

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from dcase.cli.common import user_errors
+from dcase.errors import InputError
 
 app = typer.Typer(no_args_is_help=True)
 validate_app = typer.Typer(no_args_is_help=True, help="Check a submission CSV against the official format.")
@@ -51,7 +52,7 @@ def _pairs(values: list[str] | None, flag: str) -> list[tuple[str, str]]:
     for v in values or []:
         csv_path, sep, meta = v.rpartition(":")
         if not sep or not csv_path or not meta:
-            raise ValueError(f"{flag} expects CSV:META (e.g. out.csv:meta.yaml), got {v!r}")
+            raise InputError(f"{flag} expects CSV:META (e.g. out.csv:meta.yaml), got {v!r}")
         out.append((csv_path, meta))
     return out
 

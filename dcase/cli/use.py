@@ -37,14 +37,14 @@ def caption(
     The CSV is the Task 6 format: dcase score captions caps.csv --references clotho_captions_evaluation.csv
     """
     from dcase.api import Captioner, audio_files
-    from dcase.errors import InputError, OutputExistsError
-    from dcase.io import atomic_write_text
+    from dcase.errors import InputError
+    from dcase.io import atomic_write_text, check_output
     from dcase.submission.formats import write_task6
 
     if out is not None and out.suffix.lower() not in (".csv", ".json"):
         raise InputError(f"--out {out}: give a .csv (Task 6 format) or a .json file")
-    if out is not None and out.exists() and not overwrite:
-        raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
+    if out is not None:
+        check_output(out, overwrite)
     files = audio_files(inputs)
     if out is None or out.suffix.lower() == ".csv":
         seen: dict[str, Path] = {}

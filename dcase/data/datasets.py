@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from dcase.data.audio import load_clip
+from dcase.errors import InputError
 
 
 # ---------------------------------------------------------------------------------------------- captioner
@@ -66,13 +67,13 @@ class CaptionDataset(torch.utils.data.Dataset):
         clip_id = self.clip_ids[i]
         codes = np.asarray(self.codes[clip_id])
         if codes.ndim != 2 or codes.shape[0] != self.n_codebooks or codes.shape[1] == 0:
-            raise ValueError(
+            raise InputError(
                 f"clip {clip_id!r}: codec features have shape {codes.shape}, expected "
                 f"[{self.n_codebooks}, T > 0] (model.n_codebooks)"
             )
         emb = np.asarray(self.embeds[clip_id], dtype=np.float32)
         if emb.shape != (self.clip_dim,):
-            raise ValueError(
+            raise InputError(
                 f"clip {clip_id!r}: clip embedding has shape {emb.shape}, expected ({self.clip_dim},) (model.clip_dim)"
             )
         T = codes.shape[1]

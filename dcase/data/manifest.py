@@ -16,6 +16,7 @@ Validation runs on read and on write; errors name the file, the row (clip) and t
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,9 +27,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dcase.data.registry import SOURCES
+from dcase.data.registry import SOURCES, is_evaluation_split
 from dcase.errors import InputError
 from dcase.io import atomic_path
+
+log = logging.getLogger(__name__)
 
 SCHEMA = pa.schema(
     [
@@ -183,10 +186,14 @@ def concat_manifests(frames: Iterable[pd.DataFrame], where: str = "combined mani
     return df
 
 
-def load_captioned_rows(manifests: Iterable[str | Path], splits: Iterable[str] = ()) -> pd.DataFrame:
+def load_captioned_rows(
+    manifests: Iterable[str | Path], splits: Iterable[str] = (), allow_leak: bool = False
+) -> pd.DataFrame:
     """Training rows: concatenate ``manifests``, keep ``splits`` (all if empty) and rows that have captions.
 
-    Clip ids must be unique across the manifests; no captioned row at all is an error naming the manifests.
+    Clip ids must be unique across the manifests; no captioned row at all is an error naming the manifests. Rows of
+    DCASE2024 evaluation data (``registry.EVALUATION_SPLITS``: Clotho evaluation, test, ...) are refused unless
+    ``allow_leak`` (then they are kept with a warning).
     """
     manifests, splits = [str(m) for m in manifests], list(splits)
     if not manifests:
@@ -199,6 +206,17 @@ def load_captioned_rows(manifests: Iterable[str | Path], splits: Iterable[str] =
     df = df[df["captions"].map(len) > 0].reset_index(drop=True)
     if len(df) == 0:
         raise ManifestError(f"no captioned rows of splits {splits or 'any'} in {manifests}")
+    leak = [is_evaluation_split(src, sp) for src, sp in zip(df["source"], df["split"], strict=True)]
+    if any(leak):
+        counts = df[leak].groupby(["source", "split"]).size().to_dict()
+        where = ", ".join(f"{src}:{sp} ({n} clips)" for (src, sp), n in counts.items())
+        if not allow_leak:
+            raise ManifestError(
+                f"the training rows include DCASE2024 evaluation data: {where} (from {manifests}); DCASE2024 forbids "
+                "training on it. Choose training splits without it (data.train_splits), or set data.allow_leak=true "
+                "(recorded in the run)"
+            )
+        log.warning("training on DCASE2024 evaluation data (allowed by allow_leak): %s", where)
     dup = df["clip_id"][df["clip_id"].duplicated()].unique().tolist()
     if dup:
         raise ManifestError(f"clip ids appear more than once across {manifests}: {dup[:5]}")

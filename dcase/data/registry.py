@@ -38,6 +38,17 @@ INFO = {s.name: s for s in SOURCE_INFO}
 SOURCES: tuple[str, ...] = tuple(INFO)
 """Every canonical source name: the values allowed in a manifest's ``source`` column."""
 READABLE_SOURCES: tuple[str, ...] = tuple(s.name for s in SOURCE_INFO if s.readable)
+EVALUATION_SPLITS: dict[str, tuple[str, ...]] = {"clotho": ("evaluation", "test", "retrieval_audio", "analysis")}
+"""DCASE2024 evaluation data, never trained on (unless explicitly allowed): Clotho evaluation (DCASE development-
+testing), the Task 6 test audio, the Task 8 retrieval audio and the analysis set. Other datasets' test splits are not
+DCASE evaluation data."""
+
+
+def is_evaluation_split(source: str, split: str) -> bool:
+    """True for a split that is DCASE2024 evaluation data (``EVALUATION_SPLITS``)."""
+    return split in EVALUATION_SPLITS.get(source, ())
+
+
 """Sources that ``build_manifest`` reads from a dataset layout, in registry order."""
 SOURCE_CHOICES: tuple[str, ...] = tuple(n for s in SOURCE_INFO if s.readable for n in (s.name, *s.aliases))
 """Every accepted spelling of a readable source (canonical names and aliases)."""

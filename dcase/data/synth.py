@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from dcase.errors import OutputExistsError
+from dcase.errors import InputError, OutputExistsError
 from dcase.io import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -344,7 +344,7 @@ def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
 def split_sizes(n_clips: int) -> dict[str, int]:
     """development/validation/evaluation sizes (70/15/15, each at least 1)."""
     if n_clips < 3:
-        raise ValueError(f"--clips must be at least 3 (one per captioned split), got {n_clips}")
+        raise InputError(f"--clips must be at least 3 (one per captioned split), got {n_clips}")
     n_val = max(1, round(n_clips * SPLIT_FRACTIONS["validation"]))
     n_eval = max(1, round(n_clips * SPLIT_FRACTIONS["evaluation"]))
     return {"development": n_clips - n_val - n_eval, "validation": n_val, "evaluation": n_eval}

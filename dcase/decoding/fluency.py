@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from dcase.errors import CheckpointError
+from dcase.errors import CheckpointError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,46 @@ def save_checker(model: Any, path: str | Path, model_type: str | None = None) ->
         torch.save(payload, tmp)
 
 
+FENSE_DEFAULT = "fense"  # names the official FENSE checker wherever aac-metrics / FENSE keep it
+
+
+FENSE_CHECKER_FILE = "echecker_clotho_audiocaps_base.ckpt"  # the official FENSE error detector
+
+
+def default_checker_location() -> Path:
+    """Where FENSE (and aac-metrics) keep the official checker: ``$FENSE_DATA``, else ``<torch hub>/fense_data``."""
+    import os
+
+    if os.environ.get("FENSE_DATA"):
+        home = Path(os.environ["FENSE_DATA"]).expanduser()
+    else:
+        try:
+            import torch
+
+            home = Path(torch.hub.get_dir()) / "fense_data"
+        except ImportError:
+            home = Path.home() / ".cache" / "torch" / "hub" / "fense_data"
+    return home / FENSE_CHECKER_FILE
+
+
+def resolve_checker_path(spec: str | Path) -> Path:
+    """A checker file: ``spec`` itself, or for ``"fense"`` the official checker where the caption metrics find it
+    (``$DCASE_FENSE_CHECKER``, else ``default_checker_location()``). Raises FluencyCheckerError saying where to put
+    the file."""
+    import os
+
+    if str(spec) != FENSE_DEFAULT:
+        return Path(spec).expanduser()
+    configured = os.environ.get("DCASE_FENSE_CHECKER")
+    path = Path(configured).expanduser() if configured else default_checker_location()
+    if not path.is_file():
+        raise FluencyCheckerError(
+            f"fluency checker 'fense': {path} is absent (its download host is unreachable offline; copy the file "
+            "there or set DCASE_FENSE_CHECKER)"
+        )
+    return path
+
+
 def load_fluency_checker(
     path: str | Path,
     backbone: str | Path | None = None,
@@ -156,18 +196,24 @@ def load_fluency_checker(
 
     ``backbone`` overrides the checkpoint's ``model_type`` (a local BERT directory holding config + tokenizer).
     """
-    import torch
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    path = Path(path)
+    from dcase.checkpoint import torch_load_weights
+
+    path = resolve_checker_path(path)
     if not path.is_file():
         raise FluencyCheckerError(f"fluency checker {path} does not exist")
     if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"fluency threshold must be in [0, 1], got {threshold}")
+        raise InputError(f"fluency threshold must be in [0, 1], got {threshold}")
     try:
-        states = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise FluencyCheckerError(f"cannot read fluency checker {path}: {e}") from e
+        states = torch_load_weights(
+            path,
+            "fluency checker",
+            "torch.save({'model_type': ..., 'num_classes': ..., 'state_dict': model.state_dict()}, path) on a "
+            "trusted machine (the FENSE / aac-metrics checker format)",
+        )
+    except CheckpointError as e:
+        raise FluencyCheckerError(f"fluency checker: {e}") from e
     if not isinstance(states, dict) or not {"model_type", "num_classes", "state_dict"} <= set(states):
         keys = sorted(states) if isinstance(states, dict) else type(states).__name__
         raise FluencyCheckerError(

@@ -156,7 +156,11 @@ def read_candidates(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise MissingInputError(f"candidates file {path} does not exist")
-    return validate_candidates(pd.read_parquet(path), str(path))
+    try:
+        table = pd.read_parquet(path)
+    except Exception as e:  # noqa: BLE001 - any parquet failure is reported with the file name
+        raise CandidatesError(f"{path}: not a readable candidates parquet file ({e}); rerun dcase generate") from e
+    return validate_candidates(table, str(path))
 
 
 def apply_fluency(df: pd.DataFrame, checker: Any) -> pd.DataFrame:
@@ -304,11 +308,11 @@ def tune_weights(
     clips = list(pd.unique(validate_candidates(table)["clip_id"]))
     missing = [c for c in clips if c not in references]
     if missing:
-        raise ValueError(f"{len(missing)} clips of the candidates table have no references: {missing[:10]}")
+        raise InputError(f"{len(missing)} clips of the candidates table have no references: {missing[:10]}")
     rows = []
     for w in weights:
         if not 0.0 <= w <= 1.0:
-            raise ValueError(f"encoder weight {w} is outside [0, 1]")
+            raise InputError(f"encoder weight {w} is outside [0, 1]")
         ranked = rerank(table, w_enc=float(w), w_dec=1.0 - float(w), threshold=threshold)
         sel = selected_captions(ranked)
         cands = [t for _, t in sel]
@@ -333,7 +337,7 @@ def plot_tuning(results: pd.DataFrame, metric: str, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     if metric not in results.columns:
-        raise ValueError(f"metric {metric!r} is not a column of the tuning results: {list(results.columns)}")
+        raise InputError(f"metric {metric!r} is not a column of the tuning results: {list(results.columns)}")
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(results["w_enc"], results[metric], marker="o")
     best = results[metric].idxmax()

@@ -49,11 +49,14 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from dcase.config import ConfigError, check_values
+from dcase.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -67,37 +70,28 @@ class SamplingConfig:
     (Hugging Face's ``min_length``; 5 = at least 3 words after the forced ``<s>``); ``top_k`` 0 and
     ``no_repeat_ngram_size`` 0 switch those filters off."""
 
-    num_candidates: int = 30
-    top_p: float = 0.95
-    temperature: float = 0.5
-    max_new_tokens: int = 40
-    min_new_tokens: int = 0
-    top_k: int = 50  # Hugging Face's default, applied by the reference samplers
-    no_repeat_ngram_size: int = 3  # Wu et al.'s samplers; EnCLAP's beam search
-    min_length: int = 5  # Wu et al.'s samplers
+    num_candidates: int = field(default=30, metadata={"min": 1})
+    top_p: float = field(default=0.95, metadata={"gt": 0, "max": 1})
+    temperature: float = field(default=0.5, metadata={"gt": 0})
+    max_new_tokens: int = field(default=40, metadata={"min": 1})
+    min_new_tokens: int = field(default=0, metadata={"min": 0})
+    top_k: int = field(default=50, metadata={"min": 0})  # Hugging Face's default, applied by the reference samplers
+    no_repeat_ngram_size: int = field(default=3, metadata={"min": 0})  # Wu et al.'s samplers; EnCLAP's beam search
+    min_length: int = field(default=5, metadata={"min": 0})  # Wu et al.'s samplers
     score_bos: bool = False  # count the forced <s> in the decoder score (Wu et al. do not; it has no <s>)
     seed: int = 0
-    batch_clips: int = 8  # clips decoded together (self-attention cache: batch_clips * num_candidates rows)
-    topk_first: int = 64  # partial-sort width tried before a full sort (exact either way)
+    # clips decoded together (self-attention cache: batch_clips * num_candidates rows)
+    batch_clips: int = field(default=8, metadata={"min": 1})
+    # partial-sort width tried before a full sort (exact either way)
+    topk_first: int = field(default=64, metadata={"min": 1})
 
     def check(self) -> None:
-        if self.num_candidates < 1:
-            raise ValueError(f"sampling.num_candidates must be >= 1, got {self.num_candidates}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
-        if self.temperature <= 0:
-            raise ValueError(f"sampling.temperature must be > 0, got {self.temperature}")
-        if self.max_new_tokens < 1 or self.min_new_tokens > self.max_new_tokens:
-            raise ValueError(
-                f"need 1 <= max_new_tokens and min_new_tokens <= max_new_tokens, got "
-                f"{self.max_new_tokens} / {self.min_new_tokens}"
-            )
-        if self.batch_clips < 1 or self.topk_first < 1:
-            raise ValueError("sampling.batch_clips and sampling.topk_first must be >= 1")
-        if self.top_k < 0 or self.no_repeat_ngram_size < 0 or self.min_length < 0:
-            raise ValueError(
-                f"sampling.top_k, no_repeat_ngram_size and min_length must be >= 0, got {self.top_k}, "
-                f"{self.no_repeat_ngram_size}, {self.min_length}"
+        """The field limits (``dcase.config.check_values``) and ``min_new_tokens <= max_new_tokens``."""
+        check_values(self, "sampling")
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ConfigError(
+                f"sampling.min_new_tokens ({self.min_new_tokens}) exceeds sampling.max_new_tokens "
+                f"({self.max_new_tokens})"
             )
 
     def eos_allowed_from(self) -> int:
@@ -343,7 +337,9 @@ def sample_from_encoder(
     for dm in decs[1:]:
         ids = (dm.start_id, dm.eos_id, dm.pad_id, dm.forced_bos, dm.forced_eos)
         if ids != (d0.start_id, d0.eos_id, d0.pad_id, d0.forced_bos, d0.forced_eos):
-            raise ValueError("ensembled captioners disagree on decoder start / eos / pad / forced bos / eos token ids")
+            raise CheckpointError(
+                "ensembled captioners disagree on decoder start / eos / pad / forced bos / eos token ids"
+            )
     B = encoded[0][0].shape[0]
     if len(seeds) != B:
         raise ValueError(f"{B} clips but {len(seeds)} seeds")

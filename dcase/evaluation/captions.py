@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from dcase.errors import MissingInputError
+from dcase.errors import CheckpointError, InputError, MissingInputError
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ ALL_METRICS: tuple[str, ...] = (
 candidates (aac-metrics' ``vocab.cands``); ``fer`` is the fluency error rate."""
 
 DEFAULT_SBERT_MODEL = "sentence-transformers/paraphrase-TinyBERT-L6-v2"
-DEFAULT_CHECKER_NAME = "echecker_clotho_audiocaps_base"
+
 
 # Files aac-metrics 0.5.4 expects below <cache>/aac-metrics/ and where the pycocoevalcap wheel keeps them.
 _PTB_JAR = "stanford_nlp/stanford-corenlp-3.4.1.jar"
@@ -370,16 +370,9 @@ def resolve_checker(settings: MetricSettings | None = None) -> tuple[str | None,
         if not p.is_file():
             raise MissingInputError(f"the configured FENSE checker {p} does not exist")
         return str(p), True, None
-    if os.environ.get("FENSE_DATA"):
-        data_home = Path(os.environ["FENSE_DATA"]).expanduser()
-    else:
-        try:
-            import torch
+    from dcase.decoding.fluency import default_checker_location
 
-            data_home = Path(torch.hub.get_dir()) / "fense_data"
-        except ImportError:
-            data_home = Path.home() / ".cache" / "torch" / "hub" / "fense_data"
-    p = data_home / f"{DEFAULT_CHECKER_NAME}.ckpt"
+    p = default_checker_location()
     if p.is_file():
         return str(p), False, None
     return (
@@ -462,7 +455,7 @@ def missing_reasons(metrics: Iterable[str], resources: Mapping[str, Mapping[str,
     out = {}
     for m in metrics:
         if m not in ALL_METRICS:
-            raise ValueError(f"unknown metric {m!r}; known: {', '.join(ALL_METRICS)}")
+            raise InputError(f"unknown metric {m!r}; known: {', '.join(ALL_METRICS)}")
         reason = why(*rules.get(m, ()))
         if reason:
             prefix = {"spider": "needs SPICE", "spider_fl": "needs SPIDEr and FER", "fense": "needs SBERT and FER"}
@@ -483,16 +476,16 @@ def simple_tokenize(sentence: str) -> str:
 
 def _check_inputs(candidates: Sequence[str], references: Sequence[Sequence[str]]) -> None:
     if len(candidates) != len(references):
-        raise ValueError(f"found {len(candidates)} candidates for {len(references)} reference lists")
+        raise InputError(f"found {len(candidates)} candidates for {len(references)} reference lists")
     if not candidates:
-        raise ValueError("no candidates to score")
+        raise InputError("no candidates to score")
     for i, (c, refs) in enumerate(zip(candidates, references, strict=True)):
         if not isinstance(c, str):
-            raise ValueError(f"candidate {i} is {type(c).__name__}, expected str")
+            raise InputError(f"candidate {i} is {type(c).__name__}, expected str")
         if isinstance(refs, str) or not refs:
-            raise ValueError(f"clip {i} has no reference list (got {refs!r})")
+            raise InputError(f"clip {i} has no reference list (got {refs!r})")
         if not all(isinstance(r, str) for r in refs):
-            raise ValueError(f"clip {i} has a non-string reference")
+            raise InputError(f"clip {i} has a non-string reference")
 
 
 def _one_line(s: str) -> str:
@@ -528,7 +521,7 @@ def _load_sbert(settings: MetricSettings, resources: dict[str, dict[str, Any]]) 
         return SentenceTransformer(name, device=settings.device)
     except Exception as e:  # noqa: BLE001 - offline cache incomplete, corrupt files, ...
         if configured:
-            raise RuntimeError(f"the configured sentence-BERT {name!r} cannot be loaded: {e}") from e
+            raise CheckpointError(f"the configured sentence-BERT {name!r} cannot be loaded: {e}") from e
         resources["sbert"] = {"present": False, "path": name, "reason": f"cannot load {name!r} offline: {e}"}
         return None
 
@@ -708,7 +701,7 @@ def align(
             parts.append(f"{len(missing)} clips of {ref_name} have no prediction: {missing[:10]}")
         if extra:
             parts.append(f"{len(extra)} predicted clips are not in {ref_name}: {extra[:10]}")
-        raise ValueError(f"{pred_name}: " + "; ".join(parts))
+        raise InputError(f"{pred_name}: " + "; ".join(parts))
     names = list(references)
     return names, [predictions[n] for n in names], [list(references[n]) for n in names]
 
@@ -719,24 +712,25 @@ def score_caption_files(
     metrics: Iterable[str] = ALL_METRICS,
     settings: MetricSettings | None = None,
 ) -> CaptionScores:
-    """Score an official Task 6 CSV (``file_name,caption_predicted``) against a Clotho captions CSV."""
-    from dcase.submission.formats import read_task6
+    """Score an official Task 6 CSV (``file_name,caption_predicted``) against a Clotho captions CSV. The predictions
+    must pass ``submit validate task6`` (no empty caption or file name, no duplicate clip)."""
+    from dcase.submission.formats import validate_task6
 
-    pred = read_task6(predictions)
-    dup = pred["file_name"][pred["file_name"].duplicated()].tolist()
-    if dup:
-        raise ValueError(f"{predictions}: duplicate file_name rows: {dup[:10]}")
+    pred = validate_task6(predictions)
     preds = dict(zip(pred["file_name"], pred["caption_predicted"], strict=True))
     refs = read_references(references)
     _, cands, mrefs = align(preds, refs, str(predictions), str(references))
     return evaluate_captions(cands, mrefs, metrics, settings)
 
 
-def write_scores_json(scores: Mapping[str, Any], path: str | Path, extra: Mapping[str, Any] | None = None) -> None:
-    """Write a scores mapping (a :class:`CaptionScores` or a plain dict) as JSON, atomically."""
+def write_scores_json(
+    scores: Mapping[str, Any], path: str | Path, extra: Mapping[str, Any] | None = None, overwrite: bool = True
+) -> None:
+    """Write a scores mapping (a :class:`CaptionScores` or a plain dict) as JSON, atomically; ``overwrite=False``
+    refuses an existing file (OutputExistsError)."""
     from dcase.io import atomic_write_text
 
     data = scores.to_json_dict() if isinstance(scores, CaptionScores) else dict(scores)
     if extra:
         data.update(extra)
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n", overwrite=overwrite)

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dcase.errors import MissingInputError
-from dcase.io import atomic_path, atomic_write_text
+from dcase.errors import InputError, MissingInputError
+from dcase.io import atomic_path, atomic_write_text, read_json
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def ranking_metrics(hits: np.ndarray, n_relevant: np.ndarray) -> dict[str, float
     if hits.ndim != 2 or n_rel.shape != (hits.shape[0],):
         raise ValueError(f"hits must be [Q, K] and n_relevant [Q]; got {hits.shape} and {n_rel.shape}")
     if hits.shape[0] == 0:
-        raise ValueError("no queries to score")
+        raise InputError("no queries to score")
     if (n_rel < 1).any():
         raise ValueError(f"queries {np.flatnonzero(n_rel < 1)[:10].tolist()} have no relevant item")
     if (hits.sum(1) > n_rel).any():
@@ -145,12 +145,15 @@ def score_task8_files(predictions: str | Path, references: str | Path) -> dict[s
     """Score a Task 8 CSV against queries with their relevant files (``submission.formats.read_queries``: a Clotho
     captions CSV, every caption a query relevant to its own clip; or a ``caption,file_name`` ground truth).
 
-    Rows are matched to queries in order when the captions agree row by row; otherwise by caption text, repeated
-    captions being matched in order of appearance. Missing, extra or unmatched queries are errors naming them.
+    The predictions must pass ``submit validate task8`` (10 distinct non-empty names per row). Rows are matched to
+    queries in order when the captions agree row by row; otherwise by caption text, repeated captions being matched
+    in order of appearance. Missing, extra or unmatched queries are errors naming them.
     """
-    from dcase.submission.formats import SubmissionError, read_queries, read_task8, task8_rows
+    from dcase.submission.formats import SubmissionError, read_queries, task8_rows, validate_task8
 
-    rows = task8_rows(read_task8(predictions))
+    # the checks of `dcase submit validate task8` first: an empty slot or a clip repeated in a row would
+    # otherwise be scored (a clip repeated 10 times is not 10 hits, but the row is not a valid submission)
+    rows = task8_rows(validate_task8(predictions))
     queries, relevant = read_queries(references)
     if relevant is None:
         raise SubmissionError(f"{references}: has no file_name column, so the relevant clips are unknown")
@@ -194,7 +197,7 @@ def top_k(sim: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k best items per row, best first, ties by item index: [Q, N] -> [Q, k]."""
     sim = np.asarray(sim)
     if k > sim.shape[1]:
-        raise ValueError(f"asked for the top {k} of only {sim.shape[1]} items")
+        raise InputError(f"asked for the top {k} of only {sim.shape[1]} items")
     return np.argsort(-sim, axis=1, kind="stable")[:, :k]
 
 
@@ -248,7 +251,7 @@ def build_index(dim: int, n_items: int, cfg: IndexConfig | None = None, train: n
     faiss = _faiss()
     cfg = cfg or IndexConfig()
     if cfg.kind not in INDEX_KINDS:
-        raise ValueError(f"index kind {cfg.kind!r} is not one of {INDEX_KINDS}")
+        raise InputError(f"index kind {cfg.kind!r} is not one of {INDEX_KINDS}")
     if cfg.kind == "flat":
         index = faiss.IndexFlatIP(dim)
     elif cfg.kind == "hnsw":
@@ -308,7 +311,7 @@ class AudioIndex:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """queries [Q, D] -> (scores [Q, k], item indices [Q, k]), best first."""
         if k > len(self):
-            raise ValueError(f"asked for the top {k} of only {len(self)} indexed clips")
+            raise InputError(f"asked for the top {k} of only {len(self)} indexed clips")
         return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
 
     def save(self, path: str | Path) -> Path:
@@ -340,12 +343,15 @@ class AudioIndex:
         path = Path(path)
         if not (path / "index.json").is_file():
             raise MissingInputError(f"{path}: not an audio index directory (no index.json)")
-        info = json.loads((path / "index.json").read_text())
-        emb = np.load(path / "embeddings.npy")
-        ids = json.loads((path / "clip_ids.json").read_text())
-        index = faiss.read_index(str(path / "index.faiss"))
+        info = read_json(path / "index.json", "audio index")
+        ids = read_json(path / "clip_ids.json", "audio index")
+        try:
+            emb = np.load(path / "embeddings.npy")
+            index = faiss.read_index(str(path / "index.faiss"))
+        except Exception as e:  # noqa: BLE001 - numpy and faiss raise many kinds of errors on damaged files
+            raise InputError(f"{path}: damaged audio index ({type(e).__name__}: {e}); delete it to rebuild") from e
         if index.ntotal != len(ids) or emb.shape[0] != len(ids):
-            raise ValueError(
+            raise InputError(
                 f"{path}: index holds {index.ntotal} vectors, embeddings {emb.shape[0]}, ids {len(ids)}; rebuild it"
             )
         return cls(emb, ids, IndexConfig(**info["config"]), info.get("meta"), index=index)

@@ -211,23 +211,32 @@ def descript_state_to_dac(state: dict[str, torch.Tensor], config: Any) -> Any:
     return model.eval()
 
 
-def convert_descript_checkpoint(pth: str | Path, out_dir: str | Path) -> Path:
-    """Convert Descript's ``weights_*.pth`` into a DacModel directory (``save_pretrained``). Returns out_dir."""
+def convert_descript_checkpoint(pth: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Convert Descript's ``weights_*.pth`` into a DacModel directory (``save_pretrained``, written atomically; an
+    existing ``out_dir`` is replaced only with ``overwrite``). Returns out_dir."""
+    from dcase.checkpoint import torch_load_weights
+
     pth = Path(pth)
     if not pth.is_file():
         raise MissingInputError(f"Descript checkpoint not found: {pth}")
-    obj = torch.load(str(pth), map_location="cpu", weights_only=True)
+    obj = torch_load_weights(
+        pth,
+        "Descript DAC checkpoint",
+        "Descript's own `dac` package on a trusted machine: torch.save({'state_dict': model.state_dict(), "
+        "'metadata': {'kwargs': <its metadata kwargs>}}, path), then dcase extract convert-dac",
+    )
     if not isinstance(obj, dict) or "state_dict" not in obj or "metadata" not in obj:
         raise CodecError(f"{pth}: not a Descript DAC checkpoint (expected keys 'state_dict' and 'metadata')")
     config = config_from_descript_metadata(obj["metadata"].get("kwargs", {}))
     model = descript_state_to_dac(obj["state_dict"], config)
-    out_dir = Path(out_dir)
-    model.save_pretrained(str(out_dir))
-    from dcase.io import sha256_file
+    from dcase.io import atomic_dir, sha256_file
 
-    (out_dir / "dcase_source.json").write_text(
-        json.dumps({"converted_from": pth.name, "source_sha256": sha256_file(pth)}, indent=2)
-    )
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        model.save_pretrained(str(tmp))
+        (tmp / "dcase_source.json").write_text(
+            json.dumps({"converted_from": pth.name, "source_sha256": sha256_file(pth)}, indent=2)
+        )
     log.info("converted %s -> %s (%d codebooks, %d Hz)", pth, out_dir, config.n_codebooks, config.sampling_rate)
     return out_dir
 
@@ -465,6 +474,50 @@ class DacCodec:
         return self.encode_many([wave])[0]
 
 
+def check_dac_folder(path: Path) -> None:
+    """Refuse a folder that does not hold a DAC model (``config.json`` with ``model_type: dac``) before any
+    weights are read: another model's checkpoint would otherwise be built as a DacModel with random weights."""
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        raise CodecError(
+            f"{path}: not a DacModel directory (no config.json); convert a Descript .pth with "
+            f"'dcase extract convert-dac'"
+        )
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CodecError(f"{cfg}: not valid JSON ({e})") from e
+    model_type = data.get("model_type") if isinstance(data, dict) else None
+    if model_type != "dac":
+        what = data.get("dcase_kind") or model_type if isinstance(data, dict) else None
+        raise CodecError(
+            f"{path}: holds {'a ' + repr(what) if what else 'no'} model, not a DAC codec (config.json model_type is "
+            f"{model_type!r}, expected 'dac'); give a DacModel folder (dcase extract convert-dac)"
+        )
+    weights = [p.name for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".pth", ".pt")]
+    if not weights:
+        raise CodecError(f"{path}: DAC config without weights (no model.safetensors); convert the checkpoint again")
+
+
+def _dac_with_info(source: str) -> tuple[Any, dict[str, Any]]:
+    from transformers import DacModel
+
+    return DacModel.from_pretrained(source, output_loading_info=True)
+
+
+def _complete_dac(source: str | Path, loaded: tuple[Any, dict[str, Any]]) -> Any:
+    """The model of ``from_pretrained(..., output_loading_info=True)``; weights it lacks would be random, so any
+    missing or mismatched key is a CodecError naming them."""
+    model, info = loaded
+    missing = list(info.get("missing_keys") or []) + [str(m) for m in info.get("mismatched_keys") or []]
+    if missing:
+        raise CodecError(
+            f"{source}: the weights do not cover the DAC model ({len(missing)} missing or mismatched, e.g. "
+            f"{missing[:3]}); they would be random. Is this a checkpoint of another model?"
+        )
+    return model
+
+
 def load_codec(
     spec: str | Path, chunk_seconds: float = 10.0, max_batch_seconds: float = 80.0, seed: int = 0
 ) -> DacCodec:
@@ -474,14 +527,11 @@ def load_codec(
     spec_s = str(spec)
     path = Path(spec_s)
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise CodecError(
-                f"{path}: not a DacModel directory (no config.json); convert a Descript .pth with "
-                f"'dcase extract convert-dac'"
-            )
+        from dcase.checkpoint import hf_load
         from dcase.io import fingerprint
 
-        model = DacModel.from_pretrained(str(path))
+        check_dac_folder(path)
+        model = _complete_dac(path, hf_load(_dac_with_info, path, "the DAC codec"))
         return DacCodec(model, path.name, fingerprint(path), chunk_seconds, max_batch_seconds)
     if spec_s in ("tiny", "full") or path.suffix in (".json", ".yaml", ".yml"):
         cfg = dac_config(spec_s)
@@ -493,8 +543,15 @@ def load_codec(
     if path.suffix == ".pth":
         raise CodecError(f"{spec_s}: convert Descript checkpoints first: dcase extract convert-dac {spec_s} DIR")
     try:
-        model = DacModel.from_pretrained(spec_s)
-    except OSError as e:
+        from transformers import PretrainedConfig
+
+        model_type = PretrainedConfig.get_config_dict(spec_s)[0].get("model_type")
+        if model_type != "dac":
+            raise CodecError(f"{spec_s}: holds a {model_type!r} model, not a DAC codec (model_type 'dac')")
+        model = _complete_dac(spec_s, _dac_with_info(spec_s))
+    except (OSError, ValueError) as e:
+        if isinstance(e, CodecError):
+            raise
         raise CodecError(
             f"cannot load DAC model {spec_s!r}: not a local directory and not in the Hugging Face cache "
             f"(offline mode: HF_HUB_OFFLINE={__import__('os').environ.get('HF_HUB_OFFLINE')}). Download it on a "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -151,22 +152,40 @@ def audio_index(
     cache: AudioCache | None = None,
 ) -> AudioIndex:
     """The faiss index of ``rows``' audio embeddings under ``model``; persisted in ``cache_dir`` (reused when
-    the checkpoint, the clip list and the truncation match)."""
+    the checkpoint, the clip list, each audio file's size and mtime, and the truncation match; a damaged cache is
+    rebuilt)."""
+    from dcase.errors import DcaseError
+    from dcase.features.store import row_audio_files
+
+    def stat_key(path: str) -> str:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return "missing"
+        return f"{st.st_size}:{st.st_mtime_ns}"
+
     ids = [str(r.clip_id) for r in rows]
     on_disk = isinstance(source, str | Path) and Path(source).is_dir()
+    listing = "\n".join(
+        f"{r.clip_id}\t{r.audio_path}\t" + ",".join(stat_key(p) for p in row_audio_files(r)) for r in rows
+    )
     key = {
         "retriever": fingerprint(resolve_checkpoint(source)) if on_disk else fingerprint(model),
-        "clips": hashlib.sha256("\n".join(f"{r.clip_id}\t{r.audio_path}" for r in rows).encode()).hexdigest(),
+        "clips": hashlib.sha256(listing.encode()).hexdigest(),
         "max_seconds": max_seconds,
     }
     where = None
     if cache_dir is not None:
         where = Path(cache_dir) / hashlib.sha256(repr(sorted(key.items())).encode()).hexdigest()[:16]
         if (where / "index.json").is_file():
-            idx = AudioIndex.load(where)
-            if idx.meta == key and idx.clip_ids == ids:
-                log.info("reusing audio embeddings in %s", where)
-                return idx
+            try:
+                idx = AudioIndex.load(where)
+            except DcaseError as e:
+                log.warning("%s: damaged audio-embedding cache, rebuilding it (%s)", where, e)
+            else:
+                if idx.meta == key and idx.clip_ids == ids:
+                    log.info("reusing audio embeddings in %s", where)
+                    return idx
     emb = embed_rows(model, rows, batch_size, max_seconds, cache=cache, progress=progress)
     idx = AudioIndex(emb, ids, index_cfg, meta=key)
     if where is not None:

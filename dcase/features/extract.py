@@ -27,12 +27,15 @@ from dcase.errors import InputError
 from dcase.features.store import (
     SKIPPED,
     ShardWriter,
+    audio_changed,
+    audio_fingerprint,
     check_provenance,
     finalize_store,
+    remove_stale_tmp,
     scan_shards,
     write_provenance,
 )
-from dcase.io import atomic_write_text
+from dcase.io import atomic_write_text, check_output, read_json
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +56,8 @@ class ExtractConfig:
     chunk_seconds: float = 10.0
     skip_bad: bool = False
     splits: list[str] | None = None
-    shard_size: int = 256
+    shard_size: int = 256  # a shard is written every shard_size clips ...
+    flush_seconds: float = 120.0  # ... or every flush_seconds, whichever comes first (a kill loses at most that)
     prefetch: int = 2
     workers: int = 1
 
@@ -124,31 +128,50 @@ def run_extraction(
     """The shared driver (see module docstring). ``rows``: manifest DataFrame; ``encode_batch``: waves -> arrays."""
     from dcase.data.manifest import manifest_hash
 
-    out = Path(out)
+    out = check_output(out, overwrite=True, kind="folder")  # a store is resumed, never replaced
     state = process_state()
     rank, world = state.process_index, state.num_processes
     provenance = {**provenance, "dcase_version": _dcase_version(), "manifest_hash": manifest_hash(rows)}
     exists = check_provenance(out, provenance)  # every process checks: all raise alike on a mismatch
-    if state.is_main_process and not exists:
-        write_provenance(out, provenance)
+    if state.is_main_process:
+        if not exists:
+            write_provenance(out, provenance)
+        remove_stale_tmp(out)  # before the barrier: no process of this run writes yet
     state.wait_for_everyone()
 
-    done = set(scan_shards(out))
+    done = scan_shards(out)
     mine = [r for i, r in enumerate(rows.itertuples(index=False)) if i % world == rank]
-    todo = [r for r in mine if r.clip_id not in done]
+    todo, stale = [], []
+    for r in mine:
+        if r.clip_id not in done:
+            todo.append(r)
+        elif why := audio_changed(done[r.clip_id].get("audio"), r):
+            stale.append(f"{r.clip_id!r}: {why}")
+            todo.append(r)
+    if stale:
+        log.warning(
+            "process %d: the audio of %d clip(s) in %s changed after it was encoded; re-extracting them (%s)",
+            rank,
+            len(stale),
+            out,
+            "; ".join(stale[:5]) + (" ..." if len(stale) > 5 else ""),
+        )
     todo.sort(key=lambda r: (-float(r.duration_s), r.clip_id))
     report = ExtractReport(already_done=len(mine) - len(todo))
     if report.already_done:
         log.info("process %d: %d clips already in %s, %d to do", rank, report.already_done, out, len(todo))
     batches = [todo[i : i + cfg.batch_size] for i in range(0, len(todo), cfg.batch_size)]
 
-    def load(batch: Sequence[Any]) -> list[tuple[Any, np.ndarray | Exception]]:
-        res: list[tuple[Any, np.ndarray | Exception]] = []
+    def load(batch: Sequence[Any]) -> list[tuple[Any, np.ndarray | Exception, Any]]:
+        res: list[tuple[Any, np.ndarray | Exception, Any]] = []
         for r in batch:
             try:
-                res.append((r, load_row_audio(r, sample_rate, min_samples)))
+                fp = audio_fingerprint(r)  # before decoding: a file replaced meanwhile is caught next run
+                res.append((r, load_row_audio(r, sample_rate, min_samples), fp))
             except ExtractError as e:
-                res.append((r, e))
+                res.append((r, e, None))
+            except OSError as e:
+                res.append((r, ExtractError(f"clip {r.clip_id!r}: cannot read its audio ({e})"), None))
         return res
 
     bar = None
@@ -158,14 +181,14 @@ def run_extraction(
         bar = tqdm(total=len(todo) * world, unit="clip", desc=f"extract {provenance.get('kind')}", dynamic_ncols=True)
     t0 = time.perf_counter()
     error: Exception | None = None
-    with ShardWriter(out, rank, cfg.shard_size) as writer, ThreadPoolExecutor(1) as pool:
+    with ShardWriter(out, rank, cfg.shard_size, cfg.flush_seconds) as writer, ThreadPoolExecutor(1) as pool:
         futures = [pool.submit(load, b) for b in batches[: cfg.prefetch]]
         for bi in range(len(batches)):
             loaded = futures[bi].result()
             if bi + cfg.prefetch < len(batches):
                 futures.append(pool.submit(load, batches[bi + cfg.prefetch]))
             good = []
-            for r, x in loaded:
+            for r, x, fp in loaded:
                 if isinstance(x, Exception):
                     if not cfg.skip_bad:
                         error = x
@@ -173,13 +196,13 @@ def run_extraction(
                     log.warning("skipping %s", x)
                     report.skipped.append({"clip_id": r.clip_id, "reason": str(x)})
                 else:
-                    good.append((r, x))
+                    good.append((r, x, fp))
             if error is not None:
                 break
             if good:
-                feats = encode_batch([x for _, x in good])
-                for (r, x), f in zip(good, feats, strict=True):
-                    writer.add(r.clip_id, f)
+                feats = encode_batch([x for _, x, _ in good])
+                for (r, x, fp), f in zip(good, feats, strict=True):
+                    writer.add(r.clip_id, f, fp)
                     report.audio_seconds += x.size / sample_rate
                 report.encoded += len(good)
             if bar is not None:
@@ -194,7 +217,7 @@ def run_extraction(
     report.wall_seconds = time.perf_counter() - t0
     skip_file = out / f"skipped-r{rank:03d}.json"
     if report.skipped:
-        prev = json.loads(skip_file.read_text()) if skip_file.is_file() else []
+        prev = read_json(skip_file, "skip report") if skip_file.is_file() else []
         atomic_write_text(skip_file, json.dumps(prev + report.skipped, indent=1))
     if error is not None:
         # Other processes may be waiting at the barrier below; a distributed launcher tears them down.
@@ -203,7 +226,7 @@ def run_extraction(
     if state.is_main_process:
         skipped: list[dict[str, str]] = []
         for f in sorted(out.glob("skipped-r*.json")):
-            skipped += json.loads(f.read_text())
+            skipped += read_json(f, "skip report")
         index = finalize_store(out, provenance)
         skipped = [s for s in {s["clip_id"]: s for s in skipped}.values() if s["clip_id"] not in index]
         atomic_write_text(out / SKIPPED, json.dumps(skipped, indent=1))
@@ -237,11 +260,13 @@ def extract_codec(
     shard_size: int = 256,
     progress: bool = True,
     workers: int = 1,
+    flush_seconds: float = 120.0,
 ) -> ExtractReport:
     """DAC codes (int16 [n_codebooks, T]) for every manifest row into the store ``out``.
 
     ``codec``: ``tiny`` / ``full`` / a DacConfig file (random weights), a DacModel directory, or a hub name.
     ``workers``: batches encoded at once on one torch thread each (CPU; see ``DacCodec.encode_many``).
+    A shard is written every ``shard_size`` clips or ``flush_seconds`` seconds, whichever comes first.
     """
     from dcase.features.codec import load_codec
 
@@ -255,6 +280,7 @@ def extract_codec(
         skip_bad,
         list(splits) if splits else None,
         shard_size,
+        flush_seconds,
         workers=workers,
     )
     model = load_codec(codec, chunk_seconds=chunk_seconds)
@@ -275,8 +301,10 @@ def extract_embeddings(
     splits: Sequence[str] | None = None,
     shard_size: int = 256,
     progress: bool = True,
+    flush_seconds: float = 120.0,
 ) -> ExtractReport:
-    """One clip embedding (float32 [D]) per manifest row, from a retriever / CNext checkpoint."""
+    """One clip embedding (float32 [D]) per manifest row, from a retriever / CNext checkpoint (shards as in
+    ``extract_codec``)."""
     import torch
 
     from dcase.features.embed import embed_waves, embedder_provenance, load_embedder
@@ -291,6 +319,7 @@ def extract_embeddings(
         skip_bad,
         list(splits) if splits else None,
         shard_size,
+        flush_seconds,
     )
     model = load_embedder(embedder)
     if isinstance(model, torch.nn.Module):

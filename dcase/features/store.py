@@ -4,13 +4,21 @@ Layout of a store directory::
 
     provenance.json        what made the features (extractor, its config, checkpoint sha256, sample rate, hop,
                            n_codebooks, dcase version, manifest hash, kind "codec" | "embed")
-    shards/*.safetensors   one tensor per clip, keyed by clip_id; each shard is written atomically
-    index.json             clip_id -> {shard, key, shape, dtype}; rebuilt from the shard headers at the end
+    shards/*.safetensors   one tensor per clip, keyed by clip_id; each shard is written atomically; its header
+                           metadata records when it was written and each clip's audio files (path, size,
+                           mtime, sha256)
+    index.json             clip_id -> {shard, key, shape, dtype, audio}; rebuilt from the shard headers at the end
     skipped.json           clips left out under --skip-bad, with the reason
     run/                   config.yaml + run.json of the extraction run
 
 A killed job leaves only complete shards (plus at most a ``.tmp`` file): rerunning skips every clip found in a
-shard. Adding features of a different provenance to a store is refused, naming the differing fields.
+shard whose audio is unchanged. A shard is flushed every ``shard_size`` clips or ``flush_seconds`` seconds,
+whichever comes first, so a kill loses at most that much work. Adding features of a different provenance to a
+store is refused, naming the differing fields.
+
+Audio that changed after it was encoded (other size, or another sha256 when the size or mtime differ) is
+re-extracted by the extractors (the newer shard's entry wins) and reported by ``verify_store``: a store never
+serves features of audio that is no longer there.
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ import json
 import logging
 import math
 import os
+import re
+import socket
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -28,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from dcase.errors import InputError
-from dcase.io import atomic_path, atomic_write_text
+from dcase.io import atomic_path, atomic_write_text, read_json
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +56,13 @@ class StoreError(InputError):
 
 class ProvenanceError(StoreError):
     """Features of a different provenance would be mixed into one store."""
+
+
+class MissingFeatureError(StoreError, KeyError):
+    """A clip that is not in the store(s). Also a ``KeyError``, as ``Mapping`` lookups require."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 def provenance_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -73,7 +90,7 @@ def check_provenance(path: str | Path, provenance: Mapping[str, Any]) -> bool:
         if (Path(path) / SHARDS).is_dir() and any((Path(path) / SHARDS).glob("*.safetensors")):
             raise StoreError(f"{path}: has shards but no {PROVENANCE}; refusing to add to a store of unknown origin")
         return False
-    old = json.loads(f.read_text())
+    old = read_json(f, "store provenance")
     diff = provenance_diff(old, provenance)
     if diff:
         raise ProvenanceError(
@@ -100,43 +117,149 @@ def _shard_header(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
 
 
 def scan_shards(path: str | Path) -> dict[str, dict[str, Any]]:
-    """clip_id -> {shard, key, shape, dtype} from every shard's header. Corrupt shards raise StoreError."""
+    """clip_id -> {shard, key, shape, dtype, audio (when recorded)} from every shard's header; of a clip in several
+    shards, the most recently written one. Corrupt shards raise StoreError."""
     out: dict[str, dict[str, Any]] = {}
     shard_dir = Path(path) / SHARDS
     if not shard_dir.is_dir():
         return out
+    written: dict[str, int] = {}
     for shard in sorted(shard_dir.glob("*.safetensors")):
         try:
-            header, _ = _shard_header(shard)
+            header, meta = _shard_header(shard)
+            when = int(meta.get("written_ns", 0))
+            audio = json.loads(meta.get("audio") or "{}")
         except (OSError, ValueError) as e:
             raise StoreError(f"{shard}: corrupt shard ({e}); delete it and rerun to re-extract its clips") from e
         for key, ent in header.items():
-            if key in out:
-                log.warning("%s: clip %r already in %s; keeping the first", shard, key, out[key]["shard"])
+            if key in out and when <= written[key]:
+                log.debug(
+                    "%s: clip %r also in the newer or earlier %s; keeping that one", shard, key, out[key]["shard"]
+                )
                 continue
+            # a clip in several shards: the most recently written entry (a re-extraction of changed audio) wins
             out[key] = {"shard": shard.name, "key": key, "shape": ent["shape"], "dtype": ent["dtype"]}
+            if key in audio:
+                out[key]["audio"] = audio[key]
+            written[key] = when
     return out
 
 
-class ShardWriter:
-    """Buffers clip features and writes them as atomic safetensors shards of ``shard_size`` clips."""
+def row_audio_files(row: Any) -> list[str]:
+    """The audio files a manifest row is made of: its ``audio_path``, or the two sources of a mixup row."""
+    paths = getattr(row, "mix_audio_paths", None)
+    if getattr(row, "source", None) == "clotho_mixup" and paths is not None:
+        return [str(p) for p in paths]
+    return [str(row.audio_path)]
 
-    def __init__(self, path: str | Path, rank: int = 0, shard_size: int = 256) -> None:
+
+def audio_fingerprint(row: Any) -> list[dict[str, Any]]:
+    """[{path, size, mtime_ns, sha256}] of each audio file of ``row`` (recorded with its features)."""
+    from dcase.io import sha256_file
+
+    out = []
+    for p in row_audio_files(row):
+        st = os.stat(p)
+        out.append({"path": p, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_file(p)})
+    return out
+
+
+def audio_changed(recorded: Sequence[Mapping[str, Any]] | None, row: Any, full_hash: bool = False) -> str | None:
+    """Why the audio of ``row`` differs from the ``recorded`` fingerprint, or None when it is the same (or nothing
+    was recorded). A file with the recorded path, size and mtime is taken as unchanged unless ``full_hash``;
+    otherwise its sha256 decides (a copied or touched file with the same bytes is unchanged)."""
+    from dcase.io import sha256_file
+
+    if not recorded:
+        return None
+    paths = row_audio_files(row)
+    if len(paths) != len(recorded):
+        return f"it was encoded from {len(recorded)} audio file(s), the manifest now lists {len(paths)}"
+    for rec, p in zip(recorded, paths, strict=True):
+        try:
+            st = os.stat(p)
+        except OSError:
+            return f"{p} is missing"
+        if st.st_size != rec.get("size"):
+            return f"{p} changed size ({rec.get('size')} -> {st.st_size} bytes)"
+        if not full_hash and p == rec.get("path") and st.st_mtime_ns == rec.get("mtime_ns"):
+            continue
+        if sha256_file(p) != rec.get("sha256"):
+            return f"{p} has other content (sha256 differs from the encoded file's)"
+    return None
+
+
+def _host_tag() -> str:
+    return "".join(c for c in socket.gethostname() if c.isalnum())[:16] or "host"
+
+
+_TMP_SHARD = re.compile(r"^\.part-r\d+-\d+-(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-[0-9a-f]+-\d+\.safetensors\..*\.tmp$")
+
+
+def remove_stale_tmp(path: str | Path) -> list[Path]:
+    """Delete the half-written shard files (``.part-....tmp``) left in ``path/shards`` by killed writers: those of
+    this host whose process is gone. A live writer's file, or another host's, is never touched. Returns them."""
+    removed: list[Path] = []
+    shard_dir = Path(path) / SHARDS
+    if not shard_dir.is_dir():
+        return removed
+    host = _host_tag()
+    for f in shard_dir.glob(".part-*.tmp"):
+        m = _TMP_SHARD.match(f.name)
+        if m is None or m["host"] != host:
+            continue
+        try:
+            os.kill(int(m["pid"]), 0)
+            continue  # the writer is alive
+        except ProcessLookupError:
+            pass
+        except PermissionError:  # alive, another user's
+            continue
+        f.unlink(missing_ok=True)
+        removed.append(f)
+    if removed:
+        log.info("%s: removed %d half-written shard file(s) of killed runs", shard_dir, len(removed))
+    return removed
+
+
+class ShardWriter:
+    """Buffers clip features and writes them as atomic safetensors shards: every ``shard_size`` clips, or as soon
+    as the oldest buffered clip has waited ``flush_seconds`` (None: no time limit), whichever comes first."""
+
+    def __init__(
+        self, path: str | Path, rank: int = 0, shard_size: int = 256, flush_seconds: float | None = None
+    ) -> None:
+        if shard_size < 1:
+            raise StoreError(f"shard size must be >= 1 clip, got {shard_size}")
+        if flush_seconds is not None and flush_seconds <= 0:
+            raise StoreError(f"flush interval must be > 0 seconds, got {flush_seconds}")
         self.dir = Path(path) / SHARDS
         self.dir.mkdir(parents=True, exist_ok=True)
         self.rank = rank
         self.shard_size = shard_size
+        self.flush_seconds = flush_seconds
         self.buffer: dict[str, np.ndarray] = {}
+        self.audio: dict[str, list[dict[str, Any]]] = {}
+        self.first_at: float | None = None
         # unique per writer: a rerun in the same process and second must never overwrite a finished shard
-        self.stamp = f"{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        # host and pid in the name: remove_stale_tmp can tell a dead writer's leftovers from a live one's
+        when = time.strftime("%Y%m%d%H%M%S", time.gmtime())
+        self.stamp = f"{when}-{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.n_shards = 0
         self.n_written = 0
 
-    def add(self, clip_id: str, array: np.ndarray) -> None:
+    def add(self, clip_id: str, array: np.ndarray, audio: list[dict[str, Any]] | None = None) -> None:
+        """Buffer one clip's features (``audio``: its ``audio_fingerprint``); flush when a limit is reached."""
         if clip_id in self.buffer:
             raise StoreError(f"clip {clip_id!r} added twice")
         self.buffer[clip_id] = np.ascontiguousarray(array)
-        if len(self.buffer) >= self.shard_size:
+        if audio is not None:
+            self.audio[clip_id] = audio
+        if self.first_at is None:
+            self.first_at = time.monotonic()
+        if len(self.buffer) >= self.shard_size or (
+            self.flush_seconds is not None and time.monotonic() - self.first_at >= self.flush_seconds
+        ):
             self.flush()
 
     def flush(self) -> None:
@@ -147,11 +270,17 @@ class ShardWriter:
         name = f"part-r{self.rank:03d}-{self.stamp}-{self.n_shards:05d}.safetensors"
         if (self.dir / name).exists():
             raise StoreError(f"{self.dir / name}: shard exists; refusing to overwrite finished features")
+        meta = {
+            "rank": str(self.rank),
+            "n": str(len(self.buffer)),
+            "written_ns": str(time.time_ns()),
+            "audio": json.dumps(self.audio, sort_keys=True),
+        }
         with atomic_path(self.dir / name) as tmp:
-            save_file(self.buffer, str(tmp), metadata={"rank": str(self.rank), "n": str(len(self.buffer))})
+            save_file(self.buffer, str(tmp), metadata=meta)
         self.n_shards += 1
         self.n_written += len(self.buffer)
-        self.buffer = {}
+        self.buffer, self.audio, self.first_at = {}, {}, None
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -166,7 +295,7 @@ def finalize_store(path: str | Path, provenance: Mapping[str, Any] | None = None
     index = scan_shards(path)
     atomic_write_text(path / INDEX, json.dumps(index, indent=1, sort_keys=True))
     if provenance is not None:
-        old = json.loads((path / PROVENANCE).read_text()) if (path / PROVENANCE).is_file() else {}
+        old = read_json(path / PROVENANCE, "store provenance") if (path / PROVENANCE).is_file() else {}
         hashes = list(old.get("manifest_hashes", []))
         if provenance.get("manifest_hash") and provenance["manifest_hash"] not in hashes:
             hashes.append(provenance["manifest_hash"])
@@ -193,10 +322,10 @@ class FeatureStore(Mapping[str, np.ndarray]):
         if not (path / INDEX).is_file():
             raise StoreError(f"{path}: no {INDEX}: the extraction did not finish; rerun the same command to resume")
         try:
-            provenance = json.loads((path / PROVENANCE).read_text())
-            index = json.loads((path / INDEX).read_text())
-        except json.JSONDecodeError as e:
-            raise StoreError(f"{path}: corrupt {PROVENANCE} or {INDEX} ({e})") from e
+            provenance = read_json(path / PROVENANCE, "store provenance")
+            index = read_json(path / INDEX, "store index")
+        except InputError as e:
+            raise StoreError(f"{e}; rerun the extraction command to rebuild it") from e
         return cls(path, provenance, index)
 
     @property
@@ -209,7 +338,7 @@ class FeatureStore(Mapping[str, np.ndarray]):
     def __getitem__(self, clip_id: str) -> np.ndarray:
         ent = self.index.get(clip_id)
         if ent is None:
-            raise KeyError(f"clip {clip_id!r} is not in feature store {self.path}")
+            raise MissingFeatureError(f"clip {clip_id!r} is not in feature store {self.path}")
         h = self._handles.get(ent["shard"])
         if h is None:
             from safetensors import safe_open
@@ -237,7 +366,9 @@ def verify_store(store: FeatureStore | str | Path, manifest: Any) -> dict[str, A
 
     Every manifest clip must be present, or listed in skipped.json; codec entries must be int16
     [n_codebooks, T] with T within 1 frame of duration * frame rate (mixup rows: at least the longer source)
-    and codes in [0, codebook_size); embed entries float32 [D] and finite. Returns a summary dict.
+    and codes in [0, codebook_size); embed entries float32 [D] and finite; the audio files must still be the
+    ones that were encoded (size and sha256 against the recorded fingerprint; entries of older stores without
+    one are counted as ``audio_unchecked``). Returns a summary dict.
     """
     from dcase.data.manifest import read_manifest
 
@@ -247,9 +378,9 @@ def verify_store(store: FeatureStore | str | Path, manifest: Any) -> dict[str, A
     prov = store.provenance
     skipped = {}
     if (store.path / SKIPPED).is_file():
-        skipped = {s["clip_id"]: s["reason"] for s in json.loads((store.path / SKIPPED).read_text())}
+        skipped = {s["clip_id"]: s["reason"] for s in read_json(store.path / SKIPPED, "skip report")}
     problems: list[str] = []
-    n_ok = 0
+    n_ok = unchecked = 0
     kind = prov.get("kind")
     for row in df.itertuples(index=False):
         cid = row.clip_id
@@ -257,6 +388,12 @@ def verify_store(store: FeatureStore | str | Path, manifest: Any) -> dict[str, A
             if cid in skipped:
                 continue
             problems.append(f"{cid!r}: missing")
+            continue
+        recorded = store.index[cid].get("audio")
+        unchecked += recorded is None
+        why = audio_changed(recorded, row, full_hash=True)
+        if why:
+            problems.append(f"{cid!r}: its audio changed after it was encoded ({why}); rerun dcase extract")
             continue
         x = store[cid]
         if kind == "codec":
@@ -291,6 +428,7 @@ def verify_store(store: FeatureStore | str | Path, manifest: Any) -> dict[str, A
         "ok": n_ok,
         "skipped": len([c for c in df["clip_id"] if c in skipped]),
         "extra_in_store": len(set(store.index) - set(df["clip_id"])),
+        "audio_unchecked": unchecked,
     }
 
 
@@ -315,13 +453,13 @@ class StoreChain(Mapping[str, np.ndarray]):
     def __getitem__(self, key: str) -> np.ndarray:
         s = self._find(key)
         if s is None:
-            raise KeyError(f"clip {key!r} is in none of the feature stores {self.names}")
+            raise MissingFeatureError(f"clip {key!r} is in none of the feature stores {self.names}")
         return s[key]
 
     def shape(self, key: str) -> tuple[int, ...]:
         s = self._find(key)
         if s is None:
-            raise KeyError(f"clip {key!r} is in none of the feature stores {self.names}")
+            raise MissingFeatureError(f"clip {key!r} is in none of the feature stores {self.names}")
         return tuple(s.shape(key)) if hasattr(s, "shape") else tuple(np.shape(s[key]))
 
     def __contains__(self, key: object) -> bool:
@@ -348,3 +486,30 @@ def check_coverage(df: Any, codes: Mapping[str, np.ndarray], embeds: Mapping[str
                 f"{where}: {len(missing)} clip(s) have no {name} features, e.g. {missing[:5]}; "
                 f"run `dcase extract` for them"
             )
+
+
+def store_sizes(stores: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """The model sizes a store (or ``StoreChain``) records in its provenance: codec stores give ``n_codebooks`` and
+    ``codebook_size``, embedding stores ``clip_dim``. Empty for plain mappings (tests); stores that disagree are a
+    ``StoreError`` naming them."""
+    parts = stores.stores if isinstance(stores, StoreChain) else [stores]
+    found: dict[str, dict[int, list[str]]] = {}
+    for s in parts:
+        prov = getattr(s, "provenance", None)
+        if not prov:
+            continue
+        if prov.get("kind") == "codec":
+            extractor = prov.get("extractor_config") or {}
+            pairs = {"n_codebooks": prov.get("n_codebooks"), "codebook_size": extractor.get("codebook_size")}
+        elif prov.get("kind") == "embed":
+            pairs = {"clip_dim": prov.get("embed_dim")}
+        else:
+            continue
+        for k, v in pairs.items():
+            if v is None:  # a store that does not record this size
+                continue
+            found.setdefault(k, {}).setdefault(int(v), []).append(str(getattr(s, "path", s)))
+    bad = {k: v for k, v in found.items() if len(v) > 1}
+    if bad:
+        raise StoreError(f"the feature stores disagree on {bad}")
+    return {k: next(iter(v)) for k, v in found.items()}

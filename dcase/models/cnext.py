@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dcase.errors import MissingInputError
+from dcase.errors import CheckpointError, MissingInputError
 
 log = logging.getLogger(__name__)
 
@@ -334,9 +334,10 @@ class CNext(nn.Module):
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> CNext:
         """Load a checkpoint folder, training run folder or cached Hub repository (``dcase.checkpoint``)."""
         from dcase.checkpoint import load_checkpoint, load_state
+        from dcase.config import from_dict
 
         config, state, folder = load_checkpoint(path, "cnext", device)
-        model = cls(CNextConfig(**config))
+        model = cls(from_dict(CNextConfig, config, prefix=str(folder)))
         load_state(model, state, folder)
         return model.to(device).eval()
 
@@ -378,10 +379,12 @@ def load_cnext_state_dict(model: CNext, state: dict[str, torch.Tensor]) -> LoadR
         if k in _STFT_KEYS:
             ref = ref_real if k.endswith("conv_real.weight") else ref_imag
             if tuple(v.shape) != tuple(ref.shape):
-                raise ValueError(f"checkpoint key {k!r}: shape {tuple(v.shape)}, expected {tuple(ref.shape)}")
+                raise CheckpointError(f"checkpoint key {k!r}: shape {tuple(v.shape)}, expected {tuple(ref.shape)}")
             # the sign of the imaginary kernel does not matter for the power spectrum
             if not (torch.allclose(v.float(), ref, atol=1e-4) or torch.allclose(v.float().abs(), ref.abs(), atol=1e-4)):
-                raise ValueError(f"checkpoint key {k!r}: STFT kernel differs from a Hann-window DFT of size {n_fft}")
+                raise CheckpointError(
+                    f"checkpoint key {k!r}: STFT kernel differs from a Hann-window DFT of size {n_fft}"
+                )
             checked.append(k)
             continue
         ours = _published_to_ours(k)
@@ -389,7 +392,7 @@ def load_cnext_state_dict(model: CNext, state: dict[str, torch.Tensor]) -> LoadR
             unexpected.append(k)
             continue
         if tuple(own[ours].shape) != tuple(v.shape):
-            raise ValueError(
+            raise CheckpointError(
                 f"checkpoint key {k!r}: shape {tuple(v.shape)} does not match the model's {tuple(own[ours].shape)}"
             )
         mapped[ours] = v
@@ -410,10 +413,17 @@ def load_cnext_checkpoint(path: str | Path, config: CNextConfig | None = None) -
     path = Path(path)
     if not path.is_file():
         raise MissingInputError(f"CNext checkpoint not found: {path}")
-    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    from dcase.checkpoint import torch_load_weights
+
+    obj = torch_load_weights(
+        path,
+        "CNext checkpoint",
+        "torch.save(model.state_dict(), path) on a trusted machine (a plain dict of tensors), or a dcase CNext "
+        "folder (CNext.save_pretrained)",
+    )
     state = obj.get("model", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: not a CNext state dict (expected a dict of tensors, or one under 'model')")
+        raise CheckpointError(f"{path}: not a CNext state dict (expected a dict of tensors, or one under 'model')")
     if config is None:
         config = CNextConfig()
         head = state.get("head_audioset.weight", state.get("module.head_audioset.weight"))

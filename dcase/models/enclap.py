@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dcase.config import PROBABILITY, ConfigError
+from dcase.errors import CheckpointError, InputError
 from dcase.losses import IGNORE_INDEX, caption_loss, mcm_loss
 
 log = logging.getLogger(__name__)
@@ -71,27 +73,28 @@ class EnCLAPConfig:
     ``facebook/bart-large`` or a local directory); otherwise a random BART is built from the fields here."""
 
     bart_name_or_path: str | None = None
-    vocab_size: int = 50265
-    d_model: int = 1024
-    encoder_layers: int = 12
-    decoder_layers: int = 12
-    encoder_attention_heads: int = 16
-    decoder_attention_heads: int = 16
-    encoder_ffn_dim: int = 4096
-    decoder_ffn_dim: int = 4096
-    max_position_embeddings: int = 1024
-    dropout: float = 0.1
-    attention_dropout: float = 0.0
-    activation_dropout: float = 0.0
-    n_codebooks: int = 32  # DAC 24 kHz
-    codebook_size: int = 1024
-    clip_dim: int = 768  # CNext; or the retriever's joint-space dim
-    max_codec_positions: int = 1022  # codec frames per clip (longer inputs are cropped by the dataset)
-    mcm_rate: float = 0.15
-    mcm_span: int = 10
-    mcm_lambda: float = 0.7
-    label_smoothing: float = 0.2
-    max_caption_tokens: int = 64
+    vocab_size: int = field(default=50265, metadata={"min": 1})
+    d_model: int = field(default=1024, metadata={"min": 1})
+    encoder_layers: int = field(default=12, metadata={"min": 1})
+    decoder_layers: int = field(default=12, metadata={"min": 1})
+    encoder_attention_heads: int = field(default=16, metadata={"min": 1})
+    decoder_attention_heads: int = field(default=16, metadata={"min": 1})
+    encoder_ffn_dim: int = field(default=4096, metadata={"min": 1})
+    decoder_ffn_dim: int = field(default=4096, metadata={"min": 1})
+    max_position_embeddings: int = field(default=1024, metadata={"min": 1})
+    dropout: float = field(default=0.1, metadata=PROBABILITY)
+    attention_dropout: float = field(default=0.0, metadata=PROBABILITY)
+    activation_dropout: float = field(default=0.0, metadata=PROBABILITY)
+    n_codebooks: int = field(default=32, metadata={"min": 1})  # DAC 24 kHz
+    codebook_size: int = field(default=1024, metadata={"min": 1})
+    clip_dim: int = field(default=768, metadata={"min": 1})  # CNext; or the retriever's joint-space dim
+    # codec frames per clip (longer inputs are cropped by the dataset)
+    max_codec_positions: int = field(default=1022, metadata={"min": 1})
+    mcm_rate: float = field(default=0.15, metadata=PROBABILITY)
+    mcm_span: int = field(default=10, metadata={"min": 1})
+    mcm_lambda: float = field(default=0.7, metadata=PROBABILITY)
+    label_smoothing: float = field(default=0.2, metadata=PROBABILITY)
+    max_caption_tokens: int = field(default=64, metadata={"min": 1})
     forced_eos: bool = True  # generation ends with </s> at the length limit (official EnCLAP's forced_eos_token_id)
 
     @property
@@ -232,13 +235,13 @@ class EnCLAP(nn.Module):
             max_new_tokens=config.max_caption_tokens,
         )
         if config.max_codec_positions + 2 > bc.max_position_embeddings:
-            raise ValueError(
+            raise ConfigError(
                 f"max_codec_positions={config.max_codec_positions} + <s> + </s> exceeds BART's "
                 f"max_position_embeddings={bc.max_position_embeddings}"
             )
         self.tokenizer = tokenizer
         if tokenizer is not None and len(tokenizer) > bc.vocab_size:
-            raise ValueError(f"tokenizer has {len(tokenizer)} tokens but BART's vocabulary is {bc.vocab_size}")
+            raise CheckpointError(f"tokenizer has {len(tokenizer)} tokens but BART's vocabulary is {bc.vocab_size}")
         D, N, K = bc.d_model, config.n_codebooks, config.codebook_size
         self.codebook_embed = nn.EmbeddingBag(N * (K + CODEC_SPECIAL_IDS), D, mode="sum")
         nn.init.normal_(self.codebook_embed.weight, std=bc.init_std)
@@ -431,7 +434,7 @@ class EnCLAP(nn.Module):
     def tokenize(self, captions: list[str], device: torch.device | None = None) -> torch.Tensor:
         """Captions -> labels [B, T] (``<s> ... </s>``, ``IGNORE_INDEX`` padding, at most max_caption_tokens)."""
         if self.tokenizer is None:
-            raise ValueError("this EnCLAP has no tokenizer")
+            raise CheckpointError("this EnCLAP has no tokenizer")
         enc = self.tokenizer(
             list(captions),
             padding=True,
@@ -462,14 +465,16 @@ class EnCLAP(nn.Module):
         """Load a checkpoint folder, training run folder or cached Hub repository (``dcase.checkpoint``)."""
         from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration
 
-        from dcase.checkpoint import load_checkpoint, load_state
+        from dcase.checkpoint import hf_load, load_checkpoint, load_state
 
         meta, state, folder = load_checkpoint(path, "enclap", device)
+        if not isinstance(meta.get("enclap"), dict) or not isinstance(meta.get("bart"), dict):
+            raise CheckpointError(f"{folder}: config.json lacks the 'enclap' and 'bart' sections of an EnCLAP config")
         known = {f.name for f in dataclasses.fields(EnCLAPConfig)}
         config = EnCLAPConfig(**{k: v for k, v in meta["enclap"].items() if k in known})
         bart = BartForConditionalGeneration(BartConfig.from_dict(meta["bart"]))
         tok_dir = folder / TOKENIZER_DIR
-        tok = AutoTokenizer.from_pretrained(str(tok_dir)) if tok_dir.is_dir() else None
+        tok = hf_load(AutoTokenizer.from_pretrained, tok_dir, "the captioner's tokenizer") if tok_dir.is_dir() else None
         model = cls(config, tokenizer=tok, bart=bart)
         load_state(model, state, folder)
         return model.to(device)
@@ -490,8 +495,13 @@ def build_enclap(config: EnCLAPConfig, captions: Iterable[str] | None = None, to
         from transformers import AutoTokenizer, BartForConditionalGeneration
 
         # fp32 master weights whatever the checkpoint's storage dtype (autocast handles bf16/fp16)
-        bart = BartForConditionalGeneration.from_pretrained(config.bart_name_or_path, dtype=torch.float32)
-        tokenizer = tokenizer or AutoTokenizer.from_pretrained(config.bart_name_or_path)
+        from dcase.checkpoint import hf_load
+
+        def load_bart(src: str) -> Any:
+            return BartForConditionalGeneration.from_pretrained(src, dtype=torch.float32)
+
+        bart = hf_load(load_bart, config.bart_name_or_path, "BART (model.bart_name_or_path)")
+        tokenizer = tokenizer or hf_load(AutoTokenizer.from_pretrained, config.bart_name_or_path, "BART's tokenizer")
         return EnCLAP(config, tokenizer=tokenizer, bart=bart)
     if tokenizer is None:
         if captions is None:
@@ -508,10 +518,10 @@ def train_caption_tokenizer(captions: Iterable[str], vocab_size: int) -> Any:
 
     captions = [c for c in captions if c and c.strip()]
     if not captions:
-        raise ValueError("train_caption_tokenizer: no non-empty captions")
+        raise InputError("train_caption_tokenizer: no non-empty captions")
     min_vocab = len(SPECIAL_TOKENS) + len(pre_tokenizers.ByteLevel.alphabet())
     if vocab_size < min_vocab:
-        raise ValueError(f"vocab_size {vocab_size} is below the byte alphabet + specials ({min_vocab})")
+        raise ConfigError(f"vocab_size {vocab_size} is below the byte alphabet + specials ({min_vocab})")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

@@ -24,7 +24,6 @@ tower's initial weights), ``from_pretrained`` a checkpoint. The retriever implem
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import string
@@ -36,8 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dcase.config import from_dict
-from dcase.errors import MissingInputError
+from dcase.config import ConfigError, from_dict
+from dcase.errors import CheckpointError, InputError, MissingInputError
+from dcase.io import read_json
 from dcase.losses import GRADIENT_MODES, METRICS, gather_pairs, info_nce_loss, mahalanobis_cost, mltm_loss
 from dcase.models.cnext import CNext, CNextConfig, load_cnext_checkpoint
 
@@ -53,10 +53,13 @@ class TextTowerConfig:
     """Which text encoder, and how its token states are pooled."""
 
     name_or_path: str = "BAAI/bge-base-en-v1.5"  # hub name, local dir, sentence-transformers dir, or "tiny-bert"
-    pooling: str = "auto"  # auto | cls | mean
-    max_length: int = 64  # caption tokens (Clotho captions are 8-20 words)
+    pooling: str = field(default="auto", metadata={"choices": ("auto", "cls", "mean")})  # auto | cls | mean
+    max_length: int = field(default=64, metadata={"min": 1})  # caption tokens (Clotho captions are 8-20 words)
     tiny_hidden: int = 32  # only for name_or_path "tiny-bert": a random char-level BERT built in memory
     tiny_layers: int = 2
+    # random weights at the named encoder's real size (the full-random profile: a CPU smoke run at full scale); a
+    # config found offline is used, else the size of a known encoder (KNOWN_TEXT_SIZES), with a character tokenizer
+    random_init: bool = False
 
 
 @dataclass
@@ -64,17 +67,23 @@ class RetrieverConfig:
     """Dual encoder sizes and the training loss (saved in the checkpoint's ``config.json``)."""
 
     audio: CNextConfig = field(default_factory=lambda: CNextConfig(num_classes=0))
-    audio_init: str | None = None  # published CNext .pth or CNext directory to start the audio tower from
+    # published CNext .pth or CNext directory to start the audio tower from
+    audio_init: str | None = field(default=None, metadata={"input": "any"})
     text: TextTowerConfig = field(default_factory=TextTowerConfig)
-    joint_dim: int = 1024  # m-LTM official setting
-    loss: str = "mltm"  # mltm | infonce
-    mltm_epsilon: float = 0.03  # entropic regularisation (m-LTM paper / official code)
-    mltm_mass: float = 1.0  # < 1: partial OT transporting this mass (paper uses 0.95 for noisy pairs)
-    mltm_metric: str = "full"  # full: M = L L^T from the identity (paper); diagonal: diag(m), m ~ U[1, 2] (official)
-    mltm_iters: int = 1000  # maximum Sinkhorn iterations (official: 1000)
-    mltm_tol: float = 1e-9  # Sinkhorn stops when the marginal error is below this (official: 1e-9)
-    mltm_gradient: str = "implicit"  # implicit (fixed point, O(B^2) memory) | unrolled (official: POT, autograd)
-    temperature: float = 0.07  # InfoNCE initial temperature (learned)
+    joint_dim: int = field(default=1024, metadata={"min": 1})  # m-LTM official setting
+    loss: str = field(default="mltm", metadata={"choices": ("mltm", "infonce")})  # mltm | infonce
+    # entropic regularisation (m-LTM paper / official code)
+    mltm_epsilon: float = field(default=0.03, metadata={"gt": 0})
+    # < 1: partial OT transporting this mass (paper uses 0.95 for noisy pairs)
+    mltm_mass: float = field(default=1.0, metadata={"gt": 0, "max": 1})
+    # full: M = L L^T from the identity (paper); diagonal: diag(m), m ~ U[1, 2] (official code)
+    mltm_metric: str = field(default="full", metadata={"choices": METRICS})
+    mltm_iters: int = field(default=1000, metadata={"min": 1})  # maximum Sinkhorn iterations (official: 1000)
+    # Sinkhorn stops when the marginal error is below this (official: 1e-9)
+    mltm_tol: float = field(default=1e-9, metadata={"gt": 0})
+    # implicit (fixed point, O(B^2) memory) | unrolled (official: POT, autograd through the iterations)
+    mltm_gradient: str = field(default="implicit", metadata={"choices": GRADIENT_MODES})
+    temperature: float = field(default=0.07, metadata={"gt": 0})  # InfoNCE initial temperature (learned)
 
     @classmethod
     def tiny(cls, **overrides: Any) -> RetrieverConfig:
@@ -102,21 +111,21 @@ def resolve_text_source(name_or_path: str) -> str:
 
 def _sentence_transformers_parts(path: Path) -> tuple[Path, str | None]:
     """For a sentence-transformers dir: (transformer sub-dir, pooling mode from its Pooling module or None)."""
-    modules = json.loads((path / "modules.json").read_text())
+    modules = read_json(path / "modules.json", "sentence-transformers modules")
     tdir, pooling = path, None
     for m in modules:
         kind = m.get("type", "")
         if kind.endswith("models.Transformer"):
             tdir = path / m.get("path", "")
         elif kind.endswith("models.Pooling"):
-            cfg = json.loads((path / m["path"] / "config.json").read_text())
+            cfg = read_json(path / m["path"] / "config.json", "pooling config")
             if cfg.get("pooling_mode_cls_token"):
                 pooling = "cls"
             elif cfg.get("pooling_mode_mean_tokens"):
                 pooling = "mean"
             else:
                 modes = [k for k, v in cfg.items() if k.startswith("pooling_mode") and v]
-                raise ValueError(f"{path}: pooling {modes} not supported (only CLS or mean)")
+                raise CheckpointError(f"{path}: pooling {modes} not supported (only CLS or mean)")
     return tdir, pooling
 
 
@@ -157,13 +166,48 @@ def tiny_bert(hidden: int = 32, layers: int = 2, vocab: list[str] | None = None)
     return BertModel(cfg), tok
 
 
+# (hidden, layers, heads, ffn, vocab) of the report's six text encoders, for random_init without their config files
+KNOWN_TEXT_SIZES: dict[str, tuple[int, int, int, int, int]] = {
+    "BAAI/bge-base-en-v1.5": (768, 12, 12, 3072, 30522),
+    "BAAI/bge-large-en-v1.5": (1024, 24, 16, 4096, 30522),
+    "bert-base-uncased": (768, 12, 12, 3072, 30522),
+    "bert-large-uncased": (1024, 24, 16, 4096, 30522),
+    "roberta-base": (768, 12, 12, 3072, 50265),
+    "roberta-large": (1024, 24, 16, 4096, 50265),
+}
+
+
+def random_text_tower(name: str) -> tuple[nn.Module, Any]:
+    """A random encoder of ``name``'s size and a character-level tokenizer, without any file: a BERT-architecture
+    model with the hidden size, depth, heads, feed-forward size and vocabulary of the named encoder
+    (``KNOWN_TEXT_SIZES``; RoBERTa's sizes in BERT's architecture, within 0.1 % of its parameter count)."""
+    from transformers import BertConfig, BertModel
+
+    if name not in KNOWN_TEXT_SIZES:
+        raise InputError(
+            f"random_init: no config of {name!r} offline and its size is not known; known: {sorted(KNOWN_TEXT_SIZES)}"
+        )
+    hidden, layers, heads, ffn, vocab = KNOWN_TEXT_SIZES[name]
+    _, tokenizer = tiny_bert(16, 1)
+    cfg = BertConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=ffn,
+        max_position_embeddings=512,
+        pad_token_id=0,
+    )
+    return BertModel(cfg), tokenizer
+
+
 def resolve_pooling(cfg: TextTowerConfig, auto_pool: str | None = None) -> str:
     """``cfg.pooling``, with ``auto`` resolved: the sentence-transformers pooling, CLS for BGE models, else mean."""
     pooling = cfg.pooling
     if pooling == "auto":
         pooling = auto_pool or ("cls" if "bge" in cfg.name_or_path.lower() else "mean")
     if pooling not in ("cls", "mean"):
-        raise ValueError(f"text pooling must be auto, cls or mean, got {cfg.pooling!r}")
+        raise ConfigError(f"text pooling must be auto, cls or mean, got {cfg.pooling!r}")
     return pooling
 
 
@@ -171,11 +215,16 @@ def load_text_tower(cfg: TextTowerConfig, config_only: bool = False) -> tuple[nn
     """(encoder, tokenizer, resolved pooling) for ``cfg``. ``config_only``: random weights from the config."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+    from dcase.checkpoint import hf_load
+
     src = resolve_text_source(cfg.name_or_path)
     auto_pool = None
     if src == TINY_BERT:
         model, tokenizer = tiny_bert(cfg.tiny_hidden, cfg.tiny_layers)
+    elif cfg.random_init and not Path(src).exists() and _cached_config(src) is None:
+        model, tokenizer = random_text_tower(cfg.name_or_path)
     else:
+        config_only = config_only or cfg.random_init
         path = Path(src)
         if (path / "modules.json").is_file():
             path, auto_pool = _sentence_transformers_parts(path)
@@ -184,17 +233,30 @@ def load_text_tower(cfg: TextTowerConfig, config_only: bool = False) -> tuple[nn
             tokenizer = AutoTokenizer.from_pretrained(src)
             if config_only:
                 model = AutoModel.from_config(AutoConfig.from_pretrained(src))
-            else:
-                model = AutoModel.from_pretrained(src)
         except OSError as e:
             raise MissingInputError(
                 f"text encoder {cfg.name_or_path!r} could not be loaded ({e}). Offline, give a local directory "
                 f"(e.g. a `huggingface-cli download` snapshot) or a sentence-transformers folder"
             ) from e
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"text encoder {cfg.name_or_path!r}: unusable config or tokenizer ({e})") from e
+        if not config_only:
+            model = hf_load(AutoModel.from_pretrained, src, "the text encoder")
     pooling = resolve_pooling(cfg, auto_pool)
     if hasattr(model, "pooler"):
         model.pooler = None  # unused: we pool ourselves
     return model, tokenizer, pooling
+
+
+def _cached_config(name: str) -> str | None:
+    """The config.json of a hub repository in the local Hugging Face cache, or None (never downloads)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(name, "config.json")
+        return found if isinstance(found, str) else None
+    except Exception:  # noqa: BLE001 - an invalid repo id is simply not cached
+        return None
 
 
 def pool_tokens(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
@@ -215,7 +277,7 @@ class Retriever(nn.Module):
         super().__init__()
         cfg = config
         if cfg.loss not in ("mltm", "infonce"):
-            raise ValueError(f"retriever loss must be 'mltm' or 'infonce', got {cfg.loss!r}")
+            raise ConfigError(f"retriever loss must be 'mltm' or 'infonce', got {cfg.loss!r}")
         if cfg.text.pooling not in ("cls", "mean"):
             raise ValueError(f"text pooling must be resolved to cls or mean, got {cfg.text.pooling!r} (use build)")
         if cfg.mltm_metric not in METRICS or cfg.mltm_gradient not in GRADIENT_MODES:
@@ -252,7 +314,7 @@ class Retriever(nn.Module):
                 src = CNext.from_pretrained(init)
                 missing, unexpected = model.audio_encoder.load_state_dict(src.state_dict(), strict=False)
                 if missing:
-                    raise ValueError(f"{init}: CNext weights miss {missing[:5]}")
+                    raise CheckpointError(f"{init}: CNext weights miss {missing[:5]}")
             else:
                 cnext, report = load_cnext_checkpoint(init, config.audio)
                 model.audio_encoder.load_state_dict(cnext.state_dict())

@@ -24,9 +24,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dcase.config import check_inputs, check_values
 from dcase.data.datasets import CaptionDataset, collate_codes
 from dcase.data.manifest import load_captioned_rows, read_manifest
-from dcase.features.store import StoreChain, check_coverage
+from dcase.errors import InputError
+from dcase.features.store import StoreChain, StoreError, check_coverage, store_sizes
 from dcase.losses import IGNORE_INDEX
 from dcase.models.enclap import EnCLAP, EnCLAPConfig, build_enclap
 from dcase.training import TrainConfig, fit
@@ -39,13 +41,17 @@ log = logging.getLogger(__name__)
 class CaptionerDataConfig:
     """Manifests and the feature stores holding their clips (a clip is looked up in the stores in order)."""
 
-    train_manifests: list[str] = field(default_factory=list)
+    train_manifests: list[str] = field(default_factory=list, metadata={"input": "file"})
     train_splits: list[str] = field(default_factory=list)  # keep rows of these splits; empty = all captioned
-    codec_stores: list[str] = field(default_factory=list)  # DAC codes, int16 [n_codebooks, T]
-    embed_stores: list[str] = field(default_factory=list)  # clip embeddings, float32 [clip_dim]
-    val_manifest: str | None = None
+    # DAC codes, int16 [n_codebooks, T]
+    codec_stores: list[str] = field(default_factory=list, metadata={"input": "dir"})
+    # clip embeddings, float32 [clip_dim]
+    embed_stores: list[str] = field(default_factory=list, metadata={"input": "dir"})
+    val_manifest: str | None = field(default=None, metadata={"input": "file"})
     val_split: str = "validation"
-    val_max_clips: int = 0  # clips whose captions are generated and scored at each evaluation; 0 = all
+    # clips whose captions are generated and scored at each evaluation; 0 = all
+    val_max_clips: int = field(default=0, metadata={"min": 0})
+    allow_leak: bool = False  # train on DCASE2024 evaluation data (Clotho evaluation/test) anyway: refused otherwise
 
 
 @dataclass
@@ -58,9 +64,9 @@ class CaptionerStageConfig:
     mcm: bool = True  # masked codec modelling (pretraining); off for finetuning
     init: str | None = None  # EnCLAP checkpoint to start from (its model config replaces ``model``)
     gradient_checkpointing: bool = False
-    eval_batch_size: int = 16
-    eval_num_beams: int = 1  # 1 = greedy
-    eval_max_new_tokens: int = 40
+    eval_batch_size: int = field(default=16, metadata={"min": 1})
+    eval_num_beams: int = field(default=1, metadata={"min": 1})  # 1 = greedy
+    eval_max_new_tokens: int = field(default=40, metadata={"min": 1})
     eval_metrics: list[str] = field(default_factory=lambda: ["meteor", "cider_d"])
 
 
@@ -117,13 +123,13 @@ def validation_score(
     from dcase.evaluation.captions import evaluate_captions
 
     if not codec_stores or not embed_stores:
-        raise ValueError("validation_score needs the codec and clip-embedding stores of the manifest's clips")
+        raise InputError("validation_score needs the codec and clip-embedding stores of the manifest's clips")
     df = read_manifest(manifest, [split])
     df = df[df["captions"].map(len) > 0].reset_index(drop=True)
     if max_clips > 0:
         df = df.head(max_clips)
     if len(df) == 0:
-        raise ValueError(f"{manifest}: split {split!r} has no captioned clips to score")
+        raise InputError(f"{manifest}: split {split!r} has no captioned clips to score")
     model = EnCLAP.from_pretrained(checkpoint).eval()
     codes, embeds = StoreChain.open(codec_stores), StoreChain.open(embed_stores)
     check_coverage(df, codes, embeds, f"{manifest} split {split}")
@@ -135,7 +141,7 @@ def validation_score(
     scores = evaluate_captions(texts, [list(c) for c in df["captions"]], [metric])
     value = scores.get(metric)
     if value is None:
-        raise ValueError(f"{metric} cannot be computed here: {scores.missing.get(metric, 'unknown reason')}")
+        raise InputError(f"{metric} cannot be computed here: {scores.missing.get(metric, 'unknown reason')}")
     log.info("%s: %s %.4f on %d clips of %s", checkpoint, metric, value, len(df), split)
     return float(value)
 
@@ -158,7 +164,7 @@ class CaptionerTask:
         self.embeds = embeds if embeds is not None else StoreChain.open(cfg.data.embed_stores)
         self.val_codes = val_codes if val_codes is not None else self.codes
         self.val_embeds = val_embeds if val_embeds is not None else self.embeds
-        self.df = load_captioned_rows(cfg.data.train_manifests, cfg.data.train_splits)
+        self.df = load_captioned_rows(cfg.data.train_manifests, cfg.data.train_splits, cfg.data.allow_leak)
         check_coverage(self.df, self.codes, self.embeds, "training data")
         self.model_config: EnCLAPConfig = cfg.model
         self._train: CaptionDataset | None = None
@@ -166,10 +172,26 @@ class CaptionerTask:
         self.tokenizer: Any = None
 
     def build_model(self) -> torch.nn.Module:
+        """EnCLAP from ``init``, or built from ``model`` with the sizes the feature stores record: codebooks and
+        codebook size from the codec store's provenance, the clip-embedding size from the embedding store (never
+        typed by hand; a config that says otherwise is overridden with a log line). An ``init`` checkpoint whose sizes
+        differ from the stores' is refused before training starts."""
+        sizes = {**store_sizes(self.codes), **store_sizes(self.embeds)}
         if self.cfg.init:
             model = EnCLAP.from_pretrained(self.cfg.init)
             log.info("starting from %s", self.cfg.init)
+            wrong = {k: (getattr(model.config, k), v) for k, v in sizes.items() if getattr(model.config, k) != v}
+            if wrong:
+                raise StoreError(
+                    f"{self.cfg.init}: the checkpoint was built for { ({k: a for k, (a, _) in wrong.items()}) }"
+                    f", the feature stores hold { ({k: b for k, (_, b) in wrong.items()}) }; extract the "
+                    "features with the codec and clip embedder this captioner was trained on"
+                )
         else:
+            differs = {k: (getattr(self.cfg.model, k), v) for k, v in sizes.items() if getattr(self.cfg.model, k) != v}
+            if differs:
+                log.info("model sizes from the feature stores (config -> store): %s", differs)
+            self.cfg.model = dataclasses.replace(self.cfg.model, **sizes)
             model = build_enclap(self.cfg.model, tokenizer=self._run_tokenizer())
         self.model_config = model.config
         self.cfg.model = model.config
@@ -247,7 +269,7 @@ class CaptionerTask:
             df = read_manifest(d.val_manifest, [d.val_split])
             df = df[df["captions"].map(len) > 0].reset_index(drop=True)
             if len(df) == 0:
-                raise ValueError(f"{d.val_manifest}: no captioned rows in split {d.val_split!r}")
+                raise InputError(f"{d.val_manifest}: no captioned rows in split {d.val_split!r}")
             check_coverage(df, self.val_codes, self.val_embeds, f"validation data ({d.val_manifest})")
             pairs = CaptionDataset(
                 df,
@@ -334,7 +356,9 @@ def train_captioner(
     embeds: Mapping[str, np.ndarray] | None = None,
 ) -> Path:
     """Pretrain (``cfg.mcm``) or finetune (``cfg.init``, usually MCM off) EnCLAP; returns the best checkpoint."""
-    return fit(CaptionerTask(cfg, codes, embeds), cfg.train)
+    check_values(cfg)
+    check_inputs(cfg)
+    return fit(CaptionerTask(cfg, codes, embeds), cfg.train, run_config=cfg)
 
 
 def load_stage_config(

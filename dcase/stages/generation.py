@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from dcase.checkpoint import resolve_checkpoint
+from dcase.config import PROBABILITY, check_inputs, check_values
 from dcase.decoding.rerank import (
     DEFAULT_THRESHOLD,
     apply_fluency,
@@ -51,8 +52,8 @@ from dcase.decoding.rerank import (
     write_candidates,
 )
 from dcase.decoding.sample import Candidate, SamplingConfig, clip_seed
-from dcase.errors import OutputExistsError
-from dcase.io import atomic_path, atomic_write_text, fingerprint
+from dcase.errors import CheckpointError, InputError, OutputExistsError
+from dcase.io import atomic_path, atomic_write_text, check_output, fingerprint, read_json
 
 log = logging.getLogger(__name__)
 
@@ -65,37 +66,27 @@ class GenerationSettings:
     """How candidates are made, scored and chosen: shared by ``dcase generate`` (``GenerateConfig.generation``) and
     the Task 6 recipes (``Task6Recipe.generation``). configs/dcase2024/generate.yaml holds the report's values."""
 
-    ensemble: str = "token"  # token | pool (used with several captioners)
-    mode: str = "sample"  # sample | greedy | beam
-    num_beams: int = 4
+    # token | pool (used with several captioners)
+    ensemble: str = field(default="token", metadata={"choices": ("token", "pool")})
+    mode: str = field(default="sample", metadata={"choices": MODES})  # sample | greedy | beam
+    num_beams: int = field(default=4, metadata={"min": 1})
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    w_enc: float = 0.7
-    w_dec: float = 0.3
+    w_enc: float = field(default=0.7, metadata={"min": 0})
+    w_dec: float = field(default=0.3, metadata={"min": 0})
     fluency_checker: str | None = None  # FENSE checker checkpoint (aac-metrics format); None: filter off
     fluency_backbone: str | None = None  # local BERT folder overriding the checker's model_type
-    fluency_threshold: float = DEFAULT_THRESHOLD
     # lazy: check candidates in score order until one is fluent (same selection, ~1 checker batch per clip);
+    fluency_threshold: float = field(default=DEFAULT_THRESHOLD, metadata=PROBABILITY)
     # all: check every candidate (needed to re-rank the table later with other weights: dcase tune-rerank)
-    fluency_scope: str = "lazy"
-    audio_embedding: str = "auto"  # auto | store | compute: where the retriever's clip embedding comes from
-    chunk_clips: int = 64  # clips per resumable part file
-    text_batch_size: int = 64
+    fluency_scope: str = field(default="lazy", metadata={"choices": ("lazy", "all")})
+    # auto | store | compute: where the retriever's clip embedding comes from
+    audio_embedding: str = field(default="auto", metadata={"choices": ("auto", "store", "compute")})
+    chunk_clips: int = field(default=64, metadata={"min": 1})  # clips per resumable part file
+    text_batch_size: int = field(default=64, metadata={"min": 1})
 
     def check(self) -> None:
-        if self.ensemble not in ("token", "pool"):
-            raise ValueError(f"ensemble must be token or pool, got {self.ensemble!r}")
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.mode == "beam" and self.num_beams < 1:
-            raise ValueError(f"num_beams must be >= 1, got {self.num_beams}")
-        if self.w_enc < 0 or self.w_dec < 0:
-            raise ValueError(f"reranking weights must be >= 0, got w_enc={self.w_enc}, w_dec={self.w_dec}")
-        if self.fluency_scope not in ("lazy", "all"):
-            raise ValueError(f"fluency_scope must be lazy or all, got {self.fluency_scope!r}")
-        if self.audio_embedding not in ("auto", "store", "compute"):
-            raise ValueError(f"audio_embedding must be auto, store or compute, got {self.audio_embedding!r}")
-        if self.chunk_clips < 1:
-            raise ValueError("chunk_clips must be >= 1")
+        """The field limits (``dcase.config.check_values``) and the sampling settings."""
+        check_values(self, "generation", recursive=False)
         self.sampling.check()
 
 
@@ -105,10 +96,11 @@ class GenerateConfig:
 
     captioners: list[str] = field(default_factory=list)  # EnCLAP checkpoint folders (save_pretrained)
     retriever: str | None = None  # retriever folder for the encoder score (None: encoder score off, w_enc must be 0)
-    manifest: str = ""
+    manifest: str = field(default="", metadata={"input": "file"})
     split: str | None = None  # None: every row of the manifest
-    codec_stores: list[str] = field(default_factory=list)
-    embed_stores: list[str] = field(default_factory=list)  # clip embeddings (the captioners' CLAP slot)
+    codec_stores: list[str] = field(default_factory=list, metadata={"input": "dir"})
+    # clip embeddings (the captioners' CLAP slot)
+    embed_stores: list[str] = field(default_factory=list, metadata={"input": "dir"})
     out: str = "candidates.parquet"
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     device: str = "cpu"
@@ -116,16 +108,16 @@ class GenerateConfig:
     def check(self) -> None:
         g = self.generation
         if not self.captioners:
-            raise ValueError("no captioner checkpoint given (--captioner)")
+            raise InputError("no captioner checkpoint given (--captioner)")
         g.check()
         if g.mode == "beam" and len(self.captioners) > 1 and g.ensemble == "token":
-            raise ValueError("beam search with a token-level ensemble is not supported; use --ensemble pool")
+            raise InputError("beam search with a token-level ensemble is not supported; use --ensemble pool")
         if not self.manifest:
-            raise ValueError("no manifest given (--manifest)")
+            raise InputError("no manifest given (--manifest)")
         if not self.codec_stores or not self.embed_stores:
-            raise ValueError("give the codec store(s) and clip-embedding store(s) of the manifest's clips")
+            raise InputError("give the codec store(s) and clip-embedding store(s) of the manifest's clips")
         if self.retriever is None and g.w_enc != 0:
-            raise ValueError(f"w_enc={g.w_enc} needs a retriever for the encoder score (or set w_enc to 0)")
+            raise InputError(f"w_enc={g.w_enc} needs a retriever for the encoder score (or set w_enc to 0)")
 
 
 # -------------------------------------------------------------------------------------------- pieces
@@ -137,13 +129,13 @@ def load_captioners(paths: Sequence[str | Path], device: str = "cpu") -> list[An
     for p, m in zip(paths[1:], models[1:], strict=True):
         a, b = models[0].config, m.config
         if (a.n_codebooks, a.clip_dim) != (b.n_codebooks, b.clip_dim):
-            raise ValueError(
+            raise CheckpointError(
                 f"{p}: n_codebooks/clip_dim {b.n_codebooks}/{b.clip_dim} differ from {paths[0]}'s "
                 f"{a.n_codebooks}/{a.clip_dim}: the ensemble cannot share feature stores"
             )
     for p, m in zip(paths, models, strict=True):
         if m.tokenizer is None:
-            raise ValueError(f"{p}: captioner checkpoint has no tokenizer/ folder")
+            raise CheckpointError(f"{p}: captioner checkpoint has no tokenizer/ folder")
     return models
 
 
@@ -171,7 +163,7 @@ def clip_audio_embeddings(
     holders = [embed_stores._find(c) if hasattr(embed_stores, "_find") else embed_stores for c in rows["clip_id"]]
     same = all(h is not None and store_matches_retriever(h, sha) for h in holders)
     if how == "store" and not same:
-        raise ValueError(
+        raise InputError(
             f"audio_embedding=store, but the clip-embedding store(s) were not made by {retriever_path} "
             "(provenance checkpoint_sha256 differs); use auto or compute"
         )
@@ -183,7 +175,7 @@ def clip_audio_embeddings(
         emb = np.stack(embed_waves(retriever, waves))
         src = "computed"
     if emb.shape[1] != retriever.embed_dim:
-        raise ValueError(f"clip embeddings have {emb.shape[1]} dims, the retriever's joint space {retriever.embed_dim}")
+        raise InputError(f"clip embeddings have {emb.shape[1]} dims, the retriever's joint space {retriever.embed_dim}")
     emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     return emb.astype(np.float32), src
 
@@ -270,6 +262,7 @@ def generate_candidates(cfg: GenerateConfig, progress: bool = True, overwrite: b
     from dcase.features.store import StoreChain, check_coverage
 
     cfg.check()
+    check_inputs(cfg)
     g = cfg.generation
     out = Path(cfg.out)
     if out.exists() and not overwrite:
@@ -302,7 +295,7 @@ def generate_candidates(cfg: GenerateConfig, progress: bool = True, overwrite: b
     pdir = parts_dir(out)
     plan = {"fingerprint": _plan_fingerprint(cfg, clip_ids), "chunk_clips": g.chunk_clips}
     if (pdir / PLAN).is_file():
-        old = json.loads((pdir / PLAN).read_text())
+        old = read_json(pdir / PLAN, "generation plan")
         if old != plan:
             diff = sorted(
                 k
@@ -311,7 +304,7 @@ def generate_candidates(cfg: GenerateConfig, progress: bool = True, overwrite: b
             )
             if old.get("chunk_clips") != plan["chunk_clips"]:
                 diff.append("chunk_clips")
-            raise ValueError(
+            raise InputError(
                 f"{pdir} holds parts of a run with other settings ({diff}); delete it or rerun with "
                 "the same settings to resume"
             )
@@ -343,7 +336,7 @@ def generate_candidates(cfg: GenerateConfig, progress: bool = True, overwrite: b
             with torch.no_grad():
                 for i, c in zip(ids, candidates_for_batch(models, batch, g, seeds, cfg.device), strict=True):
                     if not c:
-                        raise ValueError(
+                        raise InputError(
                             f"clip {clip_ids[i]!r}: every sample decoded to an empty caption (the "
                             "captioner ends at once; check the checkpoint, or raise "
                             "sampling.min_new_tokens)"
@@ -485,31 +478,34 @@ def tune_rerank_weights(
     weights: Sequence[float],
     metric: str = "cider_d",
     threshold: float | None = None,
+    overwrite: bool = False,
 ) -> dict[str, float]:
     """Grid search of ``w_enc`` (``w_dec = 1 - w_enc``) on a validation candidates table: writes
-    ``tuning.csv`` and ``tuning.png`` into ``out_dir`` and returns the best row. The fluency filter applies
-    (``threshold``, default 0.9) when the table has fluency probabilities."""
+    ``tuning.csv`` and ``tuning.png`` into ``out_dir`` (existing ones only with ``overwrite``) and returns the best
+    row. The fluency filter applies (``threshold``, default 0.9) when the table has fluency probabilities."""
     from dcase.decoding.rerank import plot_tuning, read_candidates, tune_weights
     from dcase.evaluation.captions import evaluate_captions
 
+    out = check_output(out_dir, overwrite=True, kind="folder")
+    for name in ("tuning.csv", "tuning.png"):
+        check_output(out / name, overwrite)
     table = read_candidates(candidates) if isinstance(candidates, str | Path) else candidates
     refs = read_reference_map(references) if isinstance(references, str | Path) else dict(references)
     has_probs = table["fluency_error_prob"].notna().any()
     thr = (DEFAULT_THRESHOLD if threshold is None else threshold) if has_probs else None
     if not weights:
-        raise ValueError("no weights to try")
+        raise InputError("no weights to try")
 
     def metric_fn(cands: list[str], rs: list[list[str]]) -> dict[str, Any]:
         scores = evaluate_captions(cands, rs, [metric])
         if scores.get(metric) is None:
             why = getattr(scores, "missing", {}).get(metric, "unavailable")
-            raise ValueError(f"metric {metric!r} could not be computed: {why}")
+            raise InputError(f"metric {metric!r} could not be computed: {why}")
         return {metric: scores[metric]}
 
     res = tune_weights(table, refs, list(weights), metric_fn, threshold=thr)
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "tuning.csv") as tmp:
+    with atomic_path(out / "tuning.csv", overwrite=overwrite) as tmp:
         res.to_csv(tmp, index=False)
     plot_tuning(res, metric, out / "tuning.png")
     best = res.loc[res[metric].idxmax()]

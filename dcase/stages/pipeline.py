@@ -40,9 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dcase.config import resolve_config_path
 from dcase.errors import InputError, MissingInputError
 from dcase.io import atomic_write_text
-from dcase.stages.profiles import Profile, parse_use, resolve_config_path, stage_overrides, uses_by_source
+from dcase.stages.profiles import Profile, parse_use, stage_overrides, uses_by_source
 
 log = logging.getLogger(__name__)
 
@@ -361,6 +362,7 @@ class _Builder:
                     cfg,
                     data=dataclasses.replace(
                         cfg.data,
+                        allow_leak=self.o.allow_leak,
                         train_manifests=manifests,
                         train_splits=splits,
                         val_manifest=str(self.L.manifest(val_source)),
@@ -475,6 +477,7 @@ class _Builder:
             mcm=stage == "pretrain",
             data=dataclasses.replace(
                 cfg.data,
+                allow_leak=self.o.allow_leak,
                 train_manifests=manifests,
                 train_splits=splits,
                 codec_stores=[str(self.L.codec_store(s)) for s in sources],
@@ -491,10 +494,9 @@ class _Builder:
         from dcase.stages.captioner import train_captioner
 
         cfg, inputs = self._captioner_config("pretrain", self.p.seed)
-        sources = list(self._feature_sources())
 
         def pretrain(cfg: Any = cfg) -> dict:
-            return {"best": str(train_captioner(with_store_sizes(cfg, self.L, sources)))}
+            return {"best": str(train_captioner(cfg))}
 
         self.add(
             name="captioner/pretrain",
@@ -704,33 +706,6 @@ def _apply_mapping(cfg: Any, overrides: dict[str, Any]) -> Any:
     return from_dict(type(cfg), _deep_merge(to_dict(cfg), overrides))
 
 
-def with_store_sizes(cfg: Any, layout: RunLayout, sources: Sequence[str]) -> Any:
-    """The captioner config with ``n_codebooks``, ``codebook_size`` and ``clip_dim`` taken from the stores."""
-
-    sizes = store_sizes([layout.codec_store(s) for s in sources], [layout.embed_store(s) for s in sources])
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **sizes))
-
-
-def store_sizes(codec_stores: Sequence[Path], embed_stores: Sequence[Path]) -> dict[str, int]:
-    """{n_codebooks, codebook_size, clip_dim} from the stores' provenance; stores that disagree are an error."""
-    from dcase.features.store import FeatureStore
-
-    found: dict[str, dict[int, list[str]]] = {"n_codebooks": {}, "codebook_size": {}, "clip_dim": {}}
-    for p in codec_stores:
-        prov = FeatureStore.open(p).provenance
-        found["n_codebooks"].setdefault(int(prov["n_codebooks"]), []).append(str(p))
-        found["codebook_size"].setdefault(int(prov["extractor_config"]["codebook_size"]), []).append(str(p))
-    for p in embed_stores:
-        prov = FeatureStore.open(p).provenance
-        found["clip_dim"].setdefault(int(prov["embed_dim"]), []).append(str(p))
-    out = {}
-    for key, values in found.items():
-        if len(values) != 1:
-            raise InputError(f"the feature stores disagree on {key}: {values}")
-        out[key] = next(iter(values))
-    return out
-
-
 # ------------------------------------------------------------------------------------------------------ run
 def run_pipeline(pipe: Pipeline, progress: bool = True) -> list[StepStatus]:
     """Run the selected steps that are not done, in order; returns the final statuses of the selected steps.
@@ -857,7 +832,5 @@ __all__ = [
     "run_pipeline",
     "select_steps",
     "statuses",
-    "store_sizes",
-    "with_store_sizes",
     "write_run_record",
 ]

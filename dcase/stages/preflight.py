@@ -24,8 +24,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from dcase.data.registry import EVALUATION_SPLITS, is_evaluation_split
 from dcase.errors import InputError
-from dcase.stages.profiles import EVALUATION_SPLITS, resolve_config_path, uses_by_source
+from dcase.stages.profiles import uses_by_source
 
 log = logging.getLogger(__name__)
 
@@ -78,29 +79,47 @@ def _text_encoder(name: str) -> str:
 
 def check_weights(pipe: Any, problems: list[str]) -> None:
     """Every pretrained model and checkpoint the selected steps load exists locally or in the cache."""
-    from dcase.config import load_config
-    from dcase.stages.captioner import load_stage_config
+    from dcase.config import from_dict
+    from dcase.stages.captioner import CaptionerStageConfig
     from dcase.stages.retriever import RetrieverStageConfig
 
     p = pipe.profile
-    groups = {s.group for s in pipe.selected()}
-    if "retrievers" in groups:
-        for spec in p.retrievers:
-            cfg = load_config(RetrieverStageConfig, resolve_config_path(spec.pretrain_config))
+    selected = pipe.selected()
+    groups = {s.group for s in selected}
+    for step in selected:  # the configs exactly as the steps will run them (profile overrides applied)
+        if step.group == "retrievers" and step.name.endswith("/pretrain"):
+            cfg = from_dict(RetrieverStageConfig, step.settings["config"])
             name = _text_encoder(cfg.model.text.name_or_path)
-            if not is_random_text_encoder(name):
+            if not (is_random_text_encoder(name) or cfg.model.text.random_init):
                 _resource(
                     problems,
-                    f"retriever {spec.name}: text encoder",
+                    f"{step.name}: text encoder",
                     name,
                     "download it on a machine with internet (huggingface-cli download) or give a local folder",
                 )
             if cfg.model.audio_init:
                 _resource(
                     problems,
-                    f"retriever {spec.name}: CNext initialisation",
+                    f"{step.name}: CNext initialisation",
                     cfg.model.audio_init,
                     "give the published CNext .pth (Pellegrini et al.) or a CNext folder",
+                )
+    for step in selected:
+        if step.name == "captioner/pretrain":
+            cfg = from_dict(CaptionerStageConfig, step.settings["config"])
+            if cfg.model.bart_name_or_path:
+                found = _resource(
+                    problems,
+                    "captioner: BART",
+                    cfg.model.bart_name_or_path,
+                    "download facebook/bart-large on a machine with internet or give a local folder",
+                )
+                if found is not None:
+                    _check_bart(found, cfg.model, problems)
+            elif cfg.model.max_codec_positions + 2 > cfg.model.max_position_embeddings:
+                problems.append(
+                    f"captioner: max_codec_positions {cfg.model.max_codec_positions} + 2 (<s>, </s>) exceed "
+                    f"max_position_embeddings {cfg.model.max_position_embeddings}"
                 )
     if "features" in groups:
         spec = p.codec.model
@@ -114,34 +133,32 @@ def check_weights(pipe: Any, problems: list[str]) -> None:
             )
             if found is not None and found.is_dir() and not (found / "config.json").is_file():
                 problems.append(f"codec: {found} is a folder without config.json (not a DacModel folder)")
-    if groups & {"pretrain", "finetune"}:
-        cfg = load_stage_config(resolve_config_path(p.captioner.pretrain_config))
-        if cfg.model.bart_name_or_path:
-            found = _resource(
-                problems,
-                "captioner: BART",
-                cfg.model.bart_name_or_path,
-                "download facebook/bart-large on a machine with internet or give a local folder",
-            )
-            if found is not None:
-                _check_bart(found, cfg.model, problems)
-        if cfg.model.max_codec_positions + 3 > cfg.model.max_position_embeddings and not cfg.model.bart_name_or_path:
-            problems.append(
-                f"captioner: max_codec_positions {cfg.model.max_codec_positions} + 3 slots exceed "
-                f"max_position_embeddings {cfg.model.max_position_embeddings}"
-            )
     if groups & {"rerank", "devtest", "systems"}:
-        for recipe in [*pipe_recipes(pipe, 6)]:
+        for recipe in pipe_recipes(pipe, 6):
             gen = recipe.generation
-            for what, value in (
-                ("FENSE fluency checker", gen.fluency_checker),
-                ("fluency checker backbone", gen.fluency_backbone),
-            ):
-                if value and hub_or_local(value) is None:
+            if recipe.clip_embedder and recipe.clip_embedder != p.clip_embedder:
+                problems.append(
+                    f"task6 {recipe.name}: clip_embedder {recipe.clip_embedder!r} is not the profile's "
+                    f"{p.clip_embedder!r}: its captioners would read embeddings of another model"
+                )
+            if gen.fluency_checker:
+                from dcase.decoding.fluency import FluencyCheckerError, resolve_checker_path
+
+                try:
+                    if not resolve_checker_path(gen.fluency_checker).is_file():
+                        problems.append(
+                            f"task6 {recipe.name}: FENSE fluency checker {gen.fluency_checker!r} not "
+                            "found; set generation.fluency_checker: null to run without the filter"
+                        )
+                except FluencyCheckerError as e:
                     problems.append(
-                        f"task6 {recipe.name}: {what} {value!r} not found (a local file or cached hub "
-                        "id); set generation.fluency_checker: null to run without the filter"
+                        f"task6 {recipe.name}: {e}; or run without the filter: --set generation.fluency_checker=null"
                     )
+            if gen.fluency_backbone and hub_or_local(gen.fluency_backbone) is None:
+                problems.append(
+                    f"task6 {recipe.name}: fluency checker backbone {gen.fluency_backbone!r} is neither a "
+                    "local folder nor in the Hugging Face cache"
+                )
 
 
 def _check_bart(folder: Path, model_cfg: Any, problems: list[str]) -> None:
@@ -158,9 +175,9 @@ def _check_bart(folder: Path, model_cfg: Any, problems: list[str]) -> None:
         if cfg_file.is_file():
             cfg = json.loads(cfg_file.read_text())
             positions = int(cfg.get("max_position_embeddings", 1024))
-            if model_cfg.max_codec_positions + 3 > positions:
+            if model_cfg.max_codec_positions + 2 > positions:
                 problems.append(
-                    f"captioner: max_codec_positions {model_cfg.max_codec_positions} + 3 slots exceed "
+                    f"captioner: max_codec_positions {model_cfg.max_codec_positions} + 2 (<s>, </s>) exceed "
                     f"BART's {positions} positions ({folder})"
                 )
             tok = folder / "tokenizer.json"
@@ -247,9 +264,9 @@ def check_leak_splits(profile: Any, problems: list[str], allow_leak: bool) -> li
     notes = []
     for what, uses in training_uses(profile).items():
         for source, splits in uses_by_source(uses).items():
-            bad = [s for s in splits if s in EVALUATION_SPLITS]
+            bad = [s for s in splits if is_evaluation_split(source, s)]
             if not splits:
-                bad = [f"every split of {source}"] if source == "clotho" else []
+                bad = [f"every split of {source}"] if source in EVALUATION_SPLITS else []
             if bad:
                 msg = (
                     f"{what} reads evaluation data {source}:{bad} (DCASE2024 forbids training on Clotho "
@@ -312,7 +329,7 @@ def check_duplicate_audio(pipe: Any, problems: list[str], allow_leak: bool) -> l
         source = entry.source
         files = audio_files(entry)
         for split, paths in files.items():
-            if split in EVALUATION_SPLITS:
+            if is_evaluation_split(source, split):
                 evaluation.extend(paths)
             elif split in train_splits.get(source, ()) or "*" in train_splits.get(source, ()):
                 train.extend(paths)

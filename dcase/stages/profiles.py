@@ -25,28 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dcase.config import ConfigError, load_yaml
+from dcase.config import PACKAGE_CONFIGS, ConfigError, load_yaml
 from dcase.errors import MissingInputError
 
-PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PROFILES_DIR = PACKAGE_CONFIGS / "profiles"
 DATASETS = ("clotho", "audiocaps", "wavcaps", "clotho_mixup")  # what a data root can hold, in build order
-# split names that are evaluation data in DCASE2024: never trained on (unless --allow-leak)
-EVALUATION_SPLITS = ("evaluation", "test", "retrieval_audio", "analysis")
-
-
-def resolve_config_path(name: str | Path) -> Path:
-    """A stage config or recipe: an existing path, else a file under the package's ``configs/`` folder
-    (``dcase2024/captioner_pretrain.yaml`` and ``configs/dcase2024/captioner_pretrain.yaml`` both work), so
-    ``--config`` works from any directory, not only inside a checkout."""
-    path = Path(name).expanduser()
-    if path.is_file():
-        return path
-    rel = Path(*path.parts[1:]) if path.parts and path.parts[0] == "configs" else path
-    for cand in (PACKAGE_CONFIGS / rel, PACKAGE_CONFIGS / rel.with_suffix(".yaml")):
-        if not path.is_absolute() and cand.is_file():
-            return cand
-    raise MissingInputError(f"config file not found: {name} (looked in the current directory and in {PACKAGE_CONFIGS})")
 
 
 def parse_use(text: str) -> tuple[str, tuple[str, ...]]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dcase.config import check_inputs, check_values
 from dcase.data.clotho import read_retrieval_captions
 from dcase.data.datasets import AudioCache, PairDataset, pad_waves
 from dcase.data.manifest import folder_rows, load_captioned_rows, read_manifest
@@ -50,14 +50,16 @@ MODES = ("cosine", "sinkhorn")
 class RetrieverDataConfig:
     """Which clips to train and validate on."""
 
-    train_manifests: list[str] = field(default_factory=list)
+    train_manifests: list[str] = field(default_factory=list, metadata={"input": "file"})
     train_splits: list[str] = field(default_factory=list)  # keep rows of these splits; empty = all with captions
-    val_manifest: str | None = None
+    val_manifest: str | None = field(default=None, metadata={"input": "file"})
     val_split: str = "validation"
-    val_max_clips: int = 0  # 0 = every validation clip
-    max_seconds: float = 10.0  # random training crop
-    eval_max_seconds: float = 30.0  # evaluation audio is truncated here (Clotho clips are 15-30 s)
+    val_max_clips: int = field(default=0, metadata={"min": 0})  # 0 = every validation clip
+    max_seconds: float = field(default=10.0, metadata={"gt": 0})  # random training crop
+    # evaluation audio is truncated here (Clotho clips are 15-30 s)
+    eval_max_seconds: float = field(default=30.0, metadata={"gt": 0})
     cache_audio: bool = False  # keep decoded 32 kHz audio in memory (small corpora / demos)
+    allow_leak: bool = False  # train on DCASE2024 evaluation data (Clotho evaluation/test) anyway: refused otherwise
 
 
 @dataclass
@@ -68,7 +70,7 @@ class RetrieverStageConfig:
     data: RetrieverDataConfig = field(default_factory=RetrieverDataConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(metric_for_best="map_at_10", greater_is_better=True))
     init: str | None = None  # retriever checkpoint to finetune (its model config replaces ``model``)
-    eval_batch_size: int = 16
+    eval_batch_size: int = field(default=16, metadata={"min": 1})
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -97,7 +99,7 @@ class RetrieverTask:
         return model.train()
 
     def train_dataset(self) -> torch.utils.data.Dataset:
-        df = load_captioned_rows(self.cfg.data.train_manifests, self.cfg.data.train_splits)
+        df = load_captioned_rows(self.cfg.data.train_manifests, self.cfg.data.train_splits, self.cfg.data.allow_leak)
         log.info("retriever training on %d clips", len(df))
         self._train = PairDataset(df, self.cache, self.cfg.data.max_seconds, self.min_samples, self.cfg.train.seed)
         return self._train
@@ -182,19 +184,12 @@ def _check_no_accumulation(model: RetrieverConfig, train: TrainConfig) -> None:
 def train_retriever(cfg: RetrieverStageConfig) -> Path:
     """Train (or finetune, with ``cfg.init``) a retriever; returns the best checkpoint (by validation mAP@10).
 
-    The whole resolved stage config is kept as ``<output_dir>/stage_config.yaml`` (``fit`` writes the
-    optimisation part and run info as ``config.yaml`` / ``run.json``).
+    The whole resolved stage config is kept as ``<output_dir>/stage_config.yaml`` (``fit`` writes it, the
+    optimisation part and run info as ``config.yaml`` / ``run.json``, and refuses to resume with another config).
     """
-    import yaml
-
-    from dcase.config import to_dict
-    from dcase.io import atomic_write_text
-
-    out = Path(cfg.train.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if int(os.environ.get("RANK", "0")) == 0:  # one writer under torchrun / accelerate launch
-        atomic_write_text(out / "stage_config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    return fit(RetrieverTask(cfg), cfg.train)
+    check_values(cfg)
+    check_inputs(cfg)
+    return fit(RetrieverTask(cfg), cfg.train, run_config=cfg)
 
 
 # --------------------------------------------------------------------------------------------- scoring
@@ -212,7 +207,7 @@ def score_matrix(
     ``sinkhorn``: log entropic-OT plan under ``model.cost`` (``epsilon`` defaults to the model's m-LTM epsilon).
     """
     if mode not in MODES:
-        raise ValueError(f"ranking mode must be one of {MODES}, got {mode!r}")
+        raise InputError(f"ranking mode must be one of {MODES}, got {mode!r}")
     if mode == "cosine":
         if index is None:
             return text_emb.astype(np.float32) @ audio_emb.astype(np.float32).T
@@ -240,7 +235,7 @@ def clotho_queries(df: pd.DataFrame) -> tuple[list[str], np.ndarray]:
         texts.extend(caps)
         relevant.extend([i] * len(caps))
     if not texts:
-        raise ValueError("no captions to use as queries in this split")
+        raise InputError("no captions to use as queries in this split")
     return texts, np.asarray(relevant, dtype=np.int64)
 
 
@@ -320,11 +315,11 @@ def rank_task8(
     """Rank the audio collection for every caption: -> [(caption, [k distinct file names, best first])],
     one row per query in input order. Several retrievers are ensembled (z-scored mean of similarities)."""
     if not retrievers:
-        raise ValueError("no retriever checkpoints given")
+        raise InputError("no retriever checkpoints given")
     rows = collection_rows(audio) if isinstance(audio, str | Path) else list(audio)
     texts = read_retrieval_captions(captions) if isinstance(captions, str | Path) else list(captions)
     if len(rows) < k:
-        raise ValueError(f"the audio collection has {len(rows)} clips; {k} are needed per query")
+        raise InputError(f"the audio collection has {len(rows)} clips; {k} are needed per query")
     sims = []
     for r in retrievers:
         model = _as_retriever(r, device)

@@ -18,9 +18,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from dcase.config import resolve_config_path
 from dcase.errors import InputError
 from dcase.io import atomic_write_text
-from dcase.stages.profiles import parse_use, resolve_config_path
+from dcase.stages.profiles import parse_use
 
 log = logging.getLogger(__name__)
 

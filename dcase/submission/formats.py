@@ -5,8 +5,10 @@ names live here and only here.
 * Task 8 (language-based audio retrieval): ``caption,fname_1,...,fname_10``; one row per query caption, in the
   order of the query file, each with exactly 10 distinct audio file names ranked best first.
 
-CSVs are UTF-8 with RFC 4180 quoting (captions with commas, quotes or newlines round-trip). Writers refuse to
-overwrite an existing file unless ``overwrite=True`` and write atomically.
+CSVs are UTF-8 with RFC 4180 quoting (captions with commas, quotes or newlines round-trip). Readers accept a UTF-8
+BOM and refuse any other encoding with the line and byte offset (``dcase.data.common.read_text``), and refuse a row
+of another width than the header, naming it (an unquoted comma never shifts or truncates a field). Writers refuse
+to overwrite an existing file unless ``overwrite=True`` and write atomically.
 
 Query files are read by ``dcase.data.clotho`` (``read_retrieval_captions`` for ``retrieval_captions.csv``,
 ``read_clotho_captions`` for a Clotho captions CSV); ``read_queries`` adds the relevant clips of each query.
@@ -60,13 +62,12 @@ def _write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[
 
 def _read_csv(path: str | Path, header: Sequence[str]) -> list[list[str]]:
     """Rows (without header) of a CSV whose header must equal ``header`` exactly; every row must have its width."""
+    from dcase.data.common import read_text
+
     path = Path(path)
     if not path.is_file():
         raise MissingInputError(f"submission file {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise SubmissionError(f"{path}: not UTF-8 ({e})") from e
+    text = read_text(path)  # UTF-8, optional BOM; else an error naming the line and byte offset
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         records = list(reader)
@@ -160,8 +161,10 @@ RELEVANT_SEPARATOR = "|"  # several relevant files of one query in a caption,fil
 
 
 def _header(path: Path) -> list[str]:
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        return next(csv.reader(f), [])
+    from dcase.data.common import read_text, sniff_delimiter
+
+    text = read_text(path)
+    return [c.strip() for c in next(csv.reader(io.StringIO(text, newline=""), delimiter=sniff_delimiter(text)), [])]
 
 
 def read_queries(path: str | Path) -> tuple[list[str], list[list[str]] | None]:
@@ -176,13 +179,15 @@ def read_queries(path: str | Path) -> tuple[list[str], list[list[str]] | None]:
       several separated by ``|`` (``RELEVANT_SEPARATOR``).
     """
     from dcase.data.clotho import CAPTION_COLUMNS, read_clotho_captions, read_retrieval_captions
+    from dcase.data.common import read_table
 
     path = Path(path)
     if not path.is_file():
         raise MissingInputError(f"query/reference file {path} does not exist")
     header = _header(path)
     if "caption" in header and "file_name" in header:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        # every row must have the header's width: an unquoted comma in a caption is an error naming the row
+        df = read_table(path, required=("caption", "file_name"))
         queries = df["caption"].tolist()
         relevant = [[n for n in cell.split(RELEVANT_SEPARATOR) if n.strip()] for cell in df["file_name"]]
         problems = [f"row {i}: empty caption" for i, q in enumerate(queries, start=1) if not q.strip()]
@@ -244,9 +249,9 @@ def task8_rows_from_scores(
         raise ValueError(f"sim has shape {sim.shape}, expected ({len(queries)}, {len(file_names)})")
     if len(set(file_names)) != len(file_names):
         dup = sorted(n for n, c in Counter(file_names).items() if c > 1)
-        raise ValueError(f"duplicate audio file names: {dup[:_MAX_LISTED]}")
+        raise InputError(f"duplicate audio file names: {dup[:_MAX_LISTED]}")
     if len(file_names) < k:
-        raise ValueError(f"only {len(file_names)} audio files for a top-{k} ranking")
+        raise InputError(f"only {len(file_names)} audio files for a top-{k} ranking")
     order = np.argsort(-sim, axis=1, kind="stable")[:, :k]
     return [(q, [file_names[j] for j in row]) for q, row in zip(queries, order, strict=True)]
 

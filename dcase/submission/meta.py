@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from dcase.errors import MissingInputError, OutputExistsError
+from dcase.errors import InputError, MissingInputError, OutputExistsError
 from dcase.io import atomic_write_text
 
 MAX_ABBREVIATION = 10
@@ -56,7 +56,7 @@ def make_label(lastname: str, institute: str, task: int, index: int) -> str:
     """``<Lastname>_<Institute>_task<task>_<index>``, validated."""
     label = f"{lastname}_{institute}_task{task}_{index}"
     if not LABEL_RE.match(label):
-        raise ValueError(
+        raise InputError(
             f"invalid submission label {label!r}: expected <Lastname>_<Institute>_task<6|8>_<1-4> "
             "(letters/hyphens in the last name, letters/digits/hyphens in the institute abbreviation)"
         )
@@ -97,10 +97,10 @@ def build_meta(recipe: Mapping[str, Any], task: int) -> dict[str, Any]:
     }  # fmt: skip
     unknown = sorted(set(recipe) - known)
     if unknown:
-        raise ValueError(f"unknown meta keys {unknown}; valid keys: {sorted(known)}")
+        raise InputError(f"unknown meta keys {unknown}; valid keys: {sorted(known)}")
     for key in ("lastname", "institute", "index", "name", "abbreviation"):
         if key not in recipe or recipe[key] in (None, ""):
-            raise ValueError(f"meta: required key {key!r} is missing")
+            raise InputError(f"meta: required key {key!r} is missing")
     label = make_label(str(recipe["lastname"]), str(recipe["institute"]), task, int(recipe["index"]))
     description = dict(recipe.get("description") or {})
     if "ensemble_num_systems" in recipe:
@@ -135,23 +135,23 @@ def validate_meta(meta: Mapping[str, Any], task: int | None = None) -> str:
     """Check a meta mapping's required fields; return its label. Raises ValueError naming the field."""
     sub = meta.get("submission")
     if not isinstance(sub, Mapping):
-        raise ValueError("meta: missing 'submission' section")
+        raise InputError("meta: missing 'submission' section")
     label = str(sub.get("label", ""))
     m = LABEL_RE.match(label)
     if not m:
-        raise ValueError(f"meta: submission.label {label!r} is not <Lastname>_<Institute>_task<6|8>_<1-4>")
+        raise InputError(f"meta: submission.label {label!r} is not <Lastname>_<Institute>_task<6|8>_<1-4>")
     if task is not None and int(m.group("task")) != task:
-        raise ValueError(f"meta: submission.label {label!r} is for task {m.group('task')}, expected task {task}")
+        raise InputError(f"meta: submission.label {label!r} is for task {m.group('task')}, expected task {task}")
     for key in ("name", "abbreviation"):
         if not str(sub.get(key) or "").strip():
-            raise ValueError(f"meta: submission.{key} is empty")
+            raise InputError(f"meta: submission.{key} is empty")
     abbr = str(sub["abbreviation"])
     if len(abbr) > MAX_ABBREVIATION:
-        raise ValueError(
+        raise InputError(
             f"meta: submission.abbreviation {abbr!r} has {len(abbr)} characters (at most {MAX_ABBREVIATION})"
         )
     if not isinstance(meta.get("system"), Mapping):
-        raise ValueError("meta: missing 'system' section")
+        raise InputError("meta: missing 'system' section")
     return label
 
 
@@ -169,9 +169,14 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise MissingInputError(f"meta file {path} does not exist")
-    meta = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:
+        meta = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not valid UTF-8 (byte offset {e.start}); re-save it as UTF-8") from e
+    except yaml.YAMLError as e:
+        raise InputError(f"{path}: invalid YAML: {e}") from e
     if not isinstance(meta, dict):
-        raise ValueError(f"{path}: not a YAML mapping")
+        raise InputError(f"{path}: not a YAML mapping")
     return meta
 
 

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dcase.checkpoint import kind_of
+from dcase.config import ConfigError
 from dcase.data.manifest import folder_rows, write_manifest
+from dcase.decoding.fluency import FENSE_DEFAULT
 from dcase.errors import MissingInputError, OutputExistsError
 from dcase.stages.generation import GenerateConfig, GenerationSettings, generate_candidates, task6_rows
 from dcase.stages.retriever import MODES, rank_task8
@@ -80,13 +82,13 @@ def recipe_captioners(recipe: Task6Recipe, work_dir: str | Path, root: str | Pat
     base = Path(root if root is not None else recipe.root)
     soups = {s.name: s for s in recipe.soups}
     if len(soups) != len(recipe.soups):
-        raise ValueError(f"recipe {recipe.name!r}: two soups share a name")
+        raise ConfigError(f"recipe {recipe.name!r}: two soups share a name")
     out = []
     for c in recipe.captioners:
         if c in soups:
             spec = soups[c]
             if spec.method != "uniform":
-                raise ValueError(
+                raise ConfigError(
                     f"soup {c!r}: recipes build uniform soups; build a {spec.method} soup with "
                     "`dcase soup --method greedy` and list its folder as a captioner"
                 )
@@ -109,7 +111,7 @@ def recipe_captioners(recipe: Task6Recipe, work_dir: str | Path, root: str | Pat
                 )
             out.append(p)
     if not out:
-        raise ValueError(f"recipe {recipe.name!r} lists no captioners")
+        raise ConfigError(f"recipe {recipe.name!r} lists no captioners")
     return out
 
 
@@ -148,13 +150,17 @@ def run_task6_recipe(
     codec_store, embed_store = work / "codec", work / "embed"
     extract_codec(manifest, codec_store, codec, progress=progress)
     if not recipe.clip_embedder:
-        raise ValueError(f"recipe {recipe.name!r}: clip_embedder (the checkpoint behind the clip embeddings) is empty")
+        raise ConfigError(f"recipe {recipe.name!r}: clip_embedder (the checkpoint behind the clip embeddings) is empty")
     extract_embeddings(manifest, embed_store, _resolve(base, recipe.clip_embedder), progress=progress)
     captioners = recipe_captioners(recipe, work, base)
     g = recipe.generation
     generation = dataclasses.replace(
         g,
-        fluency_checker=str(_resolve(base, g.fluency_checker)) if g.fluency_checker else None,
+        fluency_checker=(
+            str(_resolve(base, g.fluency_checker))
+            if g.fluency_checker not in (None, FENSE_DEFAULT)
+            else g.fluency_checker
+        ),
         fluency_backbone=str(_resolve(base, g.fluency_backbone)) if g.fluency_backbone else None,
     )
     cfg = GenerateConfig(
@@ -204,9 +210,9 @@ def load_task8_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Task8R
 
     rec = load_config(Task8Recipe, path, list(overrides))
     if rec.mode not in MODES:
-        raise ValueError(f"{path}: mode {rec.mode!r} is not one of {MODES}")
+        raise ConfigError(f"{path}: mode {rec.mode!r} is not one of {MODES}")
     if not rec.retrievers:
-        raise ValueError(f"{path}: the recipe lists no retrievers")
+        raise ConfigError(f"{path}: the recipe lists no retrievers")
     return rec
 
 
@@ -241,6 +247,6 @@ def run_task8_recipe(
     meta_path = None
     if meta_out is not None:
         if not recipe.meta:
-            raise ValueError(f"recipe {recipe.name!r} has no meta section for --meta-out")
+            raise ConfigError(f"recipe {recipe.name!r} has no meta section for --meta-out")
         meta_path = write_meta(build_meta(recipe.meta, task=8), meta_out, overwrite=overwrite)
     return Path(csv_path), meta_path
