@@ -8,7 +8,9 @@ A stage describes *what* to train with a ``TrainTask`` (model, dataset, collate,
 - the inverse-square-root schedule with linear warm-up of the EnCLAP paper (ICASSP 2024, §3.1), see
   ``inverse_sqrt_lambda`` for the exact formula;
 - length-bucketed batches (``BucketBatchSampler``), deterministic for (seed, epoch), sharded over processes;
-- a progress bar and JSONL logs (``train_log.jsonl``: loss, lr, samples/s; evaluation metrics);
+- a progress bar and JSONL logs (``train_log.jsonl``: loss, lr, samples/s; evaluation metrics), the same records
+  sent to Accelerate's experiment trackers (``report_to``: TensorBoard by default when it is installed, under
+  ``trackers/``), and ``curves.png`` drawn from the log when the run ends (``dcase.curves``; ``dcase plot``);
 - evaluation every ``eval_every`` updates, the best ``keep_best`` model checkpoints by ``metric_for_best``
   plus ``last``;
 - exact resume: ``state/`` holds the model and optimiser (safetensors), scheduler, RNG states of every process
@@ -25,6 +27,8 @@ Layout of ``output_dir``::
     config.yaml, run.json      resolved config and run info (``write_run_info``)
     stage_config.yaml          the whole stage config (when ``fit`` is given it)
     train_log.jsonl            one JSON record per log / evaluation
+    curves.png                 loss, learning rate, samples/s and validation metrics (written at the end)
+    trackers/dcase/            TensorBoard event files (when TensorBoard is a tracker)
     state/                     resume state (model.safetensors, optimizer.safetensors, trainer.json, rng_*.json)
     checkpoints/step-000123/   best checkpoints (``task.save_model``), at most ``keep_best``
     last/                      the final model
@@ -129,6 +133,9 @@ class TrainConfig:
     num_workers: int = field(default=0, metadata={"min": 0})
     bucket_size: int = field(default=50, metadata={"min": 0})  # batches per length-sorted bucket; 0 = no bucketing
     find_unused_parameters: bool = False  # DDP option for models with parameters unused by the loss
+    # experiment trackers (Accelerate): auto = TensorBoard when the tensorboard package is installed, else none;
+    # none; all (every installed one); or names separated by commas (tensorboard, wandb, mlflow, comet_ml, aim, ...)
+    report_to: str = "auto"
 
 
 class TrainTask(Protocol):
@@ -141,6 +148,48 @@ class TrainTask(Protocol):
     def loss(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]: ...
     def evaluate(self, model: torch.nn.Module, accelerator: Any) -> dict[str, float]: ...
     def save_model(self, model: torch.nn.Module, path: Path) -> None: ...
+
+
+# ----------------------------------------------------------------------------------------------- trackers
+def resolve_trackers(report_to: str | None) -> list[str]:
+    """The Accelerate tracker names of a ``report_to`` setting (see ``TrainConfig.report_to``). A tracker that is
+    asked for by name but not installed is a ConfigError; ``auto`` without TensorBoard gives none, logged once."""
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
+    from accelerate.utils import LoggerType
+
+    from dcase.config import ConfigError
+
+    names = [n.strip().lower() for n in str(report_to or "none").split(",") if n.strip()]
+    available = [str(LoggerType(t).value) for t in get_available_trackers()]
+    builtin = {str(t.value) for t in LoggerType}
+    if names in ([], ["none"]):
+        return []
+    if names == ["auto"]:
+        if "tensorboard" in available:
+            return ["tensorboard"]
+        log.info(
+            "no experiment tracker: the tensorboard package is not installed (pip install tensorboard, or set "
+            "train.report_to / --report-to to wandb, mlflow, ...); curves.png is drawn from train_log.jsonl"
+        )
+        return []
+    if "all" in names:
+        return available
+    unknown = [n for n in names if n not in builtin and n not in LOGGER_TYPE_TO_CLASS]
+    if unknown:
+        raise ConfigError(
+            f"report_to: unknown tracker(s) {unknown}; use auto, none, all or names among {sorted(builtin - {'all'})}"
+        )
+    missing = [n for n in names if n in builtin and n not in available]
+    if missing:
+        raise ConfigError(f"report_to: {missing} not installed here (pip install {' '.join(missing)}); or use auto")
+    return names
+
+
+def _tracker_config(cfg: TrainConfig) -> dict[str, Any]:
+    """The run's settings as tracker hyper-parameters (scalars; anything else as text)."""
+    from dataclasses import asdict
+
+    return {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in asdict(cfg).items()}
 
 
 # ----------------------------------------------------------------------------------------------- schedule
@@ -349,10 +398,15 @@ class _Trainer:
             # a second fit() in the same process (e.g. pretrain then finetune) with another precision: Accelerate
             # keeps one global state; drop it but keep the process group (PartialState)
             AcceleratorState._reset_state(reset_partial_state=False)
+        from accelerate.utils import ProjectConfiguration
+
+        trackers = resolve_trackers(cfg.report_to)
         self.acc = Accelerator(
             cpu=not torch.cuda.is_available(),  # without it, torchrun on CPU gives one process (no gloo)
             mixed_precision=mp,
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.find_unused_parameters)],
+            log_with=trackers or None,
+            project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "trackers")),
         )
         set_seed(cfg.seed)
         model = task.build_model()
@@ -476,6 +530,13 @@ class _Trainer:
         if self.acc.is_main_process:
             with open(self.out / LOG_FILE, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+            if self.acc.trackers:
+                values = {
+                    k: float(v)
+                    for k, v in record.items()
+                    if k != "step" and isinstance(v, int | float) and math.isfinite(float(v))
+                }
+                self.acc.log(values, step=int(record["step"]))
 
     def evaluate_and_keep(self) -> None:
         cfg = self.cfg
@@ -572,6 +633,8 @@ class _Trainer:
                 },
             )
         acc.wait_for_everyone()
+        if acc.log_with:
+            acc.init_trackers("dcase", config=_tracker_config(cfg), init_kwargs={"wandb": {"name": self.out.name}})
         log.info(
             "training on %d process%s (%s, %s): %d items per process x %d processes x grad_accum %d = global batch %d",
             acc.num_processes,
@@ -652,8 +715,20 @@ class _Trainer:
         best_path = Path(best[0][2]) if best else last
         if acc.is_main_process:
             link_best(self.out, best_path)
+            for tracker in acc.trackers:
+                tracker.finish()  # not acc.end_training(): it would end the process group of a later fit()
+            self.write_curves()
         acc.wait_for_everyone()
         return best_path
+
+    def write_curves(self) -> None:
+        """``curves.png`` from ``train_log.jsonl``; a failure to draw is logged, never fatal to a finished run."""
+        from dcase.curves import plot_curves
+
+        try:
+            log.info("training curves: %s", plot_curves(self.out))
+        except (OSError, ValueError) as e:
+            log.warning("could not draw %s: %s", self.out / "curves.png", e)
 
 
 def link_best(run_dir: Path, best: Path) -> None:

@@ -10,7 +10,7 @@ import logging
 
 import typer
 
-from dcase.cli import captioner, data, decode, demo, extract, pipeline, retriever, score, submit
+from dcase.cli import captioner, data, decode, demo, extract, pipeline, retriever, score, submit, use
 from dcase.cli.common import setup_logging
 
 app = typer.Typer(
@@ -43,6 +43,7 @@ app.add_typer(submit.app, name="submit", help="Task 6 / Task 8 submission files:
 app.add_typer(score.app, name="score", help="Score captions (aac-metrics) or retrieval results.")
 decode.register(app)
 demo.register(app)
+use.register(app)
 
 
 def main() -> None:

@@ -8,11 +8,23 @@ from dcase.cli.common import CONFIG_OPTION, SET_OPTION, user_errors
 
 app = typer.Typer(no_args_is_help=True)
 
+REPORT_TO_OPTION = typer.Option(
+    None,
+    "--report-to",
+    help="Experiment trackers (Accelerate): auto (TensorBoard when installed; the default), none, all, or names "
+    "such as wandb,mlflow (same as --set train.report_to=...).",
+)
 
-def _run(config: str | None, overrides: list[str] | None, init: str | None, mcm: bool) -> None:
+
+def with_report_to(overrides: list[str] | None, report_to: str | None) -> list[str]:
+    """``--set`` overrides plus ``train.report_to`` from ``--report-to``."""
+    return [*(overrides or []), *([f"train.report_to={report_to}"] if report_to else [])]
+
+
+def _run(config: str | None, overrides: list[str] | None, init: str | None, mcm: bool, report_to: str | None) -> None:
     from dcase.stages.captioner import load_stage_config, train_captioner
 
-    cfg = load_stage_config(config, overrides or [], init=init, mcm=mcm)
+    cfg = load_stage_config(config, with_report_to(overrides, report_to), init=init, mcm=mcm)
     best = train_captioner(cfg)
     typer.echo(f"best checkpoint: {best}")
 
@@ -23,6 +35,7 @@ def pretrain(
     config: str = CONFIG_OPTION,
     overrides: list[str] = SET_OPTION,
     init: str = typer.Option(None, "--init", help="Start from this EnCLAP checkpoint instead of model.*"),
+    report_to: str = REPORT_TO_OPTION,
 ) -> None:
     """Pretrain EnCLAP with captioning + masked codec modelling (MCM on).
 
@@ -31,7 +44,7 @@ def pretrain(
 
     Rerunning the same command resumes from train.output_dir/state.
     """
-    _run(config, overrides, init, mcm=True)
+    _run(config, overrides, init, mcm=True, report_to=report_to)
 
 
 @app.command()
@@ -40,6 +53,7 @@ def finetune(
     config: str = CONFIG_OPTION,
     overrides: list[str] = SET_OPTION,
     init: str = typer.Option(..., "--init", help="EnCLAP checkpoint to finetune (e.g. the pretraining's best)."),
+    report_to: str = REPORT_TO_OPTION,
 ) -> None:
     """Finetune EnCLAP on Clotho development without MCM.
 
@@ -48,7 +62,7 @@ def finetune(
 
     Rerunning the same command resumes from train.output_dir/state.
     """
-    _run(config, overrides, init, mcm=False)
+    _run(config, overrides, init, mcm=False, report_to=report_to)
 
 
 @app.command()
@@ -59,7 +73,7 @@ def caption(
     codec_store: list[str] = typer.Option(..., "--codec-store", help="Codec feature store(s), repeatable."),
     embed_store: list[str] = typer.Option(..., "--embed-store", help="Clip-embedding store(s), repeatable."),
     split: str = typer.Option(None, "--split", help="Only rows of this split."),
-    out: str = typer.Option(..., "--out", help="CSV to write (clip_id, caption)."),
+    out: str = typer.Option(..., "--out", help="Task 6 CSV to write (file_name,caption_predicted)."),
     num_beams: int = typer.Option(4, help="Beam size (1 = greedy)."),
     batch_size: int = typer.Option(16),
     score: bool = typer.Option(False, help="Also print METEOR / CIDEr-D against the manifest's captions."),
@@ -70,15 +84,15 @@ def caption(
     Example: dcase captioner caption runs/enclap_ft/last --manifest data/clotho/manifest.parquet
     --split evaluation --codec-store features/dac_clotho --embed-store features/emb_clotho --out caps.csv --score
     """
-    import pandas as pd
     import torch
 
     from dcase.data.datasets import CaptionDataset
     from dcase.data.manifest import read_manifest
     from dcase.features.store import StoreChain, check_coverage
-    from dcase.io import atomic_path, check_output
+    from dcase.io import check_output
     from dcase.models.enclap import EnCLAP
     from dcase.stages.captioner import generate_captions
+    from dcase.submission.formats import write_task6
 
     check_output(out, overwrite)
 
@@ -91,8 +105,8 @@ def caption(
         df, codes, embeds, mc.n_codebooks, mc.clip_dim, mc.max_codec_positions, random_crop=False, per_caption=False
     )
     texts = generate_captions(model, ds, batch_size, progress=True, num_beams=num_beams)
-    with atomic_path(out, overwrite=overwrite) as tmp:
-        pd.DataFrame({"clip_id": df["clip_id"], "caption": texts}).to_csv(tmp, index=False)
+    # the Task 6 format (clip ids of folder manifests are file names), so that `dcase score captions` reads it
+    write_task6(list(zip(df["clip_id"].astype(str), texts, strict=True)), out, overwrite=overwrite)
     typer.echo(f"wrote {len(texts)} captions to {out}")
     if score:
         from dcase.evaluation.captions import evaluate_captions

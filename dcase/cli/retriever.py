@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from dcase.cli.captioner import REPORT_TO_OPTION, with_report_to
 from dcase.cli.common import CONFIG_OPTION, SET_OPTION, user_errors
 
 app = typer.Typer(no_args_is_help=True)
@@ -20,6 +21,7 @@ def train(
     config: str = CONFIG_OPTION,
     overrides: list[str] = SET_OPTION,
     init: str = typer.Option(None, "--init", help="Retriever checkpoint to finetune (e.g. the pretraining's best)."),
+    report_to: str = REPORT_TO_OPTION,
 ) -> None:
     """Train a retriever with m-LTM (pretraining, or finetuning with --init).
 
@@ -35,7 +37,7 @@ def train(
     from dcase.config import load_config
     from dcase.stages.retriever import RetrieverStageConfig, train_retriever
 
-    cfg = load_config(RetrieverStageConfig, config, overrides or [])
+    cfg = load_config(RetrieverStageConfig, config, with_report_to(overrides, report_to))
     if init:
         cfg.init = init
     best = train_retriever(cfg)
