@@ -242,3 +242,26 @@ def test_preflight_reports_every_problem_at_once(tmp_path):
     ):
         assert needle in res.output, res.output[-3000:]
     assert not (run / "captioner").exists()  # nothing ran
+
+
+@pytest.mark.parametrize("profile", ["tiny", "dcase2024", "full-random"])
+def test_shipped_profiles_plan_on_every_dataset(tmp_path, profile):
+    """Every profile plans on a data root holding every dataset: step names are unique and none is a folder of
+    another (so --only/--from/--until select exactly), every step's inputs are made by an earlier step or by the
+    data, and the systems and the package are planned."""
+    from _datasets_util import make_data_root
+
+    from dcase.stages.pipeline import PipelineOptions, build_pipeline, statuses
+
+    data = make_data_root(tmp_path / "data")
+    pipe = build_pipeline(load_profile(profile), PipelineOptions(out=tmp_path / "run", data_root=data))
+    names = [s.name for s in pipe.steps]
+    assert len(names) == len(set(names))
+    assert not [(a, b) for a in names for b in names if b.startswith(a + "/")]
+    assert [s.group for s in pipe.steps] == sorted((s.group for s in pipe.steps), key=GROUPS.index)
+    assert {st.state for st in statuses(pipe)} == {"todo"}  # nothing blocked: every input has a maker
+    p = load_profile(profile)
+    assert [n for n in names if n.startswith("systems/task6")] == [
+        f"systems/task6_{i + 1}" for i in range(len(p.task6))
+    ]
+    assert names[-1] == "package" and not pipe.problems

@@ -399,7 +399,7 @@ class _Builder:
 
         codec = self.p.codec
         self.add(
-            name="features/codec",
+            name="codec",
             group="features",
             description=f"the codec ({codec.model}) saved once in codec/ for every store and system",
             inputs=(),
