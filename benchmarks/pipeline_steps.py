@@ -40,6 +40,20 @@ def step_names(profile: str, data_root: Path, out: Path) -> list[str]:
     return [s.name for s in pipe.steps]
 
 
+def prune(run: Path) -> None:
+    """Free disk between steps (not part of any measurement): the resume states of finished training runs, and
+    their ``last/`` copy when the best checkpoint is another one. At full size they take ~8 GB per captioner run."""
+    import shutil
+
+    for state in [*run.rglob("state"), *run.rglob("state.old")]:
+        if state.is_dir() and (state.parent / "best.json").is_file():
+            shutil.rmtree(state)
+    for last in run.rglob("last"):
+        best = last.parent / "best"
+        if last.is_dir() and best.is_symlink() and best.resolve() != last.resolve():
+            shutil.rmtree(last)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="full-random")
@@ -87,6 +101,7 @@ def main() -> None:
             sys.stderr.write(res.stderr[-5000:])
             raise SystemExit(f"step {name} failed (exit {res.returncode})")
         rss = json.loads(rss_file.read_text())["max_rss_kb"]
+        prune(run)
         records[name] = {"wall_s": round(wall, 1), "peak_rss_gb": round(rss / 1024**2, 2)}
         record_path.write_text(json.dumps(records, indent=1))
         print(f"{name}: {wall:.1f} s, {rss / 1024**2:.2f} GB", file=sys.stderr, flush=True)
