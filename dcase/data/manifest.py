@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,12 @@ class ManifestRow:
         return {c: getattr(self, c) for c in COLUMNS}
 
 
+def frame_rows(df: pd.DataFrame) -> Iterator[Any]:
+    """``df.itertuples(index=False)``: one named tuple per row, fields by column name. Typed ``Any`` because pandas
+    types every field of these tuples as "any scalar"; a manifest's fields have the types of ``SCHEMA``."""
+    return df.itertuples(index=False)
+
+
 def _is_missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
@@ -94,7 +100,7 @@ def validate(df: pd.DataFrame, where: str = "manifest", allow_empty_captions: It
     if dup:
         raise ManifestError(f"{where}: duplicate clip_id {dup[:5]}{' ...' if len(dup) > 5 else ''}")
     allow = set(allow_empty_captions)
-    for i, row in enumerate(df.itertuples(index=False)):
+    for i, row in enumerate(frame_rows(df)):
         clip = row.clip_id
         at = f"{where}: row {i} (clip_id {clip!r})"
         if not isinstance(clip, str) or not clip.strip():
@@ -141,7 +147,7 @@ def to_frame(rows: Iterable[ManifestRow | Mapping[str, Any]]) -> pd.DataFrame:
 def _caption_less_splits(df: pd.DataFrame) -> set[str]:
     n_caps = df["captions"].map(lambda c: 0 if c is None else len(c))
     per_split = n_caps.groupby(df["split"]).max()
-    return {s for s, n in per_split.items() if n == 0}
+    return {str(s) for s, n in per_split.items() if n == 0}
 
 
 def write_manifest(rows: Iterable[ManifestRow | Mapping[str, Any]] | pd.DataFrame, path: str | Path) -> pd.DataFrame:
@@ -208,8 +214,8 @@ def load_captioned_rows(
         raise ManifestError(f"no captioned rows of splits {splits or 'any'} in {manifests}")
     leak = [is_evaluation_split(src, sp) for src, sp in zip(df["source"], df["split"], strict=True)]
     if any(leak):
-        counts = df[leak].groupby(["source", "split"]).size().to_dict()
-        where = ", ".join(f"{src}:{sp} ({n} clips)" for (src, sp), n in counts.items())
+        counts = df[leak].groupby(["source", "split"]).size()
+        where = ", ".join(f"{src}:{sp} ({n} clips)" for (src, sp), n in zip(counts.index, counts, strict=True))
         if not allow_leak:
             raise ManifestError(
                 f"the training rows include DCASE2024 evaluation data: {where} (from {manifests}); DCASE2024 forbids "

@@ -138,7 +138,9 @@ def tiny_char_vocab() -> list[str]:
 def tiny_bert(hidden: int = 32, layers: int = 2, vocab: list[str] | None = None) -> tuple[nn.Module, Any]:
     """A random tiny BERT and its character-level WordPiece tokenizer, built in memory (tests, demos)."""
     from tokenizers import BertWordPieceTokenizer
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    # BertTokenizerFast is exported lazily: the type information of transformers 5 lists only BertTokenizer.
+    from transformers import BertConfig, BertModel, BertTokenizerFast  # type: ignore[attr-defined]
 
     vocab = vocab or tiny_char_vocab()
     wp = BertWordPieceTokenizer({t: i for i, t in enumerate(vocab)}, lowercase=True)
