@@ -177,9 +177,12 @@ def plan_audiocaps(
             entry["caps"].append(caption)
         on_disk = dir_index(audio_dir)
         used: dict[Path, str] = {}
-        for clip_id, e in clips.items():
+        for clip_id, clip in clips.items():
             name = audio_pattern.format(
-                youtube_id=e["yid"], start_time=normalise_start(e["start"]), audiocap_id=e["cap_id"], split=split
+                youtube_id=clip["yid"],
+                start_time=normalise_start(clip["start"]),
+                audiocap_id=clip["cap_id"],
+                split=split,
             )
             cands = [name]
             p = Path(name)
@@ -189,8 +192,8 @@ def plan_audiocaps(
                 bad(
                     clip_id,
                     csv_path,
-                    f"row {e['row']}: the audio file name {name!r} (from column 'youtube_id' {e['yid']!r}) points "
-                    f"outside {audio_dir}",
+                    f"row {clip['row']}: the audio file name {name!r} (from column 'youtube_id' {clip['yid']!r}) "
+                    f"points outside {audio_dir}",
                 )
                 continue
             found = None
@@ -202,7 +205,7 @@ def plan_audiocaps(
                 bad(
                     clip_id,
                     audio_dir / name,
-                    f"audio file not found (also tried {cands[1:]}; {csv_path.name} row {e['row']}; "
+                    f"audio file not found (also tried {cands[1:]}; {csv_path.name} row {clip['row']}; "
                     "set --audio-pattern if your files are named differently)",
                 )
                 continue
@@ -215,7 +218,7 @@ def plan_audiocaps(
                 )
                 continue
             used[found] = clip_id
-            planned.append((split, clip_id, found, e["caps"]))
+            planned.append((split, clip_id, found, clip["caps"]))
         for fname in sorted(n for n in on_disk if is_audio_file(n) and n not in row_names):
             bad.drop(fname, audio_dir / fname, f"audio file not named by any row of {csv_path.name}; left out")
     return splits, planned

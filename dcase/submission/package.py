@@ -142,8 +142,9 @@ def package_submission(
             folder.mkdir(parents=True)
             shutil.copyfile(csv_path, folder / f"{label}.output.csv")
             write_meta(meta_d, folder / f"{label}.meta.yaml")
-        for task in tasks if technical_report is not None else ():
-            shutil.copyfile(technical_report, tmp / f"task{task}" / report_name(team, task))
+        if technical_report is not None:
+            for task in tasks:
+                shutil.copyfile(technical_report, tmp / f"task{task}" / report_name(team, task))
     with atomic_path(zip_path) as tmp_zip:
         with zipfile.ZipFile(tmp_zip, "w", compression=zipfile.ZIP_DEFLATED) as z:
             for f in sorted(p for p in out_dir.rglob("*") if p.is_file()):
