@@ -44,7 +44,7 @@ LEGACY_CONFIG_NAMES = {
 KIND_TITLES = {"enclap": "an EnCLAP", "retriever": "a retriever", "cnext": "a CNext"}
 RUN_BEST = "best.json"
 
-Writer = Callable[[Path], None]
+Writer = Callable[[Path], object]  # writes one file or folder; its return value is ignored
 
 
 def _dcase_version() -> str:

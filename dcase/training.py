@@ -45,7 +45,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import torch
@@ -131,16 +131,20 @@ class TrainConfig:
     find_unused_parameters: bool = False  # DDP option for models with parameters unused by the loss
 
 
-class TrainTask(Protocol):
-    """What a stage provides to ``fit``. ``loss`` must call ``model(...)`` (the DDP-wrapped forward)."""
+ModelT = TypeVar("ModelT", bound=torch.nn.Module)
 
-    def build_model(self) -> torch.nn.Module: ...
+
+class TrainTask(Protocol[ModelT]):
+    """What a stage provides to ``fit``. ``loss`` must call ``model(...)`` (the DDP-wrapped forward); ``evaluate``
+    and ``save_model`` get the unwrapped model that ``build_model`` made."""
+
+    def build_model(self) -> ModelT: ...
     def train_dataset(self) -> torch.utils.data.Dataset: ...
     def collate(self, items: list) -> dict[str, torch.Tensor]: ...
     def item_lengths(self) -> list[int] | None: ...
     def loss(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]: ...
-    def evaluate(self, model: torch.nn.Module, accelerator: Any) -> dict[str, float]: ...
-    def save_model(self, model: torch.nn.Module, path: Path) -> None: ...
+    def evaluate(self, model: ModelT, accelerator: Any) -> dict[str, float]: ...
+    def save_model(self, model: ModelT, path: Path) -> None: ...
 
 
 @runtime_checkable
