@@ -50,7 +50,7 @@ def load_recipe(
     from dcase.stages.profiles import _deep_merge
     from dcase.submission.recipes import Task6Recipe, Task8Recipe
 
-    cls = Task6Recipe if task == 6 else Task8Recipe
+    cls: type[Task6Recipe] | type[Task8Recipe] = Task6Recipe if task == 6 else Task8Recipe
     data = dict(item) if isinstance(item, Mapping) else load_yaml(resolve_config_path(str(item)))
     meta = {**(data.get("meta") or {}), **{k: v for k, v in (team or {}).items() if k != "technical_report"}}
     data["meta"] = meta
@@ -429,8 +429,9 @@ def export_system(
                 continue
             many = isinstance(value, list | tuple)
             names = []
-            for i, src in enumerate(value if many else [value]):
-                src = Path(src).resolve()
+            sources = list(value) if isinstance(value, list | tuple) else [Path(str(value))]
+            for i, given in enumerate(sources):
+                src = Path(given).resolve()
                 name = seen.get(src) or (f"{key}/{i}" if many else key)
                 if src not in seen:
                     _link_or_copy(src, tmp / name)
@@ -559,7 +560,9 @@ def package_systems(pipe: Any, system_dirs: Sequence[Path]) -> dict[str, Any]:
     refusing template placeholders in identity fields and a wrongly named technical report."""
     from dcase.submission.package import package_submission
 
-    task6, task8, recs = [], [], {}
+    task6: list[tuple[Path, Path]] = []
+    task8: list[tuple[Path, Path]] = []
+    recs: dict[int, dict[str, Any]] = {}
     for d in system_dirs:
         rec = json.loads((d / OUTPUTS_FILE).read_text())
         (task6 if rec["task"] == 6 else task8).append((d / rec["csv"], d / rec["meta"]))
