@@ -246,8 +246,8 @@ def rerank(
     out["final_score"] = final_scores(out, w_enc, w_dec)
     probs = out["fluency_error_prob"].to_numpy(dtype=np.float64)
     filter_on = threshold is not None and not np.isnan(probs).all()
-    if filter_on:
-        passes = probs <= float(threshold)  # type: ignore[arg-type]
+    if threshold is not None and filter_on:
+        passes = probs <= float(threshold)
     else:
         passes = np.ones(len(out), dtype=bool)
     out["selected"] = False

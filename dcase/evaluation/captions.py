@@ -322,12 +322,12 @@ def _accept_java(java_path: str) -> Iterator[None]:
     with _PATCH_LOCK:
         saved = [mod.check_java_path for mod in modules]
         try:
-            for mod in modules:
-                mod.check_java_path = accept  # type: ignore[attr-defined]
+            for mod in modules:  # aac-metrics' own modules: patched for the duration of the call only
+                mod.check_java_path = accept  # type: ignore[attr-defined]  # (a ModuleType attribute)
             yield
         finally:
             for mod, fn in zip(modules, saved, strict=True):
-                mod.check_java_path = fn  # type: ignore[attr-defined]
+                mod.check_java_path = fn  # type: ignore[attr-defined]  # (a ModuleType attribute)
 
 
 def _missing_files(base: Path, rels: Iterable[str]) -> list[str]:

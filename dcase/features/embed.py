@@ -97,7 +97,7 @@ def embed_waves(
 ) -> list[np.ndarray]:
     """Mono clips at ``model.sample_rate`` -> float32 [D] each. Batches sorted by length within a sample budget."""
     order = sorted(range(len(waves)), key=lambda i: -len(waves[i]))
-    out: list[np.ndarray | None] = [None] * len(waves)
+    out = [np.zeros(0, np.float32)] * len(waves)  # every slot is filled below (``order`` covers all clips)
     i = 0
     while i < len(order):
         longest = len(waves[order[i]])
@@ -112,7 +112,7 @@ def embed_waves(
         emb = model.embed_audio(x.to(device), lengths.to(device)).float().cpu().numpy()
         for j, c in enumerate(idx):
             out[c] = np.ascontiguousarray(emb[j], dtype=np.float32)
-    return out  # type: ignore[return-value]
+    return out
 
 
 # ------------------------------------------------------------------------------------ manifest rows, index
