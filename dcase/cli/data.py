@@ -271,9 +271,8 @@ def stats(
 
       dcase data stats manifests/clotho.parquet manifests/audiocaps.parquet
     """
-    from rich.console import Console
+    from rich.console import Console, JustifyMethod
     from rich.table import Table
-    from rich.text import JustifyMethod
 
     from dcase.data.manifest import frame_rows, read_manifest
     from dcase.data.manifest import stats as manifest_stats
