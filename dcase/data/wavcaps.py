@@ -231,6 +231,27 @@ def _resolve_audio(
     return None, first
 
 
+def _check_options(
+    sources: Sequence[str], freesound_policy: str, exclude_csv: str | Path | None, audio_pattern: str | None
+) -> None:
+    """DataError for an unknown source or FreeSound policy, an exclusion list the policy ignores, or an audio
+    pattern that does not format with ``{source}`` and ``{id}``."""
+    unknown = [s for s in sources if s not in SOURCES]
+    if unknown:
+        raise DataError(f"unknown WavCaps source(s) {unknown}; expected some of {list(SOURCES)}")
+    if freesound_policy not in FREESOUND_POLICIES:
+        raise DataError(f"unknown FreeSound policy {freesound_policy!r}; expected one of {list(FREESOUND_POLICIES)}")
+    if freesound_policy == "keep" and exclude_csv is not None:
+        raise DataError(
+            f"FreeSound policy 'keep' ignores the exclusion list {exclude_csv}; use policy 'listed_ids' to apply it"
+        )
+    if audio_pattern is not None:
+        try:
+            audio_pattern.format(source="s", id="i")
+        except (KeyError, IndexError, ValueError) as e:
+            raise DataError(f"audio pattern {audio_pattern!r} is invalid ({e!r}); use {{source}} and {{id}}") from e
+
+
 def plan_wavcaps(
     json_root: str | Path,
     audio_root: str | Path | None,
@@ -249,20 +270,7 @@ def plan_wavcaps(
         raise DataError(f"WavCaps json folder not found: {json_root}")
     audio_root = Path(audio_root) if audio_root is not None else wavcaps_audio_root(json_root)
     sources = list(sources) if sources is not None else list(SOURCES)
-    unknown = [s for s in sources if s not in SOURCES]
-    if unknown:
-        raise DataError(f"unknown WavCaps source(s) {unknown}; expected some of {list(SOURCES)}")
-    if freesound_policy not in FREESOUND_POLICIES:
-        raise DataError(f"unknown FreeSound policy {freesound_policy!r}; expected one of {list(FREESOUND_POLICIES)}")
-    if freesound_policy == "keep" and exclude_csv is not None:
-        raise DataError(
-            f"FreeSound policy 'keep' ignores the exclusion list {exclude_csv}; use policy 'listed_ids' to apply it"
-        )
-    if audio_pattern is not None:
-        try:
-            audio_pattern.format(source="s", id="i")
-        except (KeyError, IndexError, ValueError) as e:
-            raise DataError(f"audio pattern {audio_pattern!r} is invalid ({e!r}); use {{source}} and {{id}}") from e
+    _check_options(sources, freesound_policy, exclude_csv, audio_pattern)
 
     report = FilterReport()
     entries: list[tuple[str, dict]] = []
