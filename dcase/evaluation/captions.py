@@ -600,6 +600,19 @@ def evaluate_captions(
     return CaptionScores(values, missing, tokenizer, per_clip)
 
 
+def _with_inputs(todo: list[str]) -> set[str]:
+    """The metrics to compute for ``todo``: the combined ones need their parts (SPIDEr: CIDEr-D and SPICE; FENSE:
+    FER and SBERT-sim; SPIDEr-FL: SPIDEr and FER)."""
+    need = set(todo)
+    if need & {"spider", "spider_fl"}:
+        need |= {"cider_d", "spice", "spider"}
+    if need & {"fense", "spider_fl"}:
+        need.add("fer")
+    if "fense" in need:
+        need.add("sbert_sim")
+    return need
+
+
 def _compute(
     todo: list[str],
     cands: list[str],
@@ -614,13 +627,7 @@ def _compute(
     """Fill ``outs[metric] = (corpus scores, sentence scores)`` for each metric in ``todo`` (tokenized inputs)."""
     from aac_metrics.functional import bleu, cider_d, meteor, rouge_l, vocab
 
-    need = set(todo)
-    if need & {"spider", "spider_fl"}:
-        need |= {"cider_d", "spice", "spider"}
-    if need & {"fense", "spider_fl"}:
-        need.add("fer")
-    if "fense" in need:
-        need.add("sbert_sim")
+    need = _with_inputs(todo)
     for n in range(1, 5):
         if f"bleu_{n}" in need:
             outs[f"bleu_{n}"] = bleu(cands, refs, n=n)

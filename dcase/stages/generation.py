@@ -258,6 +258,27 @@ def _plan_fingerprint(cfg: GenerateConfig, clip_ids: list[str]) -> dict[str, Any
     return json.loads(json.dumps(keep, default=str))
 
 
+def _start_or_resume(pdir: Path, plan: dict[str, Any]) -> None:
+    """Record ``plan`` in a new parts folder, or check that the parts already there were made with it."""
+    if not (pdir / PLAN).is_file():
+        pdir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(pdir / PLAN, json.dumps(plan, indent=1))
+        return
+    old = read_json(pdir / PLAN, "generation plan")
+    if old != plan:
+        diff = sorted(
+            k
+            for k in set(old["fingerprint"]) | set(plan["fingerprint"])
+            if old["fingerprint"].get(k) != plan["fingerprint"].get(k)
+        )
+        if old.get("chunk_clips") != plan["chunk_clips"]:
+            diff.append("chunk_clips")
+        raise InputError(
+            f"{pdir} holds parts of a run with other settings ({diff}); delete it or rerun with "
+            "the same settings to resume"
+        )
+
+
 def parts_dir(out: str | Path) -> Path:
     out = Path(out)
     return out.with_name(out.name + ".parts")
@@ -310,23 +331,7 @@ def generate_candidates(cfg: GenerateConfig, progress: bool = True, overwrite: b
 
     pdir = parts_dir(out)
     plan: dict[str, Any] = {"fingerprint": _plan_fingerprint(cfg, clip_ids), "chunk_clips": g.chunk_clips}
-    if (pdir / PLAN).is_file():
-        old = read_json(pdir / PLAN, "generation plan")
-        if old != plan:
-            diff = sorted(
-                k
-                for k in set(old["fingerprint"]) | set(plan["fingerprint"])
-                if old["fingerprint"].get(k) != plan["fingerprint"].get(k)
-            )
-            if old.get("chunk_clips") != plan["chunk_clips"]:
-                diff.append("chunk_clips")
-            raise InputError(
-                f"{pdir} holds parts of a run with other settings ({diff}); delete it or rerun with "
-                "the same settings to resume"
-            )
-    else:
-        pdir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(pdir / PLAN, json.dumps(plan, indent=1))
+    _start_or_resume(pdir, plan)
     chunks = [list(range(s, min(s + g.chunk_clips, len(rows)))) for s in range(0, len(rows), g.chunk_clips)]
     done = {k for k in range(len(chunks)) if (pdir / f"part-{k:05d}.parquet").is_file()}
     if done:
