@@ -112,6 +112,7 @@ def test_configs_load_with_paper_settings():
     assert isinstance(CaptionerStageConfig(), CaptionerStageConfig)
 
 
+@pytest.mark.slow  # over 5 s on 2 CPU cores
 def test_cli_pretrain_then_finetune_tiny(tmp_path):
     from dcase.cli import app
 
