@@ -474,6 +474,14 @@ class EnCLAP(nn.Module):
         return save_checkpoint(self, path, "enclap", config, writers)
 
     @classmethod
+    def config_of(cls, path: str | Path) -> EnCLAPConfig:
+        """The ``EnCLAPConfig`` of a checkpoint (as ``from_pretrained`` resolves it), without loading its weights."""
+        from dcase.checkpoint import read_checkpoint_config
+
+        meta, folder = read_checkpoint_config(path, "enclap")
+        return _enclap_config(meta, folder)
+
+    @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> EnCLAP:
         """Load a checkpoint folder, training run folder or cached Hub repository (``dcase.checkpoint``)."""
         from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration
@@ -481,10 +489,7 @@ class EnCLAP(nn.Module):
         from dcase.checkpoint import hf_load, load_checkpoint, load_state
 
         meta, state, folder = load_checkpoint(path, "enclap", device)
-        if not isinstance(meta.get("enclap"), dict) or not isinstance(meta.get("bart"), dict):
-            raise CheckpointError(f"{folder}: config.json lacks the 'enclap' and 'bart' sections of an EnCLAP config")
-        known = {f.name for f in dataclasses.fields(EnCLAPConfig)}
-        config = EnCLAPConfig(**{k: v for k, v in meta["enclap"].items() if k in known})
+        config = _enclap_config(meta, folder)
         bart = BartForConditionalGeneration(BartConfig.from_dict(meta["bart"]))
         tok_dir = folder / TOKENIZER_DIR
         tok = hf_load(AutoTokenizer.from_pretrained, tok_dir, "the captioner's tokenizer") if tok_dir.is_dir() else None
@@ -499,6 +504,14 @@ class EnCLAP(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def _enclap_config(meta: dict[str, Any], folder: Path) -> EnCLAPConfig:
+    """The EnCLAP part of a checkpoint's config.json (keys of older versions that no longer exist are dropped)."""
+    if not isinstance(meta.get("enclap"), dict) or not isinstance(meta.get("bart"), dict):
+        raise CheckpointError(f"{folder}: config.json lacks the 'enclap' and 'bart' sections of an EnCLAP config")
+    known = {f.name for f in dataclasses.fields(EnCLAPConfig)}
+    return EnCLAPConfig(**{k: v for k, v in meta["enclap"].items() if k in known})
 
 
 def build_enclap(

@@ -314,7 +314,7 @@ def task6_meta(pipe: Any, recipe: Any, captioners: Sequence[Path], out_dir: Path
         )
     )
     params = sum(count_parameters(f) for f in folders) + count_parameters(pipe.L.codec, ("decoder.",))
-    mc = EnCLAP.config_of(captioners[0]) if hasattr(EnCLAP, "config_of") else None
+    mc = EnCLAP.config_of(captioners[0])
     sources = _training_sources(pipe, 6)
     rate = float(codec["sample_rate"]) / float(codec["hop"])
     decoding = (
@@ -340,7 +340,7 @@ def task6_meta(pipe: Any, recipe: Any, captioners: Sequence[Path], out_dir: Path
         f"({embed['embed_dim']}-d)",
         "embeddings": f"audio tower of the retriever {pipe.p.clip_embedder}",
         "machine_learning_method": "EnCLAP: BART encoder-decoder over codec codes + clip embedding"
-        + (f" (d_model {mc.d_model}, {mc.encoder_layers}+{mc.decoder_layers} layers)" if mc else "")
+        + f" (d_model {mc.d_model}, {mc.encoder_layers}+{mc.decoder_layers} layers)"
         + ("; masked codec modelling pretraining" if pipe.p.captioner.pretrain_config else ""),
         "data_augmentation": "Clotho-ChatGPT-Mixup" if "clotho_mixup" in sources else "none",
         "decoding": decoding,
