@@ -44,7 +44,7 @@ LEGACY_CONFIG_NAMES = {
 KIND_TITLES = {"enclap": "an EnCLAP", "retriever": "a retriever", "cnext": "a CNext"}
 RUN_BEST = "best.json"
 
-Writer = Callable[[Path], None]
+Writer = Callable[[Path], object]  # writes one file or folder; its return value is ignored
 
 
 def _dcase_version() -> str:
@@ -183,6 +183,16 @@ def load_checkpoint(
     """(model config, state dict, folder) of a checkpoint of ``expected_kind`` (see ``resolve_checkpoint``).
 
     A folder of another kind, or one without a checkpoint config, is a CheckpointError saying what it holds."""
+    config, folder = read_checkpoint_config(path_or_repo_id, expected_kind)
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(f"{folder}: {KIND_TITLES[expected_kind]} checkpoint without {WEIGHTS_NAME}")
+    return config, read_safetensors(weights, device), folder
+
+
+def read_checkpoint_config(path_or_repo_id: str | Path, expected_kind: str) -> tuple[dict[str, Any], Path]:
+    """(model config, folder) of a checkpoint of ``expected_kind``, without reading its weights; the same errors
+    as ``load_checkpoint`` for a folder of another kind or without a checkpoint config."""
     folder = resolve_checkpoint(path_or_repo_id)
     kind, config = _read_config(folder)
     if kind is None:
@@ -194,10 +204,7 @@ def load_checkpoint(
         raise CheckpointError(
             f"{folder} is {KIND_TITLES[kind]} checkpoint, not {KIND_TITLES[expected_kind]} checkpoint"
         )
-    weights = folder / WEIGHTS_NAME
-    if not weights.is_file():
-        raise CheckpointError(f"{folder}: {KIND_TITLES[kind]} checkpoint without {WEIGHTS_NAME}")
-    return config, read_safetensors(weights, device), folder
+    return config, folder
 
 
 def read_safetensors(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:

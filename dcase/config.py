@@ -73,7 +73,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if optional:
             return None
         raise ConfigError(f"{where}: null is not allowed (expected {getattr(base, '__name__', base)})")
-    if dataclasses.is_dataclass(base):
+    if isinstance(base, type) and dataclasses.is_dataclass(base):
         if isinstance(value, base):
             return value
         if not isinstance(value, Mapping):
@@ -81,14 +81,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return from_dict(base, value, prefix=where)
     origin = typing.get_origin(base)
     if origin in (list, tuple, Iterable) or base in (list, tuple):
-        if isinstance(value, str):
-            value = [value] if value != "" else []  # one item: never split on ","
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        args = typing.get_args(base)
-        item_tp = args[0] if args else Any
-        items = [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple or base is tuple else items
+        return _coerce_sequence(value, base, origin is tuple or base is tuple, where)
     if origin is dict or base is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
@@ -98,6 +91,23 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if value not in allowed:
             raise ConfigError(f"{where}: {value!r} is not one of {list(allowed)}")
         return value
+    return _coerce_scalar(value, base, where)
+
+
+def _coerce_sequence(value: Any, tp: Any, as_tuple: bool, where: str) -> list[Any] | tuple[Any, ...]:
+    """A list (or tuple) field: a YAML list, or one string as a one-item list (never split on ",")."""
+    if isinstance(value, str):
+        value = [value] if value != "" else []
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"{where}: expected a list, got {value!r}")
+    args = typing.get_args(tp)
+    item_tp = args[0] if args else Any
+    items = [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    return tuple(items) if as_tuple else items
+
+
+def _coerce_scalar(value: Any, base: Any, where: str) -> Any:
+    """A bool, int, float or str field (other types pass unchanged)."""
     if base is bool:
         if isinstance(value, bool):
             return value
@@ -219,7 +229,7 @@ def _type_at(cls: type | None, path: Sequence[str]) -> Any:
     tp: Any = cls
     for part in path:
         base, _ = _strip_optional(tp)
-        if base is None or not dataclasses.is_dataclass(base):
+        if not (isinstance(base, type) and dataclasses.is_dataclass(base)):
             return None
         types_ = _field_types(base)
         if part not in types_:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -136,14 +137,14 @@ class _LogPlan(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, cost: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, epsilon: float) -> torch.Tensor:
+    def forward(ctx: Any, cost: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, epsilon: float) -> torch.Tensor:
         log_pi = alpha[:, None] + beta[None, :] - cost.detach().double() / epsilon
         ctx.save_for_backward(log_pi.exp())
         ctx.epsilon = epsilon
         return log_pi.to(cost.dtype)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
         (P,) = ctx.saved_tensors
         G = grad.double()
         r, c = G.sum(1), G.sum(0)
@@ -223,12 +224,12 @@ class _ScaleGrad(torch.autograd.Function):
     """Identity forward; the backward multiplies the gradient by ``scale``."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, scale: float) -> torch.Tensor:
         ctx.scale = scale
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return grad * ctx.scale, None
 
 
@@ -254,9 +255,9 @@ def gather_pairs(audio: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor,
     both = torch.cat([audio, text], dim=1)  # one collective for both; bf16/fp16 gathered as float32 (gloo, the loss)
     both = both.to(torch.promote_types(both.dtype, torch.float32))
     size = torch.tensor([both.shape[0]], device=both.device)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    sizes = [int(s) for s in sizes]
+    gathered = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(gathered, size)
+    sizes = [int(s) for s in gathered]
     padded = F.pad(both.detach(), (0, 0, 0, max(sizes) - both.shape[0]))
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded.contiguous())

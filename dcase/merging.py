@@ -204,38 +204,38 @@ def soup_checkpoints(
 
     if method not in ("uniform", "greedy"):
         raise InputError(f"unknown soup method {method!r} (uniform or greedy)")
-    dirs = [Path(d) for d in dirs]
-    if len(dirs) < 2:
-        raise InputError(f"a soup needs at least 2 ingredients, got {len(dirs)}")
+    folders = [Path(d) for d in dirs]
+    if len(folders) < 2:
+        raise InputError(f"a soup needs at least 2 ingredients, got {len(folders)}")
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise OutputExistsError(f"{out} exists and is not empty; pass overwrite=True (CLI: --overwrite)")
-    if any(out.resolve() == d.resolve() for d in dirs):
+    if any(out.resolve() == d.resolve() for d in folders):
         raise InputError(f"{out} is one of the ingredients")
-    for d in dirs:
+    for d in folders:
         if not d.is_dir():
             raise MissingInputError(f"checkpoint directory {d} does not exist")
-    kinds = [kind_of(d) for d in dirs]
+    kinds = [kind_of(d) for d in folders]
     if kinds[0] is None or any(k != kinds[0] for k in kinds):
         raise SoupError(
-            f"ingredients must be checkpoints of one kind; found {dict(zip(map(str, dirs), kinds, strict=True))}"
+            f"ingredients must be checkpoints of one kind; found {dict(zip(map(str, folders), kinds, strict=True))}"
         )
     kind = kinds[0]
-    loaded = [load_checkpoint(d, kind)[:2] for d in dirs]
+    loaded = [load_checkpoint(d, kind)[:2] for d in folders]
     try:
         check_compatible([c for c, _ in loaded], ignore_config_keys)
         check_state_dicts([sd for _, sd in loaded])
     except SoupError as e:
-        raise SoupError(f"{e} [ingredients: {[str(d) for d in dirs]}]") from e
-    config, subs = loaded[0][0], _sub_folders(dirs[0])
-    extra: dict[str, Any] = {"ingredients": [str(d) for d in dirs], "method": method}
+        raise SoupError(f"{e} [ingredients: {[str(d) for d in folders]}]") from e
+    config, subs = loaded[0][0], _sub_folders(folders[0])
+    extra: dict[str, Any] = {"ingredients": [str(d) for d in folders], "method": method}
     if method == "uniform":
         soup = uniform_soup([sd for _, sd in loaded])
-        extra["chosen"] = list(range(len(dirs)))
+        extra["chosen"] = list(range(len(folders)))
     else:
         if evaluate_fn is None:
             raise InputError("method='greedy' needs evaluate_fn(model_dir) -> validation score")
-        scores = [float(evaluate_fn(d)) for d in dirs]
+        scores = [float(evaluate_fn(d)) for d in folders]
         with tempfile.TemporaryDirectory(prefix="greedy_soup_") as tmpd:
 
             def eval_sd(sd: Mapping[str, torch.Tensor]) -> float:
@@ -245,9 +245,9 @@ def soup_checkpoints(
             result = greedy_soup([sd for _, sd in loaded], eval_sd, greater_is_better, scores)
         soup = result.state_dict
         extra.update(chosen=result.chosen, score=result.score, trace=result.trace)
-    run = {"soup": {"method": method, "ingredients": [str(d) for d in dirs]}}
+    run = {"soup": {"method": method, "ingredients": [str(d) for d in folders]}}
     # run.json (+ config.yaml) of the soup, written inside the checkpoint folder being built
     writers = {**subs, "run.json": lambda path: write_run_info(path.parent, run, None, extra)}
     save_checkpoint(soup, out, kind, config, writers)
-    log.info("soup of %d/%d ingredients written to %s", len(extra["chosen"]), len(dirs), out)
+    log.info("soup of %d/%d ingredients written to %s", len(extra["chosen"]), len(folders), out)
     return out

@@ -46,10 +46,10 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import torch
@@ -138,16 +138,27 @@ class TrainConfig:
     report_to: str = "auto"
 
 
-class TrainTask(Protocol):
-    """What a stage provides to ``fit``. ``loss`` must call ``model(...)`` (the DDP-wrapped forward)."""
+ModelT = TypeVar("ModelT", bound=torch.nn.Module)
 
-    def build_model(self) -> torch.nn.Module: ...
+
+class TrainTask(Protocol[ModelT]):
+    """What a stage provides to ``fit``. ``loss`` must call ``model(...)`` (the DDP-wrapped forward); ``evaluate``
+    and ``save_model`` get the unwrapped model that ``build_model`` made."""
+
+    def build_model(self) -> ModelT: ...
     def train_dataset(self) -> torch.utils.data.Dataset: ...
     def collate(self, items: list) -> dict[str, torch.Tensor]: ...
     def item_lengths(self) -> list[int] | None: ...
     def loss(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]: ...
-    def evaluate(self, model: torch.nn.Module, accelerator: Any) -> dict[str, float]: ...
-    def save_model(self, model: torch.nn.Module, path: Path) -> None: ...
+    def evaluate(self, model: ModelT, accelerator: Any) -> dict[str, float]: ...
+    def save_model(self, model: ModelT, path: Path) -> None: ...
+
+
+@runtime_checkable
+class EpochAware(Protocol):
+    """A dataset whose random choices depend on the epoch (seeded with (seed, epoch, index))."""
+
+    def set_epoch(self, epoch: int) -> None: ...
 
 
 # ----------------------------------------------------------------------------------------------- trackers
@@ -309,7 +320,8 @@ def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"cuda{i}"] = s
     py = random.getstate()
-    np_state = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)
+    assert isinstance(np_state, tuple)  # legacy=True: (name, keys, pos, has_gauss, cached_gaussian)
     meta = {
         "python": [py[0], list(py[1]), py[2]],
         "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
@@ -348,7 +360,8 @@ class _Progress:
 
 # ---------------------------------------------------------------------------------------------------- fit
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for _, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -411,6 +424,8 @@ class _Trainer:
         set_seed(cfg.seed)
         model = task.build_model()
         self.dataset = task.train_dataset()
+        if not isinstance(self.dataset, Sized):
+            raise TypeError(f"{type(task).__name__}.train_dataset() must return a dataset with a length")
         lengths = task.item_lengths()
         self.sampler = BucketBatchSampler(
             len(self.dataset),
@@ -421,7 +436,9 @@ class _Trainer:
             rank=self.acc.process_index,
             bucket_size=cfg.bucket_size,
         )
-        opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+        opt = torch.optim.AdamW(
+            _param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.betas[0], cfg.betas[1]), eps=cfg.eps
+        )
         self.model, self.opt = self.acc.prepare(model, opt)
         # not prepared: Accelerate would step it once per process
         self.sched = torch.optim.lr_scheduler.LambdaLR(
@@ -599,7 +616,7 @@ class _Trainer:
         """Endless micro-batches from the saved data position, advancing ``prog.epoch/batch_in_epoch``."""
         while True:
             self.sampler.set_epoch(self.prog.epoch, self.prog.batch_in_epoch)
-            if hasattr(self.dataset, "set_epoch"):
+            if isinstance(self.dataset, EpochAware):
                 self.dataset.set_epoch(self.prog.epoch)
             loader = torch.utils.data.DataLoader(
                 self.dataset,
@@ -613,6 +630,27 @@ class _Trainer:
                 yield batch
             self.prog.epoch += 1
             self.prog.batch_in_epoch = 0
+
+    def accumulate(self, batches: Iterator[dict], window: dict[str, list[float]]) -> None:
+        """The ``grad_accum`` micro-batches of one update: forward, backward (gradients synchronised on the last
+        one only), and their losses appended to ``window``."""
+        cfg, acc, model = self.cfg, self.acc, self.model
+        for i in range(cfg.grad_accum):
+            batch = _to_device(next(batches), acc.device)
+            sync = contextlib.nullcontext() if i == cfg.grad_accum - 1 else acc.no_sync(model)
+            with sync:
+                with acc.autocast():
+                    loss, parts = self.task.loss(model, batch)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"non-finite loss {loss.item()} at update {self.prog.step} (epoch {self.prog.epoch}, "
+                        f"batch {self.prog.batch_in_epoch}); lower the lr or check the inputs"
+                    )
+                acc.backward(loss / cfg.grad_accum)
+            window.setdefault("loss", []).append(float(loss.detach()))
+            for k, v in parts.items():
+                window.setdefault(k, []).append(float(v))
+            self.prog.samples += _batch_size(batch) * acc.num_processes
 
     def run(self) -> Path:
         cfg, acc = self.cfg, self.acc
@@ -661,22 +699,7 @@ class _Trainer:
         window: dict[str, list[float]] = {}
         t0, n0 = time.perf_counter(), self.prog.samples
         while self.prog.step < max_steps:
-            for i in range(cfg.grad_accum):
-                batch = _to_device(next(batches), acc.device)
-                sync = contextlib.nullcontext() if i == cfg.grad_accum - 1 else acc.no_sync(model)
-                with sync:
-                    with acc.autocast():
-                        loss, parts = self.task.loss(model, batch)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(
-                            f"non-finite loss {loss.item()} at update {self.prog.step} (epoch {self.prog.epoch}, "
-                            f"batch {self.prog.batch_in_epoch}); lower the lr or check the inputs"
-                        )
-                    acc.backward(loss / cfg.grad_accum)
-                window.setdefault("loss", []).append(float(loss.detach()))
-                for k, v in parts.items():
-                    window.setdefault(k, []).append(float(v))
-                self.prog.samples += _batch_size(batch) * acc.num_processes
+            self.accumulate(batches, window)
             if cfg.max_grad_norm > 0:
                 acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             lr = self.opt.param_groups[0]["lr"]

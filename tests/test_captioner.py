@@ -109,9 +109,11 @@ def test_configs_load_with_paper_settings():
     for name in ("pretrain", "finetune"):
         demo = load_stage_config(REPO / f"configs/demo/captioner_{name}.yaml")
         assert demo.model.bart_name_or_path is None and demo.model.d_model <= 128
-    assert isinstance(CaptionerStageConfig(), CaptionerStageConfig)
+    default = CaptionerStageConfig()  # the best checkpoint is chosen by CIDEr-D, higher is better (its own default)
+    assert (default.train.metric_for_best, default.train.greater_is_better, default.mcm) == ("cider_d", True, True)
 
 
+@pytest.mark.slow  # over 5 s on 2 CPU cores
 def test_cli_pretrain_then_finetune_tiny(tmp_path):
     from dcase.cli import app
 

@@ -191,6 +191,8 @@ def test_save_load_round_trip_is_bit_exact(tmp_path):
     a, b = m.state_dict(), r.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert r.config == m.config
+    (tmp_path / "ckpt" / "model.safetensors").unlink()  # config_of reads config.json only
+    assert EnCLAP.config_of(tmp_path / "ckpt") == m.config
     assert r.tokenizer(CAPTIONS)["input_ids"] == m.tokenizer(CAPTIONS)["input_ids"]
     codes, mask, clip = _batch()
     labels = m.tokenize(CAPTIONS[:3])

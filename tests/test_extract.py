@@ -165,6 +165,7 @@ def test_embed_extraction_with_cnext(tmp_path, corpus):
     assert verify_store(store, manifest)["ok"] == 5
 
 
+@pytest.mark.slow  # over 5 s on 2 CPU cores
 def test_clotho_mini_store_is_complete_with_expected_frame_counts(tmp_path, clotho_mini):
     import soundfile
 

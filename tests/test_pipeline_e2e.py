@@ -56,6 +56,7 @@ def test_tiny_pipeline_on_real_clips_in_official_layouts(clotho_mini, tmp_path):
         assert meta["results"]["development_testing"], "development-testing scores are filled from devtest/"
         if rec["task"] == 6:
             assert "4 codebooks x 64" in desc["acoustic_features"]  # the tiny codec that ran, not the recipe's text
+            assert "(d_model 96, 2+2 layers)" in desc["machine_learning_method"]  # the captioner that ran
             assert desc["fluency_filter"] == "off" and "no fluency filter" in desc["reranking"]
             assert isinstance(meta["results"]["development_testing"]["cider_d"], float)
             assert (folder / "system" / "system.json").is_file()

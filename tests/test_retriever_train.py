@@ -77,6 +77,7 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.mark.slow  # over 5 s on 2 CPU cores
 def test_tiny_retriever_learns_and_ranks_task8(tmp_path: Path, one_thread: None) -> None:
     manifest = make_corpus(tmp_path)
     cfg = RetrieverStageConfig(

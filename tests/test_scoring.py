@@ -27,6 +27,7 @@ from dcase.evaluation.captions import (
 COMPUTABLE_HERE = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider_d")
 
 
+@pytest.mark.slow  # over 5 s on 2 CPU cores
 def test_oracle_reproduction_through_cli(clotho_oracle, tmp_path):
     """`dcase score captions` reproduces the published aac-metrics scores of the DCASE2024 baseline run."""
     from dcase.cli import app

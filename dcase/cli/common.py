@@ -7,13 +7,14 @@ import os
 import sys
 from collections.abc import Callable
 from functools import wraps
-from typing import Any, TypeVar
+from typing import ParamSpec, TypeVar
 
 import typer
 
 from dcase.errors import DcaseError
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 CONFIG_OPTION = typer.Option(None, "--config", "-c", help="YAML config file (see configs/).")
 SET_OPTION = typer.Option(
@@ -57,7 +58,7 @@ def one_line(error: BaseException) -> str:
     return head + (" " + "; ".join(rest) if rest else "")
 
 
-def user_errors(fn: F) -> F:
+def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """The error boundary of a command: a ``DcaseError`` (bad input, files or configuration) is printed as one
     line and exits with status 2; anything else is a bug and keeps its traceback. ``DCASE_TRACEBACK=1`` shows the
     traceback of domain errors too.
@@ -67,7 +68,7 @@ def user_errors(fn: F) -> F:
     outputs first (``dcase.io.check_output``), this is the net under them."""
 
     @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
         except DcaseError as e:
@@ -82,4 +83,4 @@ def user_errors(fn: F) -> F:
             typer.secho(f"error: {e.filename}: {e.strerror}; choose another path", fg=typer.colors.RED, err=True)
             sys.exit(2)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper

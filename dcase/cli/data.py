@@ -271,26 +271,27 @@ def stats(
 
       dcase data stats manifests/clotho.parquet manifests/audiocaps.parquet
     """
-    from rich.console import Console
+    from rich.console import Console, JustifyMethod
     from rich.table import Table
 
-    from dcase.data.manifest import read_manifest
+    from dcase.data.manifest import frame_rows, read_manifest
     from dcase.data.manifest import stats as manifest_stats
 
     table = Table(title="manifest statistics")
-    for col, justify in (
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
         ("file", "left"),
         ("source", "left"),
         ("split", "left"),
         ("clips", "right"),
         ("captions", "right"),
         ("hours", "right"),
-    ):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    )
+    for col, justify in columns:
+        table.add_column(col, justify=justify)
     total = [0, 0, 0.0]
     for f in files:
         st = manifest_stats(read_manifest(f))
-        for r in st.itertuples(index=False):
+        for r in frame_rows(st):
             table.add_row(f.name, r.source, r.split, str(r.clips), str(r.captions), f"{r.hours:.3f}")
             total[0] += int(r.clips)
             total[1] += int(r.captions)

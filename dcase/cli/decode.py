@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -11,7 +13,7 @@ from dcase.cli.common import user_errors
 from dcase.errors import InputError
 
 
-def _load_evaluator(spec: str):  # noqa: ANN202 - returns a user callable
+def _load_evaluator(spec: str) -> Callable[[Path], float]:
     """``package.module:function`` -> the callable (model_dir -> validation score)."""
     import importlib
 
@@ -62,6 +64,7 @@ def soup(
         raise InputError(f"--method must be uniform or greedy, got {method!r}")
     if method == "greedy" and not evaluator:
         raise InputError("--method greedy needs --evaluator captioner (or module:function: checkpoint folder -> score)")
+    fn: Callable[[Path], float] | None
     if evaluator == "captioner":
         import functools
 
@@ -128,7 +131,7 @@ def generate(
     from dcase.stages.generation import GenerateConfig, generate_candidates
 
     cfg = load_config(GenerateConfig, config, list(overrides or []))
-    given = {
+    given: dict[str, Any] = {
         "captioners": [str(p) for p in captioner] if captioner else None,
         "retriever": str(retriever) if retriever else None,
         "manifest": str(manifest) if manifest else None,
@@ -138,7 +141,7 @@ def generate(
         "out": str(out) if out else None,
         "device": device,
     }
-    gen_given = {
+    gen_given: dict[str, Any] = {
         "ensemble": ensemble,
         "fluency_checker": str(fluency_checker) if fluency_checker else None,
         "fluency_backbone": str(fluency_backbone) if fluency_backbone else None,

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from dcase.cli.common import user_errors
+
+if TYPE_CHECKING:
+    from dcase.stages.pipeline import Pipeline, PipelineOptions
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -47,7 +51,7 @@ def _options(
     start: str | None,
     until: str | None,
     allow_leak: bool,
-):  # noqa: ANN202 - PipelineOptions, imported lazily
+) -> PipelineOptions:
     from dcase.stages.pipeline import PipelineOptions
 
     paths = {
@@ -66,7 +70,7 @@ def _options(
     )
 
 
-def _load(profile: str, overrides: list[str] | None, team: Path | None, options):  # noqa: ANN001, ANN202
+def _load(profile: str, overrides: list[str] | None, team: Path | None, options: PipelineOptions) -> Pipeline:
     from dcase.stages.pipeline import build_pipeline
     from dcase.stages.profiles import load_profile
 

@@ -6,6 +6,7 @@ Every error is an ``AudioError`` naming the file.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import soundfile as sf
@@ -102,12 +103,26 @@ def mix_energy_matched(a: np.ndarray, b: np.ndarray, ratio_db: float) -> np.ndar
     return y.astype(np.float32)
 
 
-def load_clip(row: object, sample_rate: int, max_seconds: float | None = None) -> np.ndarray:
+class AudioRow(Protocol):
+    """What the audio readers need of a manifest row (an ``itertuples`` row, a ``ManifestRow`` or any object with
+    these fields). Mixup rows (``source == "clotho_mixup"``) also carry ``mix_audio_paths`` and ``mix_ratio_db``."""
+
+    @property
+    def clip_id(self) -> str: ...
+
+    @property
+    def audio_path(self) -> str: ...
+
+
+def load_clip(row: AudioRow, sample_rate: int, max_seconds: float | None = None) -> np.ndarray:
     """Load a manifest row's audio at ``sample_rate``; mixup rows are mixed at their recorded ratio."""
-    paths = getattr(row, "mix_audio_paths", None)
+    paths = getattr(row, "mix_audio_paths", None)  # the mixup fields are optional: plain rows need not have them
     if getattr(row, "source", None) == "clotho_mixup" and paths is not None:
         a, _ = load_audio(paths[0], sample_rate, max_seconds)
         b, _ = load_audio(paths[1], sample_rate, max_seconds)
-        return mix_energy_matched(a, b, float(row.mix_ratio_db))  # type: ignore[attr-defined]
-    x, _ = load_audio(row.audio_path, sample_rate, max_seconds)  # type: ignore[attr-defined]
+        ratio = getattr(row, "mix_ratio_db", None)
+        if ratio is None:
+            raise InputError(f"clip {row.clip_id!r}: a clotho_mixup row without mix_ratio_db")
+        return mix_energy_matched(a, b, float(ratio))
+    x, _ = load_audio(row.audio_path, sample_rate, max_seconds)
     return x

@@ -24,6 +24,7 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from dcase.data.audio import is_audio_file
 from dcase.data.common import BadClips, DataError, Planned, dir_index, read_table, resolve_inside, rows_from_plan
@@ -120,13 +121,7 @@ def plan_audiocaps(
     if audio_pattern is None:
         aac = audio_root is None and aac_audio_root(root) is not None
         audio_pattern = AAC_PATTERN if aac else DEFAULT_PATTERN
-    try:
-        audio_pattern.format(youtube_id="x", start_time="0", audiocap_id="0", split="train")
-    except (KeyError, IndexError, ValueError) as e:
-        raise DataError(
-            f"audio pattern {audio_pattern!r} is invalid ({e!r}); use fields {{youtube_id}}, {{start_time}}, "
-            "{audiocap_id}, {split}"
-        ) from e
+    _check_pattern(audio_pattern)
 
     planned: list[Planned] = []
     for split in splits:
@@ -137,88 +132,128 @@ def plan_audiocaps(
         if audio_dir is None:
             where = audio_root if audio_root is not None else f"{root / 'audio' / split} or {root / split}"
             raise DataError(f"audio folder for AudioCaps split {split!r} not found (looked for {where})")
-        df = read_table(csv_path, required=COLUMNS)
-        clips: dict[str, dict] = {}
-        broken: set[str] = set()
-        seen_ids: dict[str, int] = {}
-        row_names: set[str] = set()  # audio names of every parsable row, bad ones included
-        for i, (cap_id, yid, start, caption) in enumerate(df[list(COLUMNS)].itertuples(index=False, name=None)):
-            row_no = i + 1
-            if not yid.strip():
-                bad(f"<row {row_no}>", csv_path, f"row {row_no}: column 'youtube_id' is empty")
-                continue
-            try:
-                start_text = normalise_start(start)
-            except ValueError:
-                start_text = start
-            name = audio_pattern.format(youtube_id=yid, start_time=start_text, audiocap_id=cap_id, split=split)
-            row_names.update((name, "Y" + name))
-            try:
-                clip_id = audiocaps_clip_id(yid, start)
-            except ValueError:
-                bad(f"{yid}@{start}", csv_path, f"row {row_no}: column 'start_time' is not a number: {start!r}")
-                continue
-            if cap_id in seen_ids:
-                bad(
-                    clip_id,
-                    csv_path,
-                    f"row {row_no}: duplicate audiocap_id {cap_id!r} (first at row {seen_ids[cap_id]})",
-                )
-                continue
-            seen_ids[cap_id] = row_no
-            if clip_id in broken:
-                continue
-            if not caption.strip():
-                bad(clip_id, csv_path, f"row {row_no}: column 'caption' is empty")
-                broken.add(clip_id)
-                clips.pop(clip_id, None)
-                continue
-            entry = clips.setdefault(clip_id, {"yid": yid, "start": start, "cap_id": cap_id, "row": row_no, "caps": []})
-            entry["caps"].append(caption)
+        clips, row_names = _read_split_rows(csv_path, split, audio_pattern, bad)
         on_disk = dir_index(audio_dir)
-        used: dict[Path, str] = {}
-        for clip_id, e in clips.items():
-            name = audio_pattern.format(
-                youtube_id=e["yid"], start_time=normalise_start(e["start"]), audiocap_id=e["cap_id"], split=split
-            )
-            cands = [name]
-            p = Path(name)
-            if not p.name.startswith("Y"):
-                cands.append(str(p.with_name("Y" + p.name)))
-            if any(resolve_inside(audio_dir, c) is None for c in cands):
-                bad(
-                    clip_id,
-                    csv_path,
-                    f"row {e['row']}: the audio file name {name!r} (from column 'youtube_id' {e['yid']!r}) points "
-                    f"outside {audio_dir}",
-                )
-                continue
-            found = None
-            for c in cands:
-                if ("/" not in c and c in on_disk) or ("/" in c and (audio_dir / c).is_file()):
-                    found = audio_dir / c
-                    break
-            if found is None:
-                bad(
-                    clip_id,
-                    audio_dir / name,
-                    f"audio file not found (also tried {cands[1:]}; {csv_path.name} row {e['row']}; "
-                    "set --audio-pattern if your files are named differently)",
-                )
-                continue
-            if found in used:
-                bad(
-                    clip_id,
-                    found,
-                    f"audio file already used by clip {used[found]!r}; "
-                    "use an --audio-pattern with {start_time} to tell the clips apart",
-                )
-                continue
-            used[found] = clip_id
-            planned.append((split, clip_id, found, e["caps"]))
+        planned += _plan_split_audio(clips, split, csv_path, audio_dir, on_disk, audio_pattern, bad)
         for fname in sorted(n for n in on_disk if is_audio_file(n) and n not in row_names):
             bad.drop(fname, audio_dir / fname, f"audio file not named by any row of {csv_path.name}; left out")
     return splits, planned
+
+
+def _check_pattern(audio_pattern: str) -> None:
+    """A DataError unless ``audio_pattern`` formats with the AudioCaps fields."""
+    try:
+        audio_pattern.format(youtube_id="x", start_time="0", audiocap_id="0", split="train")
+    except (KeyError, IndexError, ValueError) as e:
+        raise DataError(
+            f"audio pattern {audio_pattern!r} is invalid ({e!r}); use fields {{youtube_id}}, {{start_time}}, "
+            "{audiocap_id}, {split}"
+        ) from e
+
+
+def _read_split_rows(
+    csv_path: Path, split: str, audio_pattern: str, bad: BadClips
+) -> tuple[dict[str, dict[str, Any]], set[str]]:
+    """The clips of one split's CSV ({clip_id: youtube id, start, first audiocap_id and row, captions}) and the audio
+    names of every parsable row, bad ones included; bad rows go to ``bad``."""
+    df = read_table(csv_path, required=COLUMNS)
+    clips: dict[str, dict] = {}
+    broken: set[str] = set()
+    seen_ids: dict[str, int] = {}
+    row_names: set[str] = set()  # audio names of every parsable row, bad ones included
+    for i, (cap_id, yid, start, caption) in enumerate(df[list(COLUMNS)].itertuples(index=False, name=None)):
+        row_no = i + 1
+        if not yid.strip():
+            bad(f"<row {row_no}>", csv_path, f"row {row_no}: column 'youtube_id' is empty")
+            continue
+        try:
+            start_text = normalise_start(start)
+        except ValueError:
+            start_text = start
+        name = audio_pattern.format(youtube_id=yid, start_time=start_text, audiocap_id=cap_id, split=split)
+        row_names.update((name, "Y" + name))
+        try:
+            clip_id = audiocaps_clip_id(yid, start)
+        except ValueError:
+            bad(f"{yid}@{start}", csv_path, f"row {row_no}: column 'start_time' is not a number: {start!r}")
+            continue
+        if cap_id in seen_ids:
+            bad(
+                clip_id,
+                csv_path,
+                f"row {row_no}: duplicate audiocap_id {cap_id!r} (first at row {seen_ids[cap_id]})",
+            )
+            continue
+        seen_ids[cap_id] = row_no
+        if clip_id in broken:
+            continue
+        if not caption.strip():
+            bad(clip_id, csv_path, f"row {row_no}: column 'caption' is empty")
+            broken.add(clip_id)
+            clips.pop(clip_id, None)
+            continue
+        entry = clips.setdefault(clip_id, {"yid": yid, "start": start, "cap_id": cap_id, "row": row_no, "caps": []})
+        entry["caps"].append(caption)
+    return clips, row_names
+
+
+def _plan_split_audio(
+    clips: dict[str, dict[str, Any]],
+    split: str,
+    csv_path: Path,
+    audio_dir: Path,
+    on_disk: set[str],
+    audio_pattern: str,
+    bad: BadClips,
+) -> list[Planned]:
+    """Each clip's audio file in ``audio_dir`` (also tried with YouTube's ``Y`` prefix); missing, escaping or shared
+    files go to ``bad``."""
+    planned: list[Planned] = []
+    on_disk = dir_index(audio_dir)
+    used: dict[Path, str] = {}
+    for clip_id, clip in clips.items():
+        name = audio_pattern.format(
+            youtube_id=clip["yid"],
+            start_time=normalise_start(clip["start"]),
+            audiocap_id=clip["cap_id"],
+            split=split,
+        )
+        cands = [name]
+        p = Path(name)
+        if not p.name.startswith("Y"):
+            cands.append(str(p.with_name("Y" + p.name)))
+        if any(resolve_inside(audio_dir, c) is None for c in cands):
+            bad(
+                clip_id,
+                csv_path,
+                f"row {clip['row']}: the audio file name {name!r} (from column 'youtube_id' {clip['yid']!r}) "
+                f"points outside {audio_dir}",
+            )
+            continue
+        found = None
+        for c in cands:
+            if ("/" not in c and c in on_disk) or ("/" in c and (audio_dir / c).is_file()):
+                found = audio_dir / c
+                break
+        if found is None:
+            bad(
+                clip_id,
+                audio_dir / name,
+                f"audio file not found (also tried {cands[1:]}; {csv_path.name} row {clip['row']}; "
+                "set --audio-pattern if your files are named differently)",
+            )
+            continue
+        if found in used:
+            bad(
+                clip_id,
+                found,
+                f"audio file already used by clip {used[found]!r}; "
+                "use an --audio-pattern with {start_time} to tell the clips apart",
+            )
+            continue
+        used[found] = clip_id
+        planned.append((split, clip_id, found, clip["caps"]))
+    return planned
 
 
 def read_audiocaps(

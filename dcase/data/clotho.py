@@ -209,55 +209,84 @@ def plan_clotho(root: str | Path, splits: Sequence[str] | None, bad: BadClips) -
             log.warning("ignoring unreadable metadata for split %r: %s", split, e)
             meta = None
         if split in CAPTIONED_SPLITS:
-            csv_path = clotho_captions_csv(root, split)
-            if csv_path is None:
-                raise DataError(f"{root}: clotho_captions_{split}.csv not found (needed for split {split!r})")
-            good, named = _read_captions(csv_path, bad)
-            listed = {lookup.get(unicodedata.normalize("NFC", n)) for n in named} - {None}
-            for row_no, fname, caps in good:
-                if not _plain_name(audio_dir, fname):
-                    bad(
-                        fname,
-                        csv_path,
-                        f"row {row_no}: column 'file_name' must name a file directly inside {audio_dir} "
-                        "(found a path with folders, '..' or an absolute path)",
-                    )
-                    continue
-                disk = lookup.get(unicodedata.normalize("NFC", fname))
-                if disk is None:
-                    bad(fname, audio_dir / fname, f"audio file not found (listed in {csv_path.name} row {row_no})")
-                    continue
-                planned.append((split, fname, audio_dir / disk, caps))
-            for name in sorted(n for n in on_disk if is_audio_file(n) and n not in listed):
-                bad.drop(name, audio_dir / name, f"audio file not listed in {csv_path.name}; left out")
-            if meta is not None:
-                missing_meta = sorted({c for s, c, _p, _c in planned if s == split} - set(meta["file_name"]))
-                if missing_meta:
-                    log.warning(
-                        "%s: %d clip(s) have no metadata row, e.g. %s",
-                        meta.attrs["path"],
-                        len(missing_meta),
-                        missing_meta[:3],
-                    )
+            planned += _plan_captioned_split(root, split, audio_dir, on_disk, lookup, meta, bad)
         else:
-            names = sorted(n for n in on_disk if is_audio_file(n))
-            if meta is not None:
-                for i, fname in enumerate(meta["file_name"]):
-                    if unicodedata.normalize("NFC", fname) not in lookup:
-                        bad(
-                            fname,
-                            audio_dir / fname,
-                            f"audio file not found (listed in {Path(meta.attrs['path']).name} row {i + 1})",
-                        )
-                extra = sorted(set(names) - {lookup.get(unicodedata.normalize("NFC", f)) for f in meta["file_name"]})
-                if extra:
-                    log.warning(
-                        "%s: %d audio file(s) have no metadata row (kept), e.g. %s", audio_dir, len(extra), extra[:3]
-                    )
-            if not names:
-                raise DataError(f"{audio_dir}: no audio files ({'/'.join(AUDIO_EXTENSIONS)}) for split {split!r}")
-            planned.extend((split, n, audio_dir / n, []) for n in names)
+            planned += _plan_listed_split(split, audio_dir, on_disk, lookup, meta, bad)
+    return splits, _unique_clips(planned, bad)
 
+
+def _plan_captioned_split(
+    root: Path,
+    split: str,
+    audio_dir: Path,
+    on_disk: set[str],
+    lookup: dict[str, str],
+    meta: pd.DataFrame | None,
+    bad: BadClips,
+) -> list[Planned]:
+    """The clips of a captioned split, in captions-CSV order; audio files the CSV does not list are dropped."""
+    csv_path = clotho_captions_csv(root, split)
+    if csv_path is None:
+        raise DataError(f"{root}: clotho_captions_{split}.csv not found (needed for split {split!r})")
+    planned: list[Planned] = []
+    good, named = _read_captions(csv_path, bad)
+    listed = {lookup.get(unicodedata.normalize("NFC", n)) for n in named} - {None}
+    for row_no, fname, caps in good:
+        if not _plain_name(audio_dir, fname):
+            bad(
+                fname,
+                csv_path,
+                f"row {row_no}: column 'file_name' must name a file directly inside {audio_dir} "
+                "(found a path with folders, '..' or an absolute path)",
+            )
+            continue
+        disk = lookup.get(unicodedata.normalize("NFC", fname))
+        if disk is None:
+            bad(fname, audio_dir / fname, f"audio file not found (listed in {csv_path.name} row {row_no})")
+            continue
+        planned.append((split, fname, audio_dir / disk, caps))
+    for name in sorted(n for n in on_disk if is_audio_file(n) and n not in listed):
+        bad.drop(name, audio_dir / name, f"audio file not listed in {csv_path.name}; left out")
+    if meta is not None:
+        missing_meta = sorted({c for s, c, _p, _c in planned if s == split} - set(meta["file_name"]))
+        if missing_meta:
+            log.warning(
+                "%s: %d clip(s) have no metadata row, e.g. %s",
+                meta.attrs["path"],
+                len(missing_meta),
+                missing_meta[:3],
+            )
+    return planned
+
+
+def _plan_listed_split(
+    split: str,
+    audio_dir: Path,
+    on_disk: set[str],
+    lookup: dict[str, str],
+    meta: pd.DataFrame | None,
+    bad: BadClips,
+) -> list[Planned]:
+    """The clips of a caption-less split (test, retrieval audio): every audio file of its folder."""
+    names = sorted(n for n in on_disk if is_audio_file(n))
+    if meta is not None:
+        for i, fname in enumerate(meta["file_name"]):
+            if unicodedata.normalize("NFC", fname) not in lookup:
+                bad(
+                    fname,
+                    audio_dir / fname,
+                    f"audio file not found (listed in {Path(meta.attrs['path']).name} row {i + 1})",
+                )
+        extra = sorted(set(names) - {lookup.get(unicodedata.normalize("NFC", f)) for f in meta["file_name"]})
+        if extra:
+            log.warning("%s: %d audio file(s) have no metadata row (kept), e.g. %s", audio_dir, len(extra), extra[:3])
+    if not names:
+        raise DataError(f"{audio_dir}: no audio files ({'/'.join(AUDIO_EXTENSIONS)}) for split {split!r}")
+    return [(split, n, audio_dir / n, []) for n in names]
+
+
+def _unique_clips(planned: list[Planned], bad: BadClips) -> list[Planned]:
+    """``planned`` without the clips whose file name an earlier split already holds (reported to ``bad``)."""
     first_split: dict[str, str] = {}
     unique: list[Planned] = []
     for item in planned:
@@ -267,7 +296,7 @@ def plan_clotho(root: str | Path, splits: Sequence[str] | None, bad: BadClips) -
             continue
         first_split[clip] = split
         unique.append(item)
-    return splits, unique
+    return unique
 
 
 def read_clotho(

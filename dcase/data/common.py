@@ -294,16 +294,16 @@ def probe_many(
     out: dict[Path, tuple[float, int]] = {}
     reported: set[Path] = set()
     for clip, path in items:
-        res = results.get(path)
-        if res is None:
+        found = results.get(path)
+        if found is None:
             continue  # not probed: only after a strict failure, which raises first
-        if not isinstance(res, AudioError):
-            out[path] = res
+        if not isinstance(found, AudioError):
+            out[path] = found
         elif path in reported:
             bad(clip, path, "unusable audio (see the earlier report for this file)")
         else:
             reported.add(path)
-            reason, prefix = str(res), f"{path}: "
+            reason, prefix = str(found), f"{path}: "
             bad(clip, path, reason[len(prefix) :] if reason.startswith(prefix) else reason)
     return out
 

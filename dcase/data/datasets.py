@@ -17,7 +17,9 @@ import pandas as pd
 import torch
 
 from dcase.data.audio import load_clip
+from dcase.data.manifest import frame_rows
 from dcase.errors import InputError
+from dcase.features.store import array_shape
 
 
 # ---------------------------------------------------------------------------------------------- captioner
@@ -58,8 +60,7 @@ class CaptionDataset(torch.utils.data.Dataset):
 
     def lengths(self) -> list[int]:
         """Frames per item after cropping (for length bucketing), from the store index when it has one."""
-        get = self.codes.shape if hasattr(self.codes, "shape") else (lambda k: np.shape(self.codes[k]))
-        per_clip = [min(int(get(c)[-1]), self.max_frames) for c in self.clip_ids]
+        per_clip = [min(int(array_shape(self.codes, c)[-1]), self.max_frames) for c in self.clip_ids]
         return [per_clip[i] for i, _ in self.items]
 
     def __getitem__(self, idx: int) -> tuple[np.ndarray, np.ndarray, str]:
@@ -138,7 +139,7 @@ class PairDataset(torch.utils.data.Dataset):
     def __init__(
         self, df: pd.DataFrame, cache: AudioCache, max_seconds: float, min_samples: int, seed: int = 0
     ) -> None:
-        self.rows = list(df.itertuples(index=False))
+        self.rows = list(frame_rows(df))
         self.cache, self.seed, self.epoch = cache, seed, 0
         self.n_crop = int(round(max_seconds * cache.sample_rate))
         self.min_samples = min_samples

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,12 @@ class ManifestRow:
         return {c: getattr(self, c) for c in COLUMNS}
 
 
+def frame_rows(df: pd.DataFrame) -> Iterator[Any]:
+    """``df.itertuples(index=False)``: one named tuple per row, fields by column name. Typed ``Any`` because pandas
+    types every field of these tuples as "any scalar"; a manifest's fields have the types of ``SCHEMA``."""
+    return df.itertuples(index=False)
+
+
 def _is_missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
@@ -94,41 +100,50 @@ def validate(df: pd.DataFrame, where: str = "manifest", allow_empty_captions: It
     if dup:
         raise ManifestError(f"{where}: duplicate clip_id {dup[:5]}{' ...' if len(dup) > 5 else ''}")
     allow = set(allow_empty_captions)
-    for i, row in enumerate(df.itertuples(index=False)):
-        clip = row.clip_id
-        at = f"{where}: row {i} (clip_id {clip!r})"
-        if not isinstance(clip, str) or not clip.strip():
-            raise ManifestError(f"{where}: row {i}: clip_id must be a non-empty string, got {clip!r}")
-        for name in ("audio_path", "split", "source"):
-            v = getattr(row, name)
-            if not isinstance(v, str) or not v.strip():
-                raise ManifestError(f"{at}: field '{name}' must be a non-empty string, got {v!r}")
-        if row.source not in SOURCES:
-            raise ManifestError(f"{at}: field 'source' is {row.source!r}, expected one of {list(SOURCES)}")
-        d = row.duration_s
-        if _is_missing(d) or not math.isfinite(float(d)) or float(d) <= 0:
-            raise ManifestError(f"{at}: field 'duration_s' must be a positive number, got {d!r}")
-        sr = row.sample_rate
-        if _is_missing(sr) or int(sr) <= 0:
-            raise ManifestError(f"{at}: field 'sample_rate' must be a positive integer, got {sr!r}")
-        caps = row.captions
-        if caps is None:
-            caps = []
-        for j, c in enumerate(caps):
-            if not isinstance(c, str) or not c.strip():
-                raise ManifestError(f"{at}: field 'captions'[{j}] is empty or not a string: {c!r}")
-        if len(caps) == 0 and row.split not in allow:
-            raise ManifestError(f"{at}: field 'captions' is empty (split {row.split!r} must have captions)")
-        is_mix = row.source == "clotho_mixup"
-        mix_vals = [getattr(row, c) for c in MIX_COLUMNS]
-        if is_mix:
-            ids, paths, ratio = mix_vals
-            if ids is None or len(ids) != 2 or paths is None or len(paths) != 2:
-                raise ManifestError(f"{at}: mixup rows need 2 'mix_clip_ids' and 2 'mix_audio_paths'")
-            if _is_missing(ratio) or not math.isfinite(float(ratio)):
-                raise ManifestError(f"{at}: field 'mix_ratio_db' must be a finite number, got {ratio!r}")
-        elif any(v is not None and not _is_missing(v) for v in mix_vals):
-            raise ManifestError(f"{at}: mix_* fields are only allowed on source 'clotho_mixup' rows")
+    for i, row in enumerate(frame_rows(df)):
+        _validate_row(row, i, where, allow)
+
+
+def _validate_row(row: Any, i: int, where: str, allow_empty_captions: set[str]) -> None:
+    """One manifest row (``validate``): identity strings, duration and sample rate, captions, mixup fields."""
+    clip = row.clip_id
+    at = f"{where}: row {i} (clip_id {clip!r})"
+    if not isinstance(clip, str) or not clip.strip():
+        raise ManifestError(f"{where}: row {i}: clip_id must be a non-empty string, got {clip!r}")
+    for name in ("audio_path", "split", "source"):
+        v = getattr(row, name)
+        if not isinstance(v, str) or not v.strip():
+            raise ManifestError(f"{at}: field '{name}' must be a non-empty string, got {v!r}")
+    if row.source not in SOURCES:
+        raise ManifestError(f"{at}: field 'source' is {row.source!r}, expected one of {list(SOURCES)}")
+    d = row.duration_s
+    if _is_missing(d) or not math.isfinite(float(d)) or float(d) <= 0:
+        raise ManifestError(f"{at}: field 'duration_s' must be a positive number, got {d!r}")
+    sr = row.sample_rate
+    if _is_missing(sr) or int(sr) <= 0:
+        raise ManifestError(f"{at}: field 'sample_rate' must be a positive integer, got {sr!r}")
+    caps = row.captions
+    if caps is None:
+        caps = []
+    for j, c in enumerate(caps):
+        if not isinstance(c, str) or not c.strip():
+            raise ManifestError(f"{at}: field 'captions'[{j}] is empty or not a string: {c!r}")
+    if len(caps) == 0 and row.split not in allow_empty_captions:
+        raise ManifestError(f"{at}: field 'captions' is empty (split {row.split!r} must have captions)")
+    _validate_mix_fields(row, at)
+
+
+def _validate_mix_fields(row: Any, at: str) -> None:
+    """``clotho_mixup`` rows name their 2 source clips and a finite ratio; other rows leave the mix_* fields empty."""
+    mix_vals = [getattr(row, c) for c in MIX_COLUMNS]
+    if row.source == "clotho_mixup":
+        ids, paths, ratio = mix_vals
+        if ids is None or len(ids) != 2 or paths is None or len(paths) != 2:
+            raise ManifestError(f"{at}: mixup rows need 2 'mix_clip_ids' and 2 'mix_audio_paths'")
+        if _is_missing(ratio) or not math.isfinite(float(ratio)):
+            raise ManifestError(f"{at}: field 'mix_ratio_db' must be a finite number, got {ratio!r}")
+    elif any(v is not None and not _is_missing(v) for v in mix_vals):
+        raise ManifestError(f"{at}: mix_* fields are only allowed on source 'clotho_mixup' rows")
 
 
 def to_frame(rows: Iterable[ManifestRow | Mapping[str, Any]]) -> pd.DataFrame:
@@ -141,7 +156,7 @@ def to_frame(rows: Iterable[ManifestRow | Mapping[str, Any]]) -> pd.DataFrame:
 def _caption_less_splits(df: pd.DataFrame) -> set[str]:
     n_caps = df["captions"].map(lambda c: 0 if c is None else len(c))
     per_split = n_caps.groupby(df["split"]).max()
-    return {s for s, n in per_split.items() if n == 0}
+    return {str(s) for s, n in per_split.items() if n == 0}
 
 
 def write_manifest(rows: Iterable[ManifestRow | Mapping[str, Any]] | pd.DataFrame, path: str | Path) -> pd.DataFrame:
@@ -208,8 +223,8 @@ def load_captioned_rows(
         raise ManifestError(f"no captioned rows of splits {splits or 'any'} in {manifests}")
     leak = [is_evaluation_split(src, sp) for src, sp in zip(df["source"], df["split"], strict=True)]
     if any(leak):
-        counts = df[leak].groupby(["source", "split"]).size().to_dict()
-        where = ", ".join(f"{src}:{sp} ({n} clips)" for (src, sp), n in counts.items())
+        counts = df[leak].groupby(["source", "split"]).size()
+        where = ", ".join(f"{src}:{sp} ({n} clips)" for (src, sp), n in zip(counts.index, counts, strict=True))
         if not allow_leak:
             raise ManifestError(
                 f"the training rows include DCASE2024 evaluation data: {where} (from {manifests}); DCASE2024 forbids "

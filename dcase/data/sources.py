@@ -114,7 +114,7 @@ def _read_wavcaps(root: Path, bad: BadClips, o: ReadOptions) -> tuple[list[Manif
         root,
         o.audio_root,
         exclude_csv=o.exclude_csv,
-        freesound_policy=policy,  # type: ignore[arg-type]
+        freesound_policy=policy,
         duration_range=o.duration_range,
         audio_pattern=o.audio_pattern,
         decode_check=o.decode_check,

@@ -181,7 +181,7 @@ def _render_background(kind: str, n: int, rng: np.random.Generator) -> np.ndarra
     t = np.arange(n) / SAMPLE_RATE
     if kind == "hum":
         f = float(rng.choice([50.0, 60.0]))
-        x = sum(a * np.sin(2 * np.pi * f * h * t) for h, a in ((1, 1.0), (2, 0.5), (3, 0.3), (5, 0.15)))
+        x = np.asarray(sum(a * np.sin(2 * np.pi * f * h * t) for h, a in ((1, 1.0), (2, 0.5), (3, 0.3), (5, 0.15))))
         amp = rng.uniform(0.04, 0.07)
     else:  # rain: low-passed noise plus sparse droplets
         w = rng.standard_normal(n)

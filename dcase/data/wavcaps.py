@@ -172,35 +172,35 @@ def read_wavcaps_json(path: str | Path, source: str, bad: BadClips) -> list[dict
         raise DataError(f"{path}: expected an object with a 'data' list (WavCaps format)")
     out: list[dict] = []
     seen: dict[str, int] = {}
-    for i, e in enumerate(doc["data"]):
-        if not isinstance(e, dict):
+    for i, item in enumerate(doc["data"]):
+        if not isinstance(item, dict):
             bad(f"<entry {i}>", path, f"entry {i} is not an object")
             continue
-        missing = [k for k in ("id", "caption", "duration") if k not in e]
+        missing = [k for k in ("id", "caption", "duration") if k not in item]
         if missing:
             bad(f"<entry {i}>", path, f"entry {i}: missing field(s) {missing}")
             continue
-        id_ = _id_text(e["id"])
+        id_ = _id_text(item["id"])
         stem = _stem(id_)
         if stem in ("", ".", "..") or Path(stem).name != stem or "\\" in stem:
             bad(
                 f"<entry {i}>",
                 path,
-                f"entry {i}: field 'id' {e['id']!r} is not a plain file name (it would be read outside the audio "
+                f"entry {i}: field 'id' {item['id']!r} is not a plain file name (it would be read outside the audio "
                 "folder)",
             )
             continue
         clip_id = f"wavcaps/{source}/{stem}"
-        caps = e["caption"] if isinstance(e["caption"], list) else [e["caption"]]
+        caps = item["caption"] if isinstance(item["caption"], list) else [item["caption"]]
         if not caps or any(not isinstance(c, str) or not c.strip() for c in caps):
-            bad(clip_id, path, f"entry {i}: field 'caption' is empty or not text: {e['caption']!r}")
+            bad(clip_id, path, f"entry {i}: field 'caption' is empty or not text: {item['caption']!r}")
             continue
         try:
-            duration = float(e["duration"])
+            duration = float(item["duration"])
             if not math.isfinite(duration):
                 raise ValueError
         except (TypeError, ValueError):
-            bad(clip_id, path, f"entry {i}: field 'duration' is not a number: {e['duration']!r}")
+            bad(clip_id, path, f"entry {i}: field 'duration' is not a number: {item['duration']!r}")
             continue
         if id_ in seen:
             bad(clip_id, path, f"entry {i}: duplicate id {id_!r} (first at entry {seen[id_]})")
@@ -231,6 +231,27 @@ def _resolve_audio(
     return None, first
 
 
+def _check_options(
+    sources: Sequence[str], freesound_policy: str, exclude_csv: str | Path | None, audio_pattern: str | None
+) -> None:
+    """DataError for an unknown source or FreeSound policy, an exclusion list the policy ignores, or an audio
+    pattern that does not format with ``{source}`` and ``{id}``."""
+    unknown = [s for s in sources if s not in SOURCES]
+    if unknown:
+        raise DataError(f"unknown WavCaps source(s) {unknown}; expected some of {list(SOURCES)}")
+    if freesound_policy not in FREESOUND_POLICIES:
+        raise DataError(f"unknown FreeSound policy {freesound_policy!r}; expected one of {list(FREESOUND_POLICIES)}")
+    if freesound_policy == "keep" and exclude_csv is not None:
+        raise DataError(
+            f"FreeSound policy 'keep' ignores the exclusion list {exclude_csv}; use policy 'listed_ids' to apply it"
+        )
+    if audio_pattern is not None:
+        try:
+            audio_pattern.format(source="s", id="i")
+        except (KeyError, IndexError, ValueError) as e:
+            raise DataError(f"audio pattern {audio_pattern!r} is invalid ({e!r}); use {{source}} and {{id}}") from e
+
+
 def plan_wavcaps(
     json_root: str | Path,
     audio_root: str | Path | None,
@@ -249,20 +270,7 @@ def plan_wavcaps(
         raise DataError(f"WavCaps json folder not found: {json_root}")
     audio_root = Path(audio_root) if audio_root is not None else wavcaps_audio_root(json_root)
     sources = list(sources) if sources is not None else list(SOURCES)
-    unknown = [s for s in sources if s not in SOURCES]
-    if unknown:
-        raise DataError(f"unknown WavCaps source(s) {unknown}; expected some of {list(SOURCES)}")
-    if freesound_policy not in FREESOUND_POLICIES:
-        raise DataError(f"unknown FreeSound policy {freesound_policy!r}; expected one of {list(FREESOUND_POLICIES)}")
-    if freesound_policy == "keep" and exclude_csv is not None:
-        raise DataError(
-            f"FreeSound policy 'keep' ignores the exclusion list {exclude_csv}; use policy 'listed_ids' to apply it"
-        )
-    if audio_pattern is not None:
-        try:
-            audio_pattern.format(source="s", id="i")
-        except (KeyError, IndexError, ValueError) as e:
-            raise DataError(f"audio pattern {audio_pattern!r} is invalid ({e!r}); use {{source}} and {{id}}") from e
+    _check_options(sources, freesound_policy, exclude_csv, audio_pattern)
 
     report = FilterReport()
     entries: list[tuple[str, dict]] = []
@@ -295,7 +303,9 @@ def plan_wavcaps(
             )
         excluded = read_exclude_ids(exclude_csv)
         entries = [
-            (s, e) for s, e in entries if s != FREESOUND or (e["id"] not in excluded and _stem(e["id"]) not in excluded)
+            (s, item)
+            for s, item in entries
+            if s != FREESOUND or (item["id"] not in excluded and _stem(item["id"]) not in excluded)
         ]
         report.add(
             f"FreeSound policy 'listed_ids': drop FreeSound ids listed in {Path(exclude_csv).name}", n, len(entries)
@@ -305,24 +315,25 @@ def plan_wavcaps(
     if duration_range is not None:
         lo, hi = duration_range
         n = len(entries)
-        entries = [(s, e) for s, e in entries if lo <= e["duration"] <= hi]
+        entries = [(s, item) for s, item in entries if lo <= item["duration"] <= hi]
         report.add(f"keep duration in [{lo:g}, {hi:g}] s", n, len(entries))
 
     planned: list[Planned] = []
     listings: dict[Path, set[str]] = {}
-    for source, e in entries:
-        found, tried = _resolve_audio(audio_root, source, _stem(e["id"]), audio_pattern, listings)
+    for source, item in entries:
+        found, tried = _resolve_audio(audio_root, source, _stem(item["id"]), audio_pattern, listings)
         if tried is None:
             bad(
-                e["clip_id"],
+                item["clip_id"],
                 JSON_FILES[source],
-                f"entry {e['index']}: audio pattern {audio_pattern!r} with id {e['id']!r} points outside {audio_root}",
+                f"entry {item['index']}: audio pattern {audio_pattern!r} with id {item['id']!r} points outside "
+                f"{audio_root}",
             )
             continue
         if found is None:
-            bad(e["clip_id"], tried, f"audio file not found (entry {e['index']} of {JSON_FILES[source]})")
+            bad(item["clip_id"], tried, f"audio file not found (entry {item['index']} of {JSON_FILES[source]})")
             continue
-        planned.append(("train", e["clip_id"], found, e["caption"]))
+        planned.append(("train", item["clip_id"], found, item["caption"]))
     return planned, report
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -33,6 +33,11 @@ from dcase.decoding.sample import (
     score_sequences,
 )
 from dcase.errors import InputError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from dcase.models.enclap import EnCLAP
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +54,7 @@ class TokenizerMismatchError(InputError):
     """Ensembled captioners do not share a tokenizer."""
 
 
-def tokenizer_signature(tok: Any) -> dict[str, Any]:
+def tokenizer_signature(tok: PreTrainedTokenizerBase | None) -> dict[str, Any]:
     """What two tokenizers must share to be interchangeable: vocabulary, special token ids, probe encodings."""
     if tok is None:
         raise TokenizerMismatchError("a captioner has no tokenizer")
@@ -62,7 +67,7 @@ def tokenizer_signature(tok: Any) -> dict[str, Any]:
     }
 
 
-def check_same_tokenizer(models: Sequence[Any], names: Sequence[str] | None = None) -> None:
+def check_same_tokenizer(models: Sequence[EnCLAP], names: Sequence[str] | None = None) -> None:
     """Raise :class:`TokenizerMismatchError` naming the first captioner whose tokenizer differs from the first's
     (vocabulary size, differing entries, special ids or the encoding of probe sentences)."""
     names = list(names) if names is not None else [f"captioner {i}" for i in range(len(models))]
@@ -98,7 +103,7 @@ def model_seeds(seeds: Sequence[int], m: int) -> list[int]:
 
 @torch.no_grad()
 def pool_from_encoder(
-    models: Sequence[Any],
+    models: Sequence[EnCLAP],
     encoded: Sequence[tuple[torch.Tensor, torch.Tensor]],
     cfg: SamplingConfig,
     seeds: Sequence[int],
@@ -163,7 +168,7 @@ def pool_from_encoder(
 
 @torch.no_grad()
 def beam_candidates(
-    model: Any,
+    model: EnCLAP,
     encoded: tuple[torch.Tensor, torch.Tensor],
     beams: int,
     max_new_tokens: int,

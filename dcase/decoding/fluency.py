@@ -25,11 +25,15 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from dcase.errors import CheckpointError, InputError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +46,36 @@ class FluencyCheckerError(CheckpointError):
     """A configured fluency checker could not be loaded."""
 
 
+class FluencyScorer(Protocol):
+    """What the reranker needs of a fluency checker (``FluencyChecker``, or a stand-in in tests): texts [N] ->
+    P(caption has a fluency error), float [N] (EnCLAP DCASE2024 report §2.3)."""
+
+    def error_probabilities(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class CheckerNet(Protocol):
+    """The checker network built by ``build_checker_module``: token ids [B, L] -> logits [B, C]."""
+
+    model_type: str
+    num_classes: int
+
+    def __call__(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor: ...
+
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+
+
 def _module_cls() -> type:
-    import torch
     from torch import nn
 
     class CheckerModule(nn.Module):
         """BERT encoder + linear head on the [CLS] state; parameter names match the FENSE checkpoints."""
 
-        def __init__(self, encoder: nn.Module, num_classes: int, model_type: str) -> None:
+        def __init__(self, encoder: PreTrainedModel, num_classes: int, model_type: str) -> None:
             super().__init__()
             self.model_type = model_type
             self.num_classes = num_classes
@@ -71,9 +97,12 @@ def _module_cls() -> type:
     return CheckerModule
 
 
-def build_checker_module(encoder: Any, num_classes: int = len(ERROR_NAMES), model_type: str = "") -> Any:
+def build_checker_module(
+    encoder: PreTrainedModel, num_classes: int = len(ERROR_NAMES), model_type: str = ""
+) -> CheckerNet:
     """Wrap a Hugging Face BERT ``encoder`` in the FENSE checker head (random head weights)."""
-    return _module_cls()(encoder, num_classes, model_type)
+    net: CheckerNet = _module_cls()(encoder, num_classes, model_type)
+    return net
 
 
 def preprocess_texts(texts: Sequence[str]) -> list[str]:
@@ -85,8 +114,8 @@ def preprocess_texts(texts: Sequence[str]) -> list[str]:
 class FluencyChecker:
     """A loaded checker: ``model`` (torch module, eval mode), ``tokenizer``, ``threshold``, source ``path``."""
 
-    model: Any
-    tokenizer: Any
+    model: CheckerNet
+    tokenizer: PreTrainedTokenizerBase
     threshold: float = DEFAULT_THRESHOLD
     path: str = ""
     device: str = "cpu"
@@ -130,7 +159,7 @@ class FluencyChecker:
         return self.error_probabilities(texts) > self.threshold
 
 
-def save_checker(model: Any, path: str | Path, model_type: str | None = None) -> None:
+def save_checker(model: CheckerNet, path: str | Path, model_type: str | None = None) -> None:
     """Save a checker module in the FENSE / aac-metrics checkpoint format (atomically)."""
     import torch
 
@@ -229,7 +258,7 @@ def load_fluency_checker(
             "pass a local copy as backbone"
         ) from e
     encoder = AutoModel.from_config(config)
-    model = build_checker_module(encoder, int(states["num_classes"]), model_type)
+    model = _module_cls()(encoder, int(states["num_classes"]), model_type)  # the torch module: load, eval, to
     state = dict(states["state_dict"])
     expected = set(model.state_dict())
     # Older transformers kept `position_ids` as a persistent buffer; newer ones rebuild it (as aac-metrics does).
@@ -270,7 +299,9 @@ def build_debug_checker(
     ``out_dir/backbone`` and a checker checkpoint ``out_dir/checker.ckpt`` in the FENSE format. Its probabilities
     are meaningless; never use it as a real fluency filter. Returns the checkpoint path."""
     import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    # BertTokenizerFast is exported lazily: the type information of transformers 5 lists only BertTokenizer.
+    from transformers import BertConfig, BertModel, BertTokenizerFast  # type: ignore[attr-defined]
 
     out_dir = Path(out_dir)
     bb = out_dir / "backbone"

@@ -34,13 +34,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from dcase.errors import InputError, MissingInputError
 from dcase.io import atomic_path
+
+if TYPE_CHECKING:
+    from dcase.decoding.fluency import FluencyScorer
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +166,7 @@ def read_candidates(path: str | Path) -> pd.DataFrame:
     return validate_candidates(table, str(path))
 
 
-def apply_fluency(df: pd.DataFrame, checker: Any) -> pd.DataFrame:
+def apply_fluency(df: pd.DataFrame, checker: FluencyScorer) -> pd.DataFrame:
     """Fill ``fluency_error_prob`` with ``checker.error_probabilities(texts)`` (a loaded FluencyChecker)."""
     out = validate_candidates(df)
     out["fluency_error_prob"] = np.asarray(checker.error_probabilities(out["text"].tolist()), dtype=np.float64)
@@ -192,7 +195,7 @@ def rank_order(df: pd.DataFrame) -> np.ndarray:
 
 def lazy_fluency(
     df: pd.DataFrame,
-    error_probabilities: Any,
+    error_probabilities: Callable[[Sequence[str]], np.ndarray],
     w_enc: float = DEFAULT_W_ENC,
     w_dec: float = DEFAULT_W_DEC,
     threshold: float = DEFAULT_THRESHOLD,
@@ -243,8 +246,8 @@ def rerank(
     out["final_score"] = final_scores(out, w_enc, w_dec)
     probs = out["fluency_error_prob"].to_numpy(dtype=np.float64)
     filter_on = threshold is not None and not np.isnan(probs).all()
-    if filter_on:
-        passes = probs <= float(threshold)  # type: ignore[arg-type]
+    if threshold is not None and filter_on:
+        passes = probs <= float(threshold)
     else:
         passes = np.ones(len(out), dtype=bool)
     out["selected"] = False
@@ -340,8 +343,8 @@ def plot_tuning(results: pd.DataFrame, metric: str, path: str | Path) -> Path:
         raise InputError(f"metric {metric!r} is not a column of the tuning results: {list(results.columns)}")
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(results["w_enc"], results[metric], marker="o")
-    best = results[metric].idxmax()
-    ax.axvline(results.loc[best, "w_enc"], ls="--", c="gray", lw=0.8)
+    best = int(np.nanargmax(results[metric].to_numpy(dtype=np.float64)))  # the first best row, as idxmax
+    ax.axvline(float(results["w_enc"].iloc[best]), ls="--", c="gray", lw=0.8)
     ax.set_xlabel("encoder weight w_enc (w_dec = 1 - w_enc)")
     ax.set_ylabel(metric)
     ax.set_title(f"reranking weight vs {metric}")

@@ -50,13 +50,16 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from dcase.config import ConfigError, check_values
 from dcase.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from dcase.models.enclap import EnCLAP
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +201,7 @@ class SharedKVDecoder:
     decoder (post-norm layers, scaled embeddings, learned positions with offset 2, final_logits_bias).
     """
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: EnCLAP) -> None:
         bart = model.bart
         self.model = model
         self.decoder = bart.model.decoder
@@ -299,13 +302,13 @@ class SampleBatch:
     model_scores: torch.Tensor
 
 
-def _as_list(models: Any) -> list[Any]:
-    return list(models) if isinstance(models, list | tuple) else [models]
+def _as_list(models: EnCLAP | Sequence[EnCLAP]) -> list[EnCLAP]:
+    return [models] if isinstance(models, torch.nn.Module) else list(models)
 
 
 @torch.no_grad()
 def encode_batch(
-    models: Sequence[Any], codes: torch.Tensor, codes_mask: torch.Tensor, clip_emb: torch.Tensor
+    models: Sequence[EnCLAP], codes: torch.Tensor, codes_mask: torch.Tensor, clip_emb: torch.Tensor
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """One encoder pass per model: -> [(hidden [B, S, D], enc_mask [B, S])]."""
     out = []
@@ -315,9 +318,26 @@ def encode_batch(
     return out
 
 
+def _ensemble_decoders(
+    models: Sequence[EnCLAP], encoded: Sequence[tuple[torch.Tensor, torch.Tensor]]
+) -> list[SharedKVDecoder]:
+    """One ``SharedKVDecoder`` per model (one encoder output each); the models must agree on the special ids."""
+    if len(encoded) != len(models):
+        raise ValueError(f"{len(models)} models but {len(encoded)} encoder outputs")
+    decs = [SharedKVDecoder(m) for m in models]
+    d0 = decs[0]
+    for dm in decs[1:]:
+        ids = (dm.start_id, dm.eos_id, dm.pad_id, dm.forced_bos, dm.forced_eos)
+        if ids != (d0.start_id, d0.eos_id, d0.pad_id, d0.forced_bos, d0.forced_eos):
+            raise CheckpointError(
+                "ensembled captioners disagree on decoder start / eos / pad / forced bos / eos token ids"
+            )
+    return decs
+
+
 @torch.no_grad()
 def sample_from_encoder(
-    models: Any,
+    models: EnCLAP | Sequence[EnCLAP],
     encoded: Sequence[tuple[torch.Tensor, torch.Tensor]],
     cfg: SamplingConfig,
     seeds: Sequence[int],
@@ -330,16 +350,8 @@ def sample_from_encoder(
     """
     models = _as_list(models)
     cfg.check()
-    if len(encoded) != len(models):
-        raise ValueError(f"{len(models)} models but {len(encoded)} encoder outputs")
-    decs = [SharedKVDecoder(m) for m in models]
+    decs = _ensemble_decoders(models, encoded)
     d0 = decs[0]
-    for dm in decs[1:]:
-        ids = (dm.start_id, dm.eos_id, dm.pad_id, dm.forced_bos, dm.forced_eos)
-        if ids != (d0.start_id, d0.eos_id, d0.pad_id, d0.forced_bos, d0.forced_eos):
-            raise CheckpointError(
-                "ensembled captioners disagree on decoder start / eos / pad / forced bos / eos token ids"
-            )
     B = encoded[0][0].shape[0]
     if len(seeds) != B:
         raise ValueError(f"{B} clips but {len(seeds)} seeds")
@@ -412,7 +424,7 @@ def sample_from_encoder(
 
 @torch.no_grad()
 def sample_candidates(
-    models: Any,
+    models: EnCLAP | Sequence[EnCLAP],
     codes: torch.Tensor,
     codes_mask: torch.Tensor,
     clip_emb: torch.Tensor,
@@ -430,7 +442,7 @@ def sample_candidates(
 
 @torch.no_grad()
 def score_sequences(
-    model: Any,
+    model: EnCLAP,
     enc_hidden: torch.Tensor,
     enc_mask: torch.Tensor,
     sequences: Sequence[Sequence[Sequence[int]]],
@@ -503,7 +515,7 @@ def merge_candidates(
     return list(out.values())
 
 
-def batch_candidates(model: Any, batch: SampleBatch) -> list[list[Candidate]]:
+def batch_candidates(model: EnCLAP, batch: SampleBatch) -> list[list[Candidate]]:
     """Decode a SampleBatch with ``model``'s tokenizer and merge duplicates per clip."""
     B, n, _ = batch.tokens.shape
     out = []

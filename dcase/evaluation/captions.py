@@ -44,11 +44,16 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dcase.errors import CheckpointError, InputError, MissingInputError
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+    from dcase.decoding.fluency import FluencyChecker
 
 log = logging.getLogger(__name__)
 
@@ -317,12 +322,12 @@ def _accept_java(java_path: str) -> Iterator[None]:
     with _PATCH_LOCK:
         saved = [mod.check_java_path for mod in modules]
         try:
-            for mod in modules:
-                mod.check_java_path = accept  # type: ignore[attr-defined]
+            for mod in modules:  # aac-metrics' own modules: patched for the duration of the call only
+                mod.check_java_path = accept  # type: ignore[attr-defined]  # (a ModuleType attribute)
             yield
         finally:
             for mod, fn in zip(modules, saved, strict=True):
-                mod.check_java_path = fn  # type: ignore[attr-defined]
+                mod.check_java_path = fn  # type: ignore[attr-defined]  # (a ModuleType attribute)
 
 
 def _missing_files(base: Path, rels: Iterable[str]) -> list[str]:
@@ -492,7 +497,7 @@ def _one_line(s: str) -> str:
     return " ".join(s.split())  # the PTB tokenizer reads one sentence per line
 
 
-def _load_checker(settings: MetricSettings, resources: dict[str, dict[str, Any]]) -> Any:
+def _load_checker(settings: MetricSettings, resources: dict[str, dict[str, Any]]) -> FluencyChecker | None:
     """The FENSE checker, or None (then ``resources`` says why). A configured checker must load; one merely
     found in the default location that fails to load (e.g. its BERT backbone is not cached) is reported missing."""
     from dcase.decoding.fluency import FluencyCheckerError, load_fluency_checker
@@ -511,7 +516,7 @@ def _load_checker(settings: MetricSettings, resources: dict[str, dict[str, Any]]
         return None
 
 
-def _load_sbert(settings: MetricSettings, resources: dict[str, dict[str, Any]]) -> Any:
+def _load_sbert(settings: MetricSettings, resources: dict[str, dict[str, Any]]) -> SentenceTransformer | None:
     """The FENSE sentence-BERT, or None (then ``resources`` says why). A configured one must load."""
     from sentence_transformers import SentenceTransformer
 
@@ -531,8 +536,8 @@ def evaluate_captions(
     references: Sequence[Sequence[str]],
     metrics: Iterable[str] = ALL_METRICS,
     settings: MetricSettings | None = None,
-    checker: Any = None,
-    sbert: Any = None,
+    checker: FluencyChecker | None = None,
+    sbert: SentenceTransformer | None = None,
 ) -> CaptionScores:
     """Score ``candidates`` [N] against ``references`` [N][k] with the aac-metrics reference implementations.
 
@@ -549,7 +554,7 @@ def evaluate_captions(
     if sbert is None and {"sbert_sim", "fense"} & set(metrics) and resources["sbert"]["present"]:
         sbert = _load_sbert(settings, resources)
     if checker is not None:
-        resources["fense_checker"] = {"present": True, "path": getattr(checker, "path", "<given>"), "reason": None}
+        resources["fense_checker"] = {"present": True, "path": checker.path or "<given>", "reason": None}
     if sbert is not None:
         resources["sbert"] = {"present": True, "path": resources["sbert"]["path"] or "<given>", "reason": None}
     missing = missing_reasons(metrics, resources)
@@ -595,6 +600,19 @@ def evaluate_captions(
     return CaptionScores(values, missing, tokenizer, per_clip)
 
 
+def _with_inputs(todo: list[str]) -> set[str]:
+    """The metrics to compute for ``todo``: the combined ones need their parts (SPIDEr: CIDEr-D and SPICE; FENSE:
+    FER and SBERT-sim; SPIDEr-FL: SPIDEr and FER)."""
+    need = set(todo)
+    if need & {"spider", "spider_fl"}:
+        need |= {"cider_d", "spice", "spider"}
+    if need & {"fense", "spider_fl"}:
+        need.add("fer")
+    if "fense" in need:
+        need.add("sbert_sim")
+    return need
+
+
 def _compute(
     todo: list[str],
     cands: list[str],
@@ -603,19 +621,13 @@ def _compute(
     java: JavaInfo,
     cache_path: str,
     outs: dict[str, tuple[dict, dict]],
-    checker: Any,
-    sbert: Any,
+    checker: FluencyChecker | None,
+    sbert: SentenceTransformer | None,
 ) -> None:
     """Fill ``outs[metric] = (corpus scores, sentence scores)`` for each metric in ``todo`` (tokenized inputs)."""
     from aac_metrics.functional import bleu, cider_d, meteor, rouge_l, vocab
 
-    need = set(todo)
-    if need & {"spider", "spider_fl"}:
-        need |= {"cider_d", "spice", "spider"}
-    if need & {"fense", "spider_fl"}:
-        need.add("fer")
-    if "fense" in need:
-        need.add("sbert_sim")
+    need = _with_inputs(todo)
     for n in range(1, 5):
         if f"bleu_{n}" in need:
             outs[f"bleu_{n}"] = bleu(cands, refs, n=n)
@@ -641,6 +653,9 @@ def _compute(
         outs["spider"] = _spider_from_outputs(outs["cider_d"], outs["spice"])
     if "fer" in need:
         from aac_metrics.functional.fer import fer
+
+        if checker is None:
+            raise RuntimeError("FER was scheduled without a fluency checker (missing_reasons should have left it out)")
 
         outs["fer"] = fer(
             cands,

@@ -28,6 +28,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -80,7 +81,8 @@ def relevance_matrix(relevant: Relevance, shape: tuple[int, int]) -> np.ndarray:
             raise ValueError(f"sim must be [Q, N] and relevant [Q]; got {shape} and {idx.shape}")
         sets: list[list[int]] = [[int(i)] for i in idx]
     else:
-        sets = [[int(i) for i in r] for r in relevant]
+        item_sets = cast(Sequence[Iterable[int]], relevant)  # its first entry is not a scalar: Q item collections
+        sets = [[int(i) for i in r] for r in item_sets]
         if len(sets) != q:
             raise ValueError(f"sim must be [Q, N] and relevant a list of Q item sets; got {shape} and {len(sets)} sets")
     flat = [i for r in sets for i in r]
@@ -240,13 +242,14 @@ class IndexConfig:
     use_gpu: bool = True  # only if faiss reports GPUs
 
 
-def _faiss():
+def _faiss() -> Any:
+    """The faiss module (imported lazily; faiss ships no type information, so its objects are ``Any`` here)."""
     import faiss
 
     return faiss
 
 
-def build_index(dim: int, n_items: int, cfg: IndexConfig | None = None, train: np.ndarray | None = None):
+def build_index(dim: int, n_items: int, cfg: IndexConfig | None = None, train: np.ndarray | None = None) -> Any:
     """An empty (trained, for IVF) faiss inner-product index; add vectors with ``index.add``."""
     faiss = _faiss()
     cfg = cfg or IndexConfig()
@@ -269,7 +272,7 @@ def build_index(dim: int, n_items: int, cfg: IndexConfig | None = None, train: n
     return index
 
 
-def maybe_to_gpu(index, use_gpu: bool = True):
+def maybe_to_gpu(index: Any, use_gpu: bool = True) -> Any:
     """Move ``index`` to all GPUs when faiss was built with GPU support and sees one; else return it as is."""
     faiss = _faiss()
     n = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
@@ -292,7 +295,7 @@ class AudioIndex:
         clip_ids: Sequence[str],
         cfg: IndexConfig | None = None,
         meta: dict | None = None,
-        index=None,
+        index: Any = None,
     ) -> None:
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
         if embeddings.ndim != 2 or embeddings.shape[0] != len(clip_ids):

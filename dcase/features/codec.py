@@ -502,7 +502,9 @@ def check_dac_folder(path: Path) -> None:
 def _dac_with_info(source: str) -> tuple[Any, dict[str, Any]]:
     from transformers import DacModel
 
-    return DacModel.from_pretrained(source, output_loading_info=True)
+    # with output_loading_info, from_pretrained returns (model, info); transformers types it as the model alone
+    loaded: Any = DacModel.from_pretrained(source, output_loading_info=True)
+    return loaded
 
 
 def _complete_dac(source: str | Path, loaded: tuple[Any, dict[str, Any]]) -> Any:

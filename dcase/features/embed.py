@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -24,6 +24,8 @@ from dcase.evaluation.retrieval import AudioIndex, IndexConfig
 from dcase.io import fingerprint
 
 if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
     from dcase.models.retriever import Retriever
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,13 @@ class AudioEmbedder(Protocol):
     embed_dim: int
 
     def embed_audio(self, waves: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class ConfiguredModel(Protocol):
+    """A dcase model that keeps its constructor arguments as a dataclass ``config`` (saved next to its weights)."""
+
+    config: DataclassInstance
 
 
 def load_embedder(path: str | Path) -> AudioEmbedder:
@@ -68,8 +77,8 @@ def embedder_provenance(model: AudioEmbedder, path: str | Path) -> dict[str, Any
     from dataclasses import asdict, is_dataclass
 
     path = Path(path)
-    cfg = getattr(model, "config", None)
-    cfg_d = asdict(cfg) if is_dataclass(cfg) else (cfg.to_dict() if hasattr(cfg, "to_dict") else None)
+    cfg = model.config if isinstance(model, ConfiguredModel) else None
+    cfg_d = asdict(cfg) if cfg is not None and is_dataclass(cfg) else None
     return {
         "extractor": type(model).__name__.lower(),
         "extractor_config": cfg_d,
@@ -88,7 +97,7 @@ def embed_waves(
 ) -> list[np.ndarray]:
     """Mono clips at ``model.sample_rate`` -> float32 [D] each. Batches sorted by length within a sample budget."""
     order = sorted(range(len(waves)), key=lambda i: -len(waves[i]))
-    out: list[np.ndarray | None] = [None] * len(waves)
+    out = [np.zeros(0, np.float32)] * len(waves)  # every slot is filled below (``order`` covers all clips)
     i = 0
     while i < len(order):
         longest = len(waves[order[i]])
@@ -99,12 +108,11 @@ def embed_waves(
         for j, c in enumerate(idx):
             x[j, : len(waves[c])] = torch.from_numpy(np.asarray(waves[c], dtype=np.float32))
         lengths = torch.tensor([len(waves[c]) for c in idx], dtype=torch.long)
-        params = getattr(model, "parameters", None)
-        device = next(params()).device if params is not None else torch.device("cpu")
+        device = next(model.parameters()).device if isinstance(model, torch.nn.Module) else torch.device("cpu")
         emb = model.embed_audio(x.to(device), lengths.to(device)).float().cpu().numpy()
         for j, c in enumerate(idx):
             out[c] = np.ascontiguousarray(emb[j], dtype=np.float32)
-    return out  # type: ignore[return-value]
+    return out
 
 
 # ------------------------------------------------------------------------------------ manifest rows, index
@@ -127,7 +135,7 @@ def embed_rows(
     out = np.zeros((len(rows), model.embed_dim), dtype=np.float32)
     was_training = model.training
     model.eval()
-    it = range(0, len(rows), batch_size)
+    it: Iterable[int] = range(0, len(rows), batch_size)
     if progress:
         from tqdm.auto import tqdm
 
@@ -165,12 +173,12 @@ def audio_index(
         return f"{st.st_size}:{st.st_mtime_ns}"
 
     ids = [str(r.clip_id) for r in rows]
-    on_disk = isinstance(source, str | Path) and Path(source).is_dir()
+    folder = Path(source) if isinstance(source, str | Path) and Path(source).is_dir() else None
     listing = "\n".join(
         f"{r.clip_id}\t{r.audio_path}\t" + ",".join(stat_key(p) for p in row_audio_files(r)) for r in rows
     )
     key = {
-        "retriever": fingerprint(resolve_checkpoint(source)) if on_disk else fingerprint(model),
+        "retriever": fingerprint(resolve_checkpoint(folder)) if folder is not None else fingerprint(model),
         "clips": hashlib.sha256(listing.encode()).hexdigest(),
         "max_seconds": max_seconds,
     }

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from dcase.features.store import (
     write_provenance,
 )
 from dcase.io import atomic_write_text, check_output, read_json
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +119,7 @@ def load_row_audio(row: Any, sample_rate: int, min_samples: int = 1) -> np.ndarr
 
 
 def run_extraction(
-    rows: Any,
+    rows: pd.DataFrame,
     out: str | Path,
     provenance: dict[str, Any],
     encode_batch: Callable[[list[np.ndarray]], list[np.ndarray]],
@@ -139,8 +142,42 @@ def run_extraction(
         remove_stale_tmp(out)  # before the barrier: no process of this run writes yet
     state.wait_for_everyone()
 
+    mine, todo = _clips_to_do(rows, out, rank, world)
+    report = ExtractReport(already_done=mine - len(todo))
+    if report.already_done:
+        log.info("process %d: %d clips already in %s, %d to do", rank, report.already_done, out, len(todo))
+    bar = None
+    if progress and state.is_main_process:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo) * world, unit="clip", desc=f"extract {provenance.get('kind')}", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    with ShardWriter(out, rank, cfg.shard_size, cfg.flush_seconds) as writer:
+        error = _encode_clips(todo, encode_batch, sample_rate, min_samples, cfg, writer, report, bar, world)
+    if bar is not None:
+        bar.close()
+    report.wall_seconds = time.perf_counter() - t0
+    skip_file = out / f"skipped-r{rank:03d}.json"
+    if report.skipped:
+        prev = read_json(skip_file, "skip report") if skip_file.is_file() else []
+        atomic_write_text(skip_file, json.dumps(prev + report.skipped, indent=1))
+    if error is not None:
+        # Other processes may be waiting at the barrier below; a distributed launcher tears them down.
+        raise ExtractError(f"{error} (clips finished so far are kept in {out}; rerun with --skip-bad to skip it)")
+    state.wait_for_everyone()
+    if state.is_main_process:
+        _finish_store(out, provenance, cfg, report, world)
+    state.wait_for_everyone()
+    return report
+
+
+def _clips_to_do(rows: pd.DataFrame, out: Path, rank: int, world: int) -> tuple[int, list[Any]]:
+    """This process's share of ``rows`` (every ``world``-th row from ``rank``): how many, and the rows still to
+    encode (not in a shard, or whose audio changed since), longest first."""
+    from dcase.data.manifest import frame_rows
+
     done = scan_shards(out)
-    mine = [r for i, r in enumerate(rows.itertuples(index=False)) if i % world == rank]
+    mine = [r for i, r in enumerate(frame_rows(rows)) if i % world == rank]
     todo, stale = [], []
     for r in mine:
         if r.clip_id not in done:
@@ -157,13 +194,29 @@ def run_extraction(
             "; ".join(stale[:5]) + (" ..." if len(stale) > 5 else ""),
         )
     todo.sort(key=lambda r: (-float(r.duration_s), r.clip_id))
-    report = ExtractReport(already_done=len(mine) - len(todo))
-    if report.already_done:
-        log.info("process %d: %d clips already in %s, %d to do", rank, report.already_done, out, len(todo))
+    return len(mine), todo
+
+
+Loaded = list[tuple[Any, np.ndarray | Exception, Any]]  # (row, audio or its error, audio fingerprint) per clip
+
+
+def _encode_clips(
+    todo: list[Any],
+    encode_batch: Callable[[list[np.ndarray]], list[np.ndarray]],
+    sample_rate: int,
+    min_samples: int,
+    cfg: ExtractConfig,
+    writer: ShardWriter,
+    report: ExtractReport,
+    bar: Any,
+    world: int,
+) -> Exception | None:
+    """Encode ``todo`` in batches into ``writer`` while a thread decodes the next ``cfg.prefetch`` batches; fills
+    ``report``. Returns the first unusable clip's error (then stops), or None (``cfg.skip_bad`` skips them)."""
     batches = [todo[i : i + cfg.batch_size] for i in range(0, len(todo), cfg.batch_size)]
 
-    def load(batch: Sequence[Any]) -> list[tuple[Any, np.ndarray | Exception, Any]]:
-        res: list[tuple[Any, np.ndarray | Exception, Any]] = []
+    def load(batch: Sequence[Any]) -> Loaded:
+        res: Loaded = []
         for r in batch:
             try:
                 fp = audio_fingerprint(r)  # before decoding: a file replaced meanwhile is caught next run
@@ -174,76 +227,57 @@ def run_extraction(
                 res.append((r, ExtractError(f"clip {r.clip_id!r}: cannot read its audio ({e})"), None))
         return res
 
-    bar = None
-    if progress and state.is_main_process:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(todo) * world, unit="clip", desc=f"extract {provenance.get('kind')}", dynamic_ncols=True)
     t0 = time.perf_counter()
-    error: Exception | None = None
-    with ShardWriter(out, rank, cfg.shard_size, cfg.flush_seconds) as writer, ThreadPoolExecutor(1) as pool:
+    with ThreadPoolExecutor(1) as pool:
         futures = [pool.submit(load, b) for b in batches[: cfg.prefetch]]
         for bi in range(len(batches)):
             loaded = futures[bi].result()
             if bi + cfg.prefetch < len(batches):
                 futures.append(pool.submit(load, batches[bi + cfg.prefetch]))
-            good = []
+            good: list[tuple[Any, np.ndarray, Any]] = []
             for r, x, fp in loaded:
                 if isinstance(x, Exception):
                     if not cfg.skip_bad:
-                        error = x
-                        break
+                        for future in futures:
+                            future.cancel()
+                        return x
                     log.warning("skipping %s", x)
                     report.skipped.append({"clip_id": r.clip_id, "reason": str(x)})
                 else:
                     good.append((r, x, fp))
-            if error is not None:
-                break
             if good:
                 feats = encode_batch([x for _, x, _ in good])
-                for (r, x, fp), f in zip(good, feats, strict=True):
-                    writer.add(r.clip_id, f, fp)
+                for (r, x, fp), feat in zip(good, feats, strict=True):
+                    writer.add(r.clip_id, feat, fp)
                     report.audio_seconds += x.size / sample_rate
                 report.encoded += len(good)
             if bar is not None:
                 bar.update(len(loaded) * world)
                 el = time.perf_counter() - t0
                 bar.set_postfix(audio_s_per_s=f"{report.audio_seconds / max(el, 1e-9):.1f}")
-        if error is not None:
-            for f in futures:
-                f.cancel()
-    if bar is not None:
-        bar.close()
-    report.wall_seconds = time.perf_counter() - t0
-    skip_file = out / f"skipped-r{rank:03d}.json"
-    if report.skipped:
-        prev = read_json(skip_file, "skip report") if skip_file.is_file() else []
-        atomic_write_text(skip_file, json.dumps(prev + report.skipped, indent=1))
-    if error is not None:
-        # Other processes may be waiting at the barrier below; a distributed launcher tears them down.
-        raise ExtractError(f"{error} (clips finished so far are kept in {out}; rerun with --skip-bad to skip it)")
-    state.wait_for_everyone()
-    if state.is_main_process:
-        skipped: list[dict[str, str]] = []
-        for f in sorted(out.glob("skipped-r*.json")):
-            skipped += read_json(f, "skip report")
-        index = finalize_store(out, provenance)
-        skipped = [s for s in {s["clip_id"]: s for s in skipped}.values() if s["clip_id"] not in index]
-        atomic_write_text(out / SKIPPED, json.dumps(skipped, indent=1))
-        report.store_clips = len(index)
-        from dcase.config import write_run_info
-
-        write_run_info(
-            out / "run",
-            cfg,
-            extra={"world_size": world, "provenance": provenance, "encoded_main_process": report.encoded},
-        )
-        log.info("%s: %d clips in the store, %d skipped", out, len(index), len(skipped))
-    state.wait_for_everyone()
-    return report
+    return None
 
 
-def _read_rows(manifest: str | Path, splits: Sequence[str] | None) -> Any:
+def _finish_store(out: Path, provenance: dict[str, Any], cfg: ExtractConfig, report: ExtractReport, world: int) -> None:
+    """Main process, after every process finished: the store's index, its skip report and run record."""
+    from dcase.config import write_run_info
+
+    skipped: list[dict[str, str]] = []
+    for f in sorted(out.glob("skipped-r*.json")):
+        skipped += read_json(f, "skip report")
+    index = finalize_store(out, provenance)
+    skipped = [s for s in {s["clip_id"]: s for s in skipped}.values() if s["clip_id"] not in index]
+    atomic_write_text(out / SKIPPED, json.dumps(skipped, indent=1))
+    report.store_clips = len(index)
+    write_run_info(
+        out / "run",
+        cfg,
+        extra={"world_size": world, "provenance": provenance, "encoded_main_process": report.encoded},
+    )
+    log.info("%s: %d clips in the store, %d skipped", out, len(index), len(skipped))
+
+
+def _read_rows(manifest: str | Path, splits: Sequence[str] | None) -> pd.DataFrame:
     from dcase.data.manifest import read_manifest
 
     return read_manifest(manifest, splits)

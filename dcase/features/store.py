@@ -33,7 +33,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -48,6 +48,27 @@ SHARDS = "shards"
 SKIPPED = "skipped.json"
 # Fields that may differ between runs adding to one store (they describe the run, not the features).
 RUN_FIELDS = ("manifest_hash", "manifest_hashes", "created")
+
+
+@runtime_checkable
+class ShapedStore(Protocol):
+    """A feature mapping that tells the shape of a clip's array without reading it (``FeatureStore``,
+    ``StoreChain``); plain dicts (tests) do not, and their arrays are read instead."""
+
+    def shape(self, clip_id: str) -> tuple[int, ...]: ...
+
+
+@runtime_checkable
+class RecordedStore(Protocol):
+    """A feature mapping that records what made it: its folder and its ``provenance.json`` (``FeatureStore``)."""
+
+    path: Path
+    provenance: dict[str, Any]
+
+
+def array_shape(store: Mapping[str, np.ndarray], clip_id: str) -> tuple[int, ...]:
+    """The shape of ``store[clip_id]``, from the store's index when it has one."""
+    return tuple(store.shape(clip_id)) if isinstance(store, ShapedStore) else tuple(np.shape(store[clip_id]))
 
 
 class StoreError(InputError):
@@ -370,7 +391,7 @@ def verify_store(store: FeatureStore | str | Path, manifest: Any) -> dict[str, A
     ones that were encoded (size and sha256 against the recorded fingerprint; entries of older stores without
     one are counted as ``audio_unchecked``). Returns a summary dict.
     """
-    from dcase.data.manifest import read_manifest
+    from dcase.data.manifest import frame_rows, read_manifest
 
     if not isinstance(store, FeatureStore):
         store = FeatureStore.open(store)
@@ -382,7 +403,7 @@ def verify_store(store: FeatureStore | str | Path, manifest: Any) -> dict[str, A
     problems: list[str] = []
     n_ok = unchecked = 0
     kind = prov.get("kind")
-    for row in df.itertuples(index=False):
+    for row in frame_rows(df):
         cid = row.clip_id
         if cid not in store.index:
             if cid in skipped:
@@ -444,26 +465,27 @@ class StoreChain(Mapping[str, np.ndarray]):
     def open(cls, paths: Sequence[str | Path]) -> StoreChain:
         return cls([FeatureStore.open(p) for p in paths], [str(p) for p in paths])
 
-    def _find(self, key: str) -> Mapping[str, np.ndarray] | None:
+    def holder(self, key: str) -> Mapping[str, np.ndarray] | None:
+        """The first store holding ``key``, or None."""
         for s in self.stores:
             if key in s:
                 return s
         return None
 
     def __getitem__(self, key: str) -> np.ndarray:
-        s = self._find(key)
+        s = self.holder(key)
         if s is None:
             raise MissingFeatureError(f"clip {key!r} is in none of the feature stores {self.names}")
         return s[key]
 
     def shape(self, key: str) -> tuple[int, ...]:
-        s = self._find(key)
+        s = self.holder(key)
         if s is None:
             raise MissingFeatureError(f"clip {key!r} is in none of the feature stores {self.names}")
-        return tuple(s.shape(key)) if hasattr(s, "shape") else tuple(np.shape(s[key]))
+        return array_shape(s, key)
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self._find(key) is not None
+        return isinstance(key, str) and self.holder(key) is not None
 
     def __iter__(self) -> Iterator[str]:
         seen: set[str] = set()
@@ -495,9 +517,9 @@ def store_sizes(stores: Mapping[str, np.ndarray]) -> dict[str, int]:
     parts = stores.stores if isinstance(stores, StoreChain) else [stores]
     found: dict[str, dict[int, list[str]]] = {}
     for s in parts:
-        prov = getattr(s, "provenance", None)
-        if not prov:
+        if not isinstance(s, RecordedStore) or not s.provenance:
             continue
+        prov = s.provenance
         if prov.get("kind") == "codec":
             extractor = prov.get("extractor_config") or {}
             pairs = {"n_codebooks": prov.get("n_codebooks"), "codebook_size": extractor.get("codebook_size")}
@@ -508,7 +530,7 @@ def store_sizes(stores: Mapping[str, np.ndarray]) -> dict[str, int]:
         for k, v in pairs.items():
             if v is None:  # a store that does not record this size
                 continue
-            found.setdefault(k, {}).setdefault(int(v), []).append(str(getattr(s, "path", s)))
+            found.setdefault(k, {}).setdefault(int(v), []).append(str(s.path))
     bad = {k: v for k, v in found.items() if len(v) > 1}
     if bad:
         raise StoreError(f"the feature stores disagree on {bad}")

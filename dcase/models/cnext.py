@@ -126,6 +126,9 @@ def dft_kernels(n_fft: int) -> tuple[torch.Tensor, torch.Tensor]:
 class LogMel(nn.Module):
     """Log-mel front end. Holds ``melW`` [n_freq, n_mels] (a checkpoint buffer); STFT via ``torch.stft``."""
 
+    melW: torch.Tensor  # [n_fft // 2 + 1, n_mels] buffer
+    window: torch.Tensor  # [n_fft] Hann window (not saved)
+
     def __init__(self, cfg: CNextConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -232,7 +235,8 @@ class CNext(nn.Module):
     def _init_weights(m: nn.Module) -> None:
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             nn.init.trunc_normal_(m.weight, std=0.02)
-            nn.init.zeros_(m.bias)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
     # ---- lengths through the network
     def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
@@ -285,7 +289,7 @@ class CNext(nn.Module):
             # stem (its padding sees the zeroed tail) or LayerNorm -> 2x2 conv (valid outputs read valid inputs)
             x = self.downsample_layers[i](x)
             mask = self._time_mask(stage_len[i + 1], x.shape[2], x.dtype)
-            for blk in self.stages[i]:
+            for blk in self.stages[i].children():
                 x = blk(x, mask)
             x = x * mask
         frames = x.mean(dim=3).transpose(1, 2)  # [B, T', D]

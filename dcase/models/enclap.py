@@ -28,7 +28,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,9 @@ from torch import nn
 from dcase.config import PROBABILITY, ConfigError
 from dcase.errors import CheckpointError, InputError
 from dcase.losses import IGNORE_INDEX, caption_loss, mcm_loss
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +111,7 @@ class EnCLAPConfig:
     @classmethod
     def tiny(cls, **overrides: Any) -> EnCLAPConfig:
         """A debug-size random model (tests, demo)."""
-        base = dict(
+        base: dict[str, Any] = dict(
             vocab_size=300,
             d_model=32,
             encoder_layers=1,
@@ -183,7 +186,14 @@ class EnCLAPOutput:
 class EnCLAP(nn.Module):
     """BART + N summed codebook embeddings + a clip-embedding slot + N MCM heads (EnCLAP §2)."""
 
-    def __init__(self, config: EnCLAPConfig, tokenizer: Any = None, bart: Any = None) -> None:
+    codebook_offsets: torch.Tensor  # [N] buffer: codebook n's rows start at n * (codebook_size + 2)
+
+    def __init__(
+        self,
+        config: EnCLAPConfig,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        bart: Any = None,  # a BartForConditionalGeneration (typed Any: its config fields are all Optional)
+    ) -> None:
         super().__init__()
         from transformers import BartConfig, BartForConditionalGeneration, GenerationConfig
 
@@ -195,7 +205,8 @@ class EnCLAP(nn.Module):
                     "build_enclap (constructors do no I/O); pass bart= to EnCLAP"
                 )
             bart = BartForConditionalGeneration(
-                BartConfig(
+                # forced_bos_token_id is no declared field of BartConfig in transformers 5 (an extra attribute)
+                BartConfig(  # type: ignore[call-arg]
                     vocab_size=config.vocab_size,
                     d_model=config.d_model,
                     encoder_layers=config.encoder_layers,
@@ -370,7 +381,7 @@ class EnCLAP(nn.Module):
         ls = cfg.label_smoothing if label_smoothing is None else label_smoothing
         out.caption_loss = caption_loss(logits, labels, ls)
         out.loss = out.caption_loss
-        if mcm:
+        if mask is not None:  # mcm
             hidden = enc_out.last_hidden_state[:, FIRST_CODE_SLOT : FIRST_CODE_SLOT + codes.shape[2]]  # [B, L, D]
             head_logits, targets = [], []
             for n, head in enumerate(self.mcm_heads):
@@ -447,6 +458,8 @@ class EnCLAP(nn.Module):
 
     def decode_text(self, token_ids: torch.Tensor) -> list[str]:
         """Generated ids -> stripped caption strings."""
+        if self.tokenizer is None:
+            raise CheckpointError("this EnCLAP has no tokenizer")
         return [t.strip() for t in self.tokenizer.batch_decode(token_ids, skip_special_tokens=True)]
 
     # --------------------------------------------------------------------------------------- checkpoints
@@ -461,6 +474,14 @@ class EnCLAP(nn.Module):
         return save_checkpoint(self, path, "enclap", config, writers)
 
     @classmethod
+    def config_of(cls, path: str | Path) -> EnCLAPConfig:
+        """The ``EnCLAPConfig`` of a checkpoint (as ``from_pretrained`` resolves it), without loading its weights."""
+        from dcase.checkpoint import read_checkpoint_config
+
+        meta, folder = read_checkpoint_config(path, "enclap")
+        return _enclap_config(meta, folder)
+
+    @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> EnCLAP:
         """Load a checkpoint folder, training run folder or cached Hub repository (``dcase.checkpoint``)."""
         from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration
@@ -468,10 +489,7 @@ class EnCLAP(nn.Module):
         from dcase.checkpoint import hf_load, load_checkpoint, load_state
 
         meta, state, folder = load_checkpoint(path, "enclap", device)
-        if not isinstance(meta.get("enclap"), dict) or not isinstance(meta.get("bart"), dict):
-            raise CheckpointError(f"{folder}: config.json lacks the 'enclap' and 'bart' sections of an EnCLAP config")
-        known = {f.name for f in dataclasses.fields(EnCLAPConfig)}
-        config = EnCLAPConfig(**{k: v for k, v in meta["enclap"].items() if k in known})
+        config = _enclap_config(meta, folder)
         bart = BartForConditionalGeneration(BartConfig.from_dict(meta["bart"]))
         tok_dir = folder / TOKENIZER_DIR
         tok = hf_load(AutoTokenizer.from_pretrained, tok_dir, "the captioner's tokenizer") if tok_dir.is_dir() else None
@@ -488,7 +506,17 @@ class EnCLAP(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def build_enclap(config: EnCLAPConfig, captions: Iterable[str] | None = None, tokenizer: Any = None) -> EnCLAP:
+def _enclap_config(meta: dict[str, Any], folder: Path) -> EnCLAPConfig:
+    """The EnCLAP part of a checkpoint's config.json (keys of older versions that no longer exist are dropped)."""
+    if not isinstance(meta.get("enclap"), dict) or not isinstance(meta.get("bart"), dict):
+        raise CheckpointError(f"{folder}: config.json lacks the 'enclap' and 'bart' sections of an EnCLAP config")
+    known = {f.name for f in dataclasses.fields(EnCLAPConfig)}
+    return EnCLAPConfig(**{k: v for k, v in meta["enclap"].items() if k in known})
+
+
+def build_enclap(
+    config: EnCLAPConfig, captions: Iterable[str] | None = None, tokenizer: PreTrainedTokenizerBase | None = None
+) -> EnCLAP:
     """A new EnCLAP: BART and its tokenizer from ``bart_name_or_path``, or a random BART with ``tokenizer`` or
     a tokenizer trained on ``captions`` (``vocab_size`` then shrinks to the tokenizer's vocabulary)."""
     if config.bart_name_or_path:
@@ -510,7 +538,7 @@ def build_enclap(config: EnCLAPConfig, captions: Iterable[str] | None = None, to
     return EnCLAP(dataclasses.replace(config, vocab_size=len(tokenizer)), tokenizer=tokenizer)
 
 
-def train_caption_tokenizer(captions: Iterable[str], vocab_size: int) -> Any:
+def train_caption_tokenizer(captions: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer with BART's special tokens (``<s>`` 0, ``<pad>`` 1, ``</s>`` 2, ``<unk>`` 3,
     ``<mask>`` 4) trained on ``captions``; encodes as ``<s> text </s>`` like BART. -> PreTrainedTokenizerFast."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers

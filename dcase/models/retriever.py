@@ -29,7 +29,7 @@ import math
 import string
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,9 @@ from dcase.errors import CheckpointError, InputError, MissingInputError
 from dcase.io import read_json
 from dcase.losses import GRADIENT_MODES, METRICS, gather_pairs, info_nce_loss, mahalanobis_cost, mltm_loss
 from dcase.models.cnext import CNext, CNextConfig, load_cnext_checkpoint
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +138,14 @@ def tiny_char_vocab() -> list[str]:
     return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *[f"##{c}" for c in chars]]
 
 
-def tiny_bert(hidden: int = 32, layers: int = 2, vocab: list[str] | None = None) -> tuple[nn.Module, Any]:
+def tiny_bert(
+    hidden: int = 32, layers: int = 2, vocab: list[str] | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A random tiny BERT and its character-level WordPiece tokenizer, built in memory (tests, demos)."""
     from tokenizers import BertWordPieceTokenizer
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    # BertTokenizerFast is exported lazily: the type information of transformers 5 lists only BertTokenizer.
+    from transformers import BertConfig, BertModel, BertTokenizerFast  # type: ignore[attr-defined]
 
     vocab = vocab or tiny_char_vocab()
     wp = BertWordPieceTokenizer({t: i for i, t in enumerate(vocab)}, lowercase=True)
@@ -177,7 +184,7 @@ KNOWN_TEXT_SIZES: dict[str, tuple[int, int, int, int, int]] = {
 }
 
 
-def random_text_tower(name: str) -> tuple[nn.Module, Any]:
+def random_text_tower(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A random encoder of ``name``'s size and a character-level tokenizer, without any file: a BERT-architecture
     model with the hidden size, depth, heads, feed-forward size and vocabulary of the named encoder
     (``KNOWN_TEXT_SIZES``; RoBERTa's sizes in BERT's architecture, within 0.1 % of its parameter count)."""
@@ -211,7 +218,9 @@ def resolve_pooling(cfg: TextTowerConfig, auto_pool: str | None = None) -> str:
     return pooling
 
 
-def load_text_tower(cfg: TextTowerConfig, config_only: bool = False) -> tuple[nn.Module, object, str]:
+def load_text_tower(
+    cfg: TextTowerConfig, config_only: bool = False
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
     """(encoder, tokenizer, resolved pooling) for ``cfg``. ``config_only``: random weights from the config."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -243,8 +252,8 @@ def load_text_tower(cfg: TextTowerConfig, config_only: bool = False) -> tuple[nn
         if not config_only:
             model = hf_load(AutoModel.from_pretrained, src, "the text encoder")
     pooling = resolve_pooling(cfg, auto_pool)
-    if hasattr(model, "pooler"):
-        model.pooler = None  # unused: we pool ourselves
+    if isinstance(getattr(model, "pooler", None), nn.Module):
+        model.register_module("pooler", None)  # unused: we pool ourselves
     return model, tokenizer, pooling
 
 
@@ -271,7 +280,9 @@ def pool_tokens(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Te
 class Retriever(nn.Module):
     """Dual encoder (see module docstring). ``AudioEmbedder``: ``sample_rate``, ``embed_dim``, ``embed_audio``."""
 
-    def __init__(self, config: RetrieverConfig, text_model: nn.Module, tokenizer: Any) -> None:
+    def __init__(
+        self, config: RetrieverConfig, text_model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+    ) -> None:
         """Pure: ``config.text.pooling`` must be resolved (cls | mean); ``text_model`` is a Hugging Face encoder with
         ``config.hidden_size``. Use ``build`` (pretrained text weights) or ``from_pretrained`` (a checkpoint)."""
         super().__init__()

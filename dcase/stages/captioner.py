@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,9 @@ from dcase.features.store import StoreChain, StoreError, check_coverage, store_s
 from dcase.losses import IGNORE_INDEX
 from dcase.models.enclap import EnCLAP, EnCLAPConfig, build_enclap
 from dcase.training import TrainConfig, fit
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +90,7 @@ def generate_captions(
     lengths = dataset.lengths()
     order = sorted(range(len(indices)), key=lambda j: lengths[indices[j]])
     out: list[str] = [""] * len(indices)
-    starts = range(0, len(order), batch_size)
+    starts: Iterable[int] = range(0, len(order), batch_size)
     if progress:
         from tqdm.auto import tqdm
 
@@ -169,14 +172,14 @@ class CaptionerTask:
         self.model_config: EnCLAPConfig = cfg.model
         self._train: CaptionDataset | None = None
         self._val: tuple[pd.DataFrame, CaptionDataset, CaptionDataset] | None = None
-        self.tokenizer: Any = None
+        self.tokenizer: PreTrainedTokenizerBase | None = None
 
-    def build_model(self) -> torch.nn.Module:
+    def build_model(self) -> EnCLAP:
         """EnCLAP from ``init``, or built from ``model`` with the sizes the feature stores record: codebooks and
         codebook size from the codec store's provenance, the clip-embedding size from the embedding store (never
         typed by hand; a config that says otherwise is overridden with a log line). An ``init`` checkpoint whose sizes
         differ from the stores' is refused before training starts."""
-        sizes = {**store_sizes(self.codes), **store_sizes(self.embeds)}
+        sizes: dict[str, Any] = {**store_sizes(self.codes), **store_sizes(self.embeds)}
         if self.cfg.init:
             model = EnCLAP.from_pretrained(self.cfg.init)
             log.info("starting from %s", self.cfg.init)
@@ -202,7 +205,7 @@ class CaptionerTask:
         log.info("EnCLAP with %.1f M parameters, MCM %s", model.num_parameters() / 1e6, "on" if self.cfg.mcm else "off")
         return model.train()
 
-    def _run_tokenizer(self) -> Any:
+    def _run_tokenizer(self) -> PreTrainedTokenizerBase | None:
         """A random-weight run's tokenizer, trained once on the training captions and kept in
         ``output_dir/tokenizer`` so that a resumed run uses exactly the same one. None with a pretrained BART."""
         if self.cfg.model.bart_name_or_path:
@@ -246,6 +249,8 @@ class CaptionerTask:
 
     def collate(self, items: list) -> dict[str, torch.Tensor]:
         batch = collate_codes(items, self.model_config.pad_code)
+        if self.tokenizer is None:
+            raise RuntimeError("collate() before build_model(): the caption tokenizer is not known yet")
         enc = self.tokenizer(
             [c for _, _, c in items],
             padding=True,
@@ -266,6 +271,8 @@ class CaptionerTask:
     def _val_data(self) -> tuple[pd.DataFrame, CaptionDataset, CaptionDataset]:
         if self._val is None:
             d, mc = self.cfg.data, self.model_config
+            if not d.val_manifest:
+                raise InputError("no validation manifest configured (data.val_manifest)")
             df = read_manifest(d.val_manifest, [d.val_split])
             df = df[df["captions"].map(len) > 0].reset_index(drop=True)
             if len(df) == 0:
@@ -294,7 +301,7 @@ class CaptionerTask:
             self._val = (gen_df.reset_index(drop=True), pairs, clips)
         return self._val
 
-    def evaluate(self, model: torch.nn.Module, accelerator: Any) -> dict[str, float]:
+    def evaluate(self, model: EnCLAP, accelerator: Any) -> dict[str, float]:
         """Validation caption loss (all pairs) + METEOR / CIDEr-D of generated captions; items are sharded
         over processes and gathered, so every process returns the same metrics."""
         from accelerate.utils import broadcast_object_list, gather_object
@@ -331,22 +338,24 @@ class CaptionerTask:
         gathered = gather_object(pairs_done) if world > 1 else pairs_done
         cands = [t for _, t in sorted(gathered)]
         refs = [list(c) for c in gen_df["captions"]]
-        payload = [None]
+        payload: list[dict[str, float] | None] = [None]
         if accelerator.is_main_process:
             from dcase.evaluation.captions import evaluate_captions
 
             scores = evaluate_captions(cands, refs, list(self.cfg.eval_metrics))
             payload = [{k: float(v) for k, v in dict(scores).items() if v is not None}]
-            for k, why in getattr(scores, "missing", {}).items():
+            for k, why in scores.missing.items():
                 log.warning("metric %s not computed: %s", k, why)
             for c, r in list(zip(cands, refs, strict=True))[:3]:
                 log.info("example: %r (reference %r)", c, r[0])
         if world > 1:
             broadcast_object_list(payload, from_process=0)
+        if payload[0] is None:
+            raise RuntimeError("the main process sent no validation metrics")
         metrics.update(payload[0])
         return metrics
 
-    def save_model(self, model: torch.nn.Module, path: Path) -> None:
+    def save_model(self, model: EnCLAP, path: Path) -> None:
         model.save_pretrained(path)
 
 

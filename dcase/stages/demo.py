@@ -94,7 +94,8 @@ def collect_scores(pipe: Any) -> dict[str, Any]:
     """Development-testing scores of every system of a run, its timings and the Task 8 check against the synthetic
     corpus's ground truth (when the corpus has one)."""
     root = pipe.layout.root
-    task6, task8 = {}, {}
+    task6: dict[str, Any] = {}
+    task8: dict[str, Any] = {}
     for d in sorted((root / "devtest").glob("task*_*")):
         data = json.loads((d / "scores.json").read_text()) if (d / "scores.json").is_file() else None
         if data is None:
@@ -188,7 +189,7 @@ def summary_lines(scores: dict[str, Any]) -> list[str]:
             f"  {name} {s.get('system', ''):<16} CIDEr-D {f(s.get('cider_d'))}  METEOR {f(s.get('meteor'))}"
             f"  SPIDEr {f(s.get('spider'))}  fluency filter {s.get('fluency_filter', 'off')}"
         )
-    first = next(iter(scores["task6"].values()), {})
+    first: dict[str, Any] = next(iter(scores["task6"].values()), {})
     for k, why in (first.get("missing") or {}).items():
         lines.append(f"  {k}: not computed ({why})")
     for name, s in scores["task8"].items():

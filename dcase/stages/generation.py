@@ -32,10 +32,10 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -54,6 +54,13 @@ from dcase.decoding.rerank import (
 from dcase.decoding.sample import Candidate, SamplingConfig, clip_seed
 from dcase.errors import CheckpointError, InputError, OutputExistsError
 from dcase.io import atomic_path, atomic_write_text, check_output, fingerprint, read_json
+
+if TYPE_CHECKING:
+    import torch
+
+    from dcase.decoding.fluency import FluencyScorer
+    from dcase.models.enclap import EnCLAP
+    from dcase.models.retriever import Retriever
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +128,7 @@ class GenerateConfig:
 
 
 # -------------------------------------------------------------------------------------------- pieces
-def load_captioners(paths: Sequence[str | Path], device: str = "cpu") -> list[Any]:
+def load_captioners(paths: Sequence[str | Path], device: str = "cpu") -> list[EnCLAP]:
     """EnCLAP checkpoints in eval mode; all must read the same features (n_codebooks, clip_dim)."""
     from dcase.models.enclap import EnCLAP
 
@@ -139,28 +146,33 @@ def load_captioners(paths: Sequence[str | Path], device: str = "cpu") -> list[An
     return models
 
 
-def store_matches_retriever(store: Any, retriever_sha: str) -> bool:
+def store_matches_retriever(store: Mapping[str, np.ndarray], retriever_sha: str) -> bool:
     """True when an embed store was written by the retriever checkpoint whose weights hash to ``retriever_sha``
-    (``dcase.io.fingerprint``, as recorded in the store's provenance)."""
-    prov = getattr(store, "provenance", {}) or {}
+    (``dcase.io.fingerprint``, as recorded in the store's provenance; a mapping without one never matches)."""
+    from dcase.features.store import RecordedStore
+
+    prov = (store.provenance if isinstance(store, RecordedStore) else None) or {}
     return prov.get("kind") == "embed" and prov.get("checkpoint_sha256") == retriever_sha
 
 
 def clip_audio_embeddings(
-    retriever: Any,
+    retriever: Retriever,
     retriever_path: str | Path,
     rows: pd.DataFrame,
-    embed_stores: Any,
+    embed_stores: Mapping[str, np.ndarray],
     how: str = "auto",
     retriever_sha: str | None = None,
 ) -> tuple[np.ndarray, str]:
     """The retriever's L2-normalised audio embedding of each row: float32 [N, D], and where it came from
     (``store`` when the clip-embedding store was made by this retriever, else ``computed`` from the audio)."""
     from dcase.data.audio import load_clip
+    from dcase.data.manifest import frame_rows
     from dcase.features.embed import embed_waves
+    from dcase.features.store import StoreChain
 
     sha = retriever_sha or fingerprint(resolve_checkpoint(retriever_path))
-    holders = [embed_stores._find(c) if hasattr(embed_stores, "_find") else embed_stores for c in rows["clip_id"]]
+    chain = embed_stores if isinstance(embed_stores, StoreChain) else None
+    holders = [chain.holder(c) if chain is not None else embed_stores for c in rows["clip_id"]]
     same = all(h is not None and store_matches_retriever(h, sha) for h in holders)
     if how == "store" and not same:
         raise InputError(
@@ -171,7 +183,7 @@ def clip_audio_embeddings(
         emb = np.stack([np.asarray(embed_stores[c], dtype=np.float32) for c in rows["clip_id"]])
         src = "store"
     else:
-        waves = [load_clip(r, int(retriever.sample_rate)) for r in rows.itertuples(index=False)]
+        waves = [load_clip(r, int(retriever.sample_rate)) for r in frame_rows(rows)]
         emb = np.stack(embed_waves(retriever, waves))
         src = "computed"
     if emb.shape[1] != retriever.embed_dim:
@@ -181,7 +193,7 @@ def clip_audio_embeddings(
 
 
 def encoder_scores(
-    retriever: Any, audio_emb: np.ndarray, texts_per_clip: Sequence[Sequence[str]], batch_size: int = 64
+    retriever: Retriever, audio_emb: np.ndarray, texts_per_clip: Sequence[Sequence[str]], batch_size: int = 64
 ) -> list[np.ndarray]:
     """Cosine(audio embedding of clip b, text embedding of each candidate of clip b): per clip float64 [n_b]."""
     flat = [t for ts in texts_per_clip for t in ts]
@@ -197,7 +209,11 @@ def encoder_scores(
 
 
 def candidates_for_batch(
-    models: Sequence[Any], batch: dict, cfg: GenerationSettings, seeds: Sequence[int], device: str = "cpu"
+    models: Sequence[EnCLAP],
+    batch: dict[str, torch.Tensor],
+    cfg: GenerationSettings,
+    seeds: Sequence[int],
+    device: str = "cpu",
 ) -> list[list[Candidate]]:
     """Candidates of one batch of clips (codes/codes_mask/clip_emb tensors) under ``cfg.mode`` / ``cfg.ensemble``."""
     from dcase.decoding.ensemble import beam_candidates, pool_from_encoder
@@ -240,6 +256,27 @@ def _plan_fingerprint(cfg: GenerateConfig, clip_ids: list[str]) -> dict[str, Any
     keep["clips"] = hashlib.sha256("\n".join(clip_ids).encode()).hexdigest()
     keep["n_clips"] = len(clip_ids)
     return json.loads(json.dumps(keep, default=str))
+
+
+def _start_or_resume(pdir: Path, plan: dict[str, Any]) -> None:
+    """Record ``plan`` in a new parts folder, or check that the parts already there were made with it."""
+    if not (pdir / PLAN).is_file():
+        pdir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(pdir / PLAN, json.dumps(plan, indent=1))
+        return
+    old = read_json(pdir / PLAN, "generation plan")
+    if old != plan:
+        diff = sorted(
+            k
+            for k in set(old["fingerprint"]) | set(plan["fingerprint"])
+            if old["fingerprint"].get(k) != plan["fingerprint"].get(k)
+        )
+        if old.get("chunk_clips") != plan["chunk_clips"]:
+            diff.append("chunk_clips")
+        raise InputError(
+            f"{pdir} holds parts of a run with other settings ({diff}); delete it or rerun with "
+            "the same settings to resume"
+        )
 
 
 def parts_dir(out: str | Path) -> Path:
@@ -293,24 +330,8 @@ def generate_candidates(cfg: GenerateConfig, progress: bool = True, overwrite: b
     )
 
     pdir = parts_dir(out)
-    plan = {"fingerprint": _plan_fingerprint(cfg, clip_ids), "chunk_clips": g.chunk_clips}
-    if (pdir / PLAN).is_file():
-        old = read_json(pdir / PLAN, "generation plan")
-        if old != plan:
-            diff = sorted(
-                k
-                for k in set(old["fingerprint"]) | set(plan["fingerprint"])
-                if old["fingerprint"].get(k) != plan["fingerprint"].get(k)
-            )
-            if old.get("chunk_clips") != plan["chunk_clips"]:
-                diff.append("chunk_clips")
-            raise InputError(
-                f"{pdir} holds parts of a run with other settings ({diff}); delete it or rerun with "
-                "the same settings to resume"
-            )
-    else:
-        pdir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(pdir / PLAN, json.dumps(plan, indent=1))
+    plan: dict[str, Any] = {"fingerprint": _plan_fingerprint(cfg, clip_ids), "chunk_clips": g.chunk_clips}
+    _start_or_resume(pdir, plan)
     chunks = [list(range(s, min(s + g.chunk_clips, len(rows)))) for s in range(0, len(rows), g.chunk_clips)]
     done = {k for k in range(len(chunks)) if (pdir / f"part-{k:05d}.parquet").is_file()}
     if done:
@@ -410,10 +431,10 @@ def _chunk_table(
     cands: dict[int, list[Candidate]],
     rows: pd.DataFrame,
     clip_ids: list[str],
-    retriever: Any,
+    retriever: Retriever | None,
     cfg: GenerateConfig,
-    embeds: Any,
-    checker: Any,
+    embeds: Mapping[str, np.ndarray],
+    checker: FluencyScorer | None,
     audio_src: set[str],
     plan_sha: str | None = None,
 ) -> pd.DataFrame:
@@ -421,14 +442,14 @@ def _chunk_table(
     g = cfg.generation
     texts = [[c.text for c in cands[i]] for i in idx]
     enc: list[np.ndarray | None] = [None] * len(idx)
-    if retriever is not None:
+    if retriever is not None and cfg.retriever is not None:
         audio, src = clip_audio_embeddings(
             retriever, cfg.retriever, rows.iloc[list(idx)], embeds, g.audio_embedding, plan_sha
         )
         audio_src.add(src)
-        enc = encoder_scores(retriever, audio, texts, g.text_batch_size)  # type: ignore[assignment]
+        enc = [*encoder_scores(retriever, audio, texts, g.text_batch_size)]
     recs = []
-    for j, i in enumerate(idx):
+    for i, scores in zip(idx, enc, strict=True):
         for r, c in enumerate(cands[i]):
             recs.append(
                 {
@@ -436,7 +457,7 @@ def _chunk_table(
                     "text": c.text,
                     "count": c.count,
                     "decoder_score": c.decoder_score,
-                    "encoder_score": float(enc[j][r]) if enc[j] is not None else np.nan,
+                    "encoder_score": float(scores[r]) if scores is not None else np.nan,
                     "token_ids": list(c.token_ids),
                 }
             )
@@ -508,6 +529,6 @@ def tune_rerank_weights(
     with atomic_path(out / "tuning.csv", overwrite=overwrite) as tmp:
         res.to_csv(tmp, index=False)
     plot_tuning(res, metric, out / "tuning.png")
-    best = res.loc[res[metric].idxmax()]
+    best = res.iloc[int(np.nanargmax(res[metric].to_numpy(dtype=np.float64)))]  # the first best row, as idxmax
     log.info("best w_enc=%.3f: %s=%.4f", best["w_enc"], metric, best[metric])
-    return {k: float(v) for k, v in best.items()}
+    return {str(k): float(v) for k, v in best.items()}

@@ -20,12 +20,15 @@ import hashlib
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dcase.data.registry import EVALUATION_SPLITS, is_evaluation_split
 from dcase.errors import InputError
+
+if TYPE_CHECKING:
+    from dcase.submission.recipes import Task6Recipe
 from dcase.stages.profiles import uses_by_source
 
 log = logging.getLogger(__name__)
@@ -79,86 +82,107 @@ def _text_encoder(name: str) -> str:
 
 def check_weights(pipe: Any, problems: list[str]) -> None:
     """Every pretrained model and checkpoint the selected steps load exists locally or in the cache."""
-    from dcase.config import from_dict
-    from dcase.stages.captioner import CaptionerStageConfig
-    from dcase.stages.retriever import RetrieverStageConfig
-
-    p = pipe.profile
     selected = pipe.selected()
     groups = {s.group for s in selected}
     for step in selected:  # the configs exactly as the steps will run them (profile overrides applied)
         if step.group == "retrievers" and step.name.endswith("/pretrain"):
-            cfg = from_dict(RetrieverStageConfig, step.settings["config"])
-            name = _text_encoder(cfg.model.text.name_or_path)
-            if not (is_random_text_encoder(name) or cfg.model.text.random_init):
-                _resource(
-                    problems,
-                    f"{step.name}: text encoder",
-                    name,
-                    "download it on a machine with internet (huggingface-cli download) or give a local folder",
-                )
-            if cfg.model.audio_init:
-                _resource(
-                    problems,
-                    f"{step.name}: CNext initialisation",
-                    cfg.model.audio_init,
-                    "give the published CNext .pth (Pellegrini et al.) or a CNext folder",
-                )
+            _check_retriever_weights(step.name, step.settings["config"], problems)
     for step in selected:
         if step.name == "captioner/pretrain":
-            cfg = from_dict(CaptionerStageConfig, step.settings["config"])
-            if cfg.model.bart_name_or_path:
-                found = _resource(
-                    problems,
-                    "captioner: BART",
-                    cfg.model.bart_name_or_path,
-                    "download facebook/bart-large on a machine with internet or give a local folder",
-                )
-                if found is not None:
-                    _check_bart(found, cfg.model, problems)
-            elif cfg.model.max_codec_positions + 2 > cfg.model.max_position_embeddings:
-                problems.append(
-                    f"captioner: max_codec_positions {cfg.model.max_codec_positions} + 2 (<s>, </s>) exceed "
-                    f"max_position_embeddings {cfg.model.max_position_embeddings}"
-                )
+            _check_captioner_weights(step.settings["config"], problems)
     if "features" in groups:
-        spec = p.codec.model
-        if spec not in RANDOM_CODECS and not spec.endswith((".json", ".yaml", ".yml")):
-            found = _resource(
-                problems,
-                "codec",
-                spec,
-                "give Descript's weights_24khz_8kbps_0.0.4.pth, a DacModel "
-                "folder, or a cached hub id such as descript/dac_24khz",
-            )
-            if found is not None and found.is_dir() and not (found / "config.json").is_file():
-                problems.append(f"codec: {found} is a folder without config.json (not a DacModel folder)")
+        _check_codec_weights(pipe.profile.codec.model, problems)
     if groups & {"rerank", "devtest", "systems"}:
         for recipe in pipe_recipes(pipe, 6):
-            gen = recipe.generation
-            if recipe.clip_embedder and recipe.clip_embedder != p.clip_embedder:
-                problems.append(
-                    f"task6 {recipe.name}: clip_embedder {recipe.clip_embedder!r} is not the profile's "
-                    f"{p.clip_embedder!r}: its captioners would read embeddings of another model"
-                )
-            if gen.fluency_checker:
-                from dcase.decoding.fluency import FluencyCheckerError, resolve_checker_path
+            _check_recipe_weights(recipe, pipe.profile.clip_embedder, problems)
 
-                try:
-                    if not resolve_checker_path(gen.fluency_checker).is_file():
-                        problems.append(
-                            f"task6 {recipe.name}: FENSE fluency checker {gen.fluency_checker!r} not "
-                            "found; set generation.fluency_checker: null to run without the filter"
-                        )
-                except FluencyCheckerError as e:
-                    problems.append(
-                        f"task6 {recipe.name}: {e}; or run without the filter: --set generation.fluency_checker=null"
-                    )
-            if gen.fluency_backbone and hub_or_local(gen.fluency_backbone) is None:
+
+def _check_retriever_weights(step: str, settings: Mapping[str, Any], problems: list[str]) -> None:
+    """A retriever pretraining step's text encoder and CNext initialisation."""
+    from dcase.config import from_dict
+    from dcase.stages.retriever import RetrieverStageConfig
+
+    cfg = from_dict(RetrieverStageConfig, settings)
+    name = _text_encoder(cfg.model.text.name_or_path)
+    if not (is_random_text_encoder(name) or cfg.model.text.random_init):
+        _resource(
+            problems,
+            f"{step}: text encoder",
+            name,
+            "download it on a machine with internet (huggingface-cli download) or give a local folder",
+        )
+    if cfg.model.audio_init:
+        _resource(
+            problems,
+            f"{step}: CNext initialisation",
+            cfg.model.audio_init,
+            "give the published CNext .pth (Pellegrini et al.) or a CNext folder",
+        )
+
+
+def _check_captioner_weights(settings: Mapping[str, Any], problems: list[str]) -> None:
+    """The captioner pretraining step's BART (or, for a random BART, that its positions hold the codec frames)."""
+    from dcase.config import from_dict
+    from dcase.stages.captioner import CaptionerStageConfig
+
+    cfg = from_dict(CaptionerStageConfig, settings)
+    if cfg.model.bart_name_or_path:
+        found = _resource(
+            problems,
+            "captioner: BART",
+            cfg.model.bart_name_or_path,
+            "download facebook/bart-large on a machine with internet or give a local folder",
+        )
+        if found is not None:
+            _check_bart(found, cfg.model, problems)
+    elif cfg.model.max_codec_positions + 2 > cfg.model.max_position_embeddings:
+        problems.append(
+            f"captioner: max_codec_positions {cfg.model.max_codec_positions} + 2 (<s>, </s>) exceed "
+            f"max_position_embeddings {cfg.model.max_position_embeddings}"
+        )
+
+
+def _check_codec_weights(spec: str, problems: list[str]) -> None:
+    """The DAC weights named by the profile (random codecs and codec configs need none)."""
+    if spec in RANDOM_CODECS or spec.endswith((".json", ".yaml", ".yml")):
+        return
+    found = _resource(
+        problems,
+        "codec",
+        spec,
+        "give Descript's weights_24khz_8kbps_0.0.4.pth, a DacModel folder, or a cached hub id such as "
+        "descript/dac_24khz",
+    )
+    if found is not None and found.is_dir() and not (found / "config.json").is_file():
+        problems.append(f"codec: {found} is a folder without config.json (not a DacModel folder)")
+
+
+def _check_recipe_weights(recipe: Task6Recipe, clip_embedder: str, problems: list[str]) -> None:
+    """A Task 6 recipe's clip embedder matches the profile's; its fluency checker and backbone exist."""
+    gen = recipe.generation
+    if recipe.clip_embedder and recipe.clip_embedder != clip_embedder:
+        problems.append(
+            f"task6 {recipe.name}: clip_embedder {recipe.clip_embedder!r} is not the profile's "
+            f"{clip_embedder!r}: its captioners would read embeddings of another model"
+        )
+    if gen.fluency_checker:
+        from dcase.decoding.fluency import FluencyCheckerError, resolve_checker_path
+
+        try:
+            if not resolve_checker_path(gen.fluency_checker).is_file():
                 problems.append(
-                    f"task6 {recipe.name}: fluency checker backbone {gen.fluency_backbone!r} is neither a "
-                    "local folder nor in the Hugging Face cache"
+                    f"task6 {recipe.name}: FENSE fluency checker {gen.fluency_checker!r} not "
+                    "found; set generation.fluency_checker: null to run without the filter"
                 )
+        except FluencyCheckerError as e:
+            problems.append(
+                f"task6 {recipe.name}: {e}; or run without the filter: --set generation.fluency_checker=null"
+            )
+    if gen.fluency_backbone and hub_or_local(gen.fluency_backbone) is None:
+        problems.append(
+            f"task6 {recipe.name}: fluency checker backbone {gen.fluency_backbone!r} is neither a "
+            "local folder nor in the Hugging Face cache"
+        )
 
 
 def _check_bart(folder: Path, model_cfg: Any, problems: list[str]) -> None:
@@ -261,7 +285,7 @@ def training_uses(profile: Any) -> dict[str, list[str]]:
 
 def check_leak_splits(profile: Any, problems: list[str], allow_leak: bool) -> list[str]:
     """Training steps that read an evaluation split; problems unless ``allow_leak`` (then returned as notes)."""
-    notes = []
+    notes: list[str] = []
     for what, uses in training_uses(profile).items():
         for source, splits in uses_by_source(uses).items():
             bad = [s for s in splits if is_evaluation_split(source, s)]
@@ -333,7 +357,7 @@ def check_duplicate_audio(pipe: Any, problems: list[str], allow_leak: bool) -> l
                 evaluation.extend(paths)
             elif split in train_splits.get(source, ()) or "*" in train_splits.get(source, ()):
                 train.extend(paths)
-    notes = []
+    notes: list[str] = []
     pairs = duplicate_audio(train, evaluation)
     for t, e in pairs[:20]:
         msg = f"training audio {t} has the same content as evaluation audio {e}"

@@ -18,7 +18,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -39,6 +39,9 @@ from dcase.evaluation.retrieval import (
 from dcase.features.embed import audio_index, embed_rows
 from dcase.models.retriever import Retriever, RetrieverConfig
 from dcase.training import TrainConfig, fit
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +82,13 @@ class RetrieverTask:
 
     def __init__(self, cfg: RetrieverStageConfig) -> None:
         self.cfg = cfg
-        self.tokenizer = None
+        self.tokenizer: PreTrainedTokenizerBase | None = None
         self.min_samples = 1
         self.cache = AudioCache(cfg.model.audio.sample_rate, None, cfg.data.cache_audio)
         self._val: tuple[pd.DataFrame, AudioCache] | None = None
         self._unconverged = 0  # training steps whose Sinkhorn stopped unconverged
 
-    def build_model(self) -> torch.nn.Module:
+    def build_model(self) -> Retriever:
         if self.cfg.init:
             model = Retriever.from_pretrained(self.cfg.init)
             log.info("finetuning from %s", self.cfg.init)
@@ -109,6 +112,8 @@ class RetrieverTask:
 
     def collate(self, items: list) -> dict[str, torch.Tensor]:
         waves, lengths = pad_waves([w for w, _ in items])
+        if self.tokenizer is None:
+            raise RuntimeError("collate() before build_model(): the text tokenizer is not known yet")
         enc = self.tokenizer(
             [c for _, c in items],
             padding=True,
@@ -152,7 +157,7 @@ class RetrieverTask:
         }
         return out["loss"], parts
 
-    def evaluate(self, model: torch.nn.Module, accelerator: Any) -> dict[str, float]:
+    def evaluate(self, model: Retriever, accelerator: Any) -> dict[str, float]:
         d = self.cfg.data
         if not d.val_manifest:
             return {}
@@ -164,7 +169,7 @@ class RetrieverTask:
         df, cache = self._val
         return evaluate_clotho(model, df, batch_size=self.cfg.eval_batch_size, cache=cache, progress=False)
 
-    def save_model(self, model: torch.nn.Module, path: Path) -> None:
+    def save_model(self, model: Retriever, path: Path) -> None:
         model.save_pretrained(path)
 
 
@@ -270,7 +275,8 @@ def evaluate_retrievers(
     df = df[df["captions"].map(len) > 0].reset_index(drop=True)
     rows = list(df.itertuples(index=False))
     texts, relevant = clotho_queries(df)
-    sims, per_model = [], {}
+    sims: list[np.ndarray] = []
+    per_model: dict[str, dict[str, float]] = {}
     for r in retrievers:
         model = _as_retriever(r, device)
         idx = audio_index(model, r, rows, batch_size, max_seconds, cache_dir)

@@ -51,7 +51,7 @@ def load_recipe(
     from dcase.stages.profiles import _deep_merge
     from dcase.submission.recipes import Task6Recipe, Task8Recipe
 
-    cls = Task6Recipe if task == 6 else Task8Recipe
+    cls: type[Task6Recipe] | type[Task8Recipe] = Task6Recipe if task == 6 else Task8Recipe
     data = dict(item) if isinstance(item, Mapping) else load_yaml(resolve_config_path(str(item)))
     meta = {**(data.get("meta") or {}), **{k: v for k, v in (team or {}).items() if k != "technical_report"}}
     data["meta"] = meta
@@ -315,7 +315,7 @@ def task6_meta(pipe: Any, recipe: Any, captioners: Sequence[Path], out_dir: Path
         )
     )
     params = sum(count_parameters(f) for f in folders) + count_parameters(pipe.L.codec, ("decoder.",))
-    mc = EnCLAP.config_of(captioners[0]) if hasattr(EnCLAP, "config_of") else None
+    mc = EnCLAP.config_of(captioners[0])
     sources = _training_sources(pipe, 6)
     rate = float(codec["sample_rate"]) / float(codec["hop"])
     decoding = (
@@ -341,7 +341,7 @@ def task6_meta(pipe: Any, recipe: Any, captioners: Sequence[Path], out_dir: Path
         f"({embed['embed_dim']}-d)",
         "embeddings": f"audio tower of the retriever {pipe.p.clip_embedder}",
         "machine_learning_method": "EnCLAP: BART encoder-decoder over codec codes + clip embedding"
-        + (f" (d_model {mc.d_model}, {mc.encoder_layers}+{mc.decoder_layers} layers)" if mc else "")
+        + f" (d_model {mc.d_model}, {mc.encoder_layers}+{mc.decoder_layers} layers)"
         + ("; masked codec modelling pretraining" if pipe.p.captioner.pretrain_config else ""),
         "data_augmentation": "Clotho-ChatGPT-Mixup" if "clotho_mixup" in sources else "none",
         "decoding": decoding,
@@ -430,8 +430,9 @@ def export_system(
                 continue
             many = isinstance(value, list | tuple)
             names = []
-            for i, src in enumerate(value if many else [value]):
-                src = Path(src).resolve()
+            sources = list(value) if isinstance(value, list | tuple) else [Path(str(value))]
+            for i, given in enumerate(sources):
+                src = Path(given).resolve()
                 name = seen.get(src) or (f"{key}/{i}" if many else key)
                 if src not in seen:
                     _link_or_copy(src, tmp / name)
@@ -560,7 +561,9 @@ def package_systems(pipe: Any, system_dirs: Sequence[Path]) -> dict[str, Any]:
     refusing template placeholders in identity fields and a wrongly named technical report."""
     from dcase.submission.package import package_submission
 
-    task6, task8, recs = [], [], {}
+    task6: list[tuple[Path, Path]] = []
+    task8: list[tuple[Path, Path]] = []
+    recs: dict[int, dict[str, Any]] = {}
     for d in system_dirs:
         rec = json.loads((d / OUTPUTS_FILE).read_text())
         (task6 if rec["task"] == 6 else task8).append((d / rec["csv"], d / rec["meta"]))

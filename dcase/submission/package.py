@@ -74,6 +74,71 @@ def check_report_name(path: Path, team: str | Mapping[str, Any]) -> None:
         )
 
 
+PlannedSystem = tuple[int, Path, dict[str, Any], str]  # (task, output CSV, meta, label)
+
+
+def _check_systems(
+    task: int,
+    systems: Sequence[tuple[str | Path, Mapping[str, Any] | str | Path]],
+    problems: list[str],
+    teams: set[str],
+    audio_dir: str | Path | None,
+    references8: str | Path | None,
+) -> list[PlannedSystem]:
+    """Validate one task's systems (meta, unique labels, no placeholders, the output CSV): problems are appended to
+    ``problems`` and the team of each label to ``teams``. Returns the systems to package."""
+    if len(systems) > MAX_SYSTEMS_PER_TASK:
+        problems.append(f"task {task}: {len(systems)} systems, at most {MAX_SYSTEMS_PER_TASK} are allowed")
+    plan: list[PlannedSystem] = []
+    labels: list[str] = []
+    for csv_path, meta in systems:
+        meta_d = read_meta(meta) if isinstance(meta, str | Path) else dict(meta)
+        label = validate_meta(meta_d, task)
+        if label in labels:
+            problems.append(f"task {task}: label {label} is used by two systems")
+        labels.append(label)
+        bad = placeholder_fields(meta_d)
+        if bad:
+            problems.append(f"{label}: identity fields {bad} still hold template placeholders")
+        m = LABEL_RE.match(label)
+        if m is not None:
+            teams.add(f"{m.group('lastname')}_{m.group('institute')}")
+        try:
+            if task == 6:
+                validate_task6(csv_path, audio_dir)
+            else:
+                validate_task8(csv_path, references8, audio_dir)
+        except InputError as e:
+            problems.append(str(e))
+        plan.append((task, Path(csv_path), meta_d, label))
+    return plan
+
+
+def _write_package(
+    out_dir: Path,
+    zip_path: Path,
+    plan: list[PlannedSystem],
+    team: str,
+    tasks: list[int],
+    technical_report: str | Path | None,
+) -> None:
+    """The package folder (``task<k>/<label>/`` with the CSV and meta YAML, the report in each task folder) and its
+    zip, each written atomically."""
+    with atomic_dir(out_dir) as tmp:
+        for task, csv_path, meta_d, label in plan:
+            folder = tmp / f"task{task}" / label
+            folder.mkdir(parents=True)
+            shutil.copyfile(csv_path, folder / f"{label}.output.csv")
+            write_meta(meta_d, folder / f"{label}.meta.yaml")
+        if technical_report is not None:
+            for task in tasks:
+                shutil.copyfile(technical_report, tmp / f"task{task}" / report_name(team, task))
+    with atomic_path(zip_path) as tmp_zip:
+        with zipfile.ZipFile(tmp_zip, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            for f in sorted(p for p in out_dir.rglob("*") if p.is_file()):
+                z.write(f, f.relative_to(out_dir).as_posix())
+
+
 def package_submission(
     out_dir: str | Path,
     task6: Sequence[tuple[str | Path, Mapping[str, Any] | str | Path]] = (),
@@ -95,32 +160,10 @@ def package_submission(
         if p.exists() and not overwrite:
             raise OutputExistsError(f"{p} exists; pass --overwrite (overwrite=True) to replace it")
     problems: list[str] = []
-    plan: list[tuple[int, Path, dict[str, Any], str]] = []
+    plan: list[PlannedSystem] = []
     teams: set[str] = set()
     for task, systems in ((6, task6), (8, task8)):
-        if len(systems) > MAX_SYSTEMS_PER_TASK:
-            problems.append(f"task {task}: {len(systems)} systems, at most {MAX_SYSTEMS_PER_TASK} are allowed")
-        labels: list[str] = []
-        for csv_path, meta in systems:
-            meta_d = read_meta(meta) if isinstance(meta, str | Path) else dict(meta)
-            label = validate_meta(meta_d, task)
-            if label in labels:
-                problems.append(f"task {task}: label {label} is used by two systems")
-            labels.append(label)
-            bad = placeholder_fields(meta_d)
-            if bad:
-                problems.append(f"{label}: identity fields {bad} still hold template placeholders")
-            m = LABEL_RE.match(label)
-            if m is not None:
-                teams.add(f"{m.group('lastname')}_{m.group('institute')}")
-            try:
-                if task == 6:
-                    validate_task6(csv_path, audio_dir6)
-                else:
-                    validate_task8(csv_path, references8, audio_dir8)
-            except InputError as e:
-                problems.append(str(e))
-            plan.append((task, Path(csv_path), meta_d, label))
+        plan += _check_systems(task, systems, problems, teams, audio_dir6 if task == 6 else audio_dir8, references8)
     if not plan:
         problems.append("nothing to package: give at least one Task 6 or Task 8 system")
     if len(teams) > 1:
@@ -136,18 +179,7 @@ def package_submission(
             f"cannot build the package {out_dir}: {len(problems)} problem(s):\n  " + "\n  ".join(problems)
         )
     tasks = sorted({t for t, *_ in plan})
-    with atomic_dir(out_dir) as tmp:
-        for task, csv_path, meta_d, label in plan:
-            folder = tmp / f"task{task}" / label
-            folder.mkdir(parents=True)
-            shutil.copyfile(csv_path, folder / f"{label}.output.csv")
-            write_meta(meta_d, folder / f"{label}.meta.yaml")
-        for task in tasks if technical_report is not None else ():
-            shutil.copyfile(technical_report, tmp / f"task{task}" / report_name(team, task))
-    with atomic_path(zip_path) as tmp_zip:
-        with zipfile.ZipFile(tmp_zip, "w", compression=zipfile.ZIP_DEFLATED) as z:
-            for f in sorted(p for p in out_dir.rglob("*") if p.is_file()):
-                z.write(f, f.relative_to(out_dir).as_posix())
+    _write_package(out_dir, zip_path, plan, team, tasks, technical_report)
     reports = [report_name(team, t) for t in tasks] if technical_report is not None else []
     if not reports:
         log.warning(
