@@ -31,11 +31,16 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
 from dcase.errors import CheckpointError, InputError, MissingInputError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from dcase.decoding.sample import Candidate
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +95,11 @@ def _part(folder: Path, doc: dict[str, Any], key: str) -> Path:
     if not path.is_dir():
         raise SystemFolderError(f"{folder / 'system.json'} names {key} {rel!r}, but {path} is missing")
     return path
+
+
+def _under(folder: Path, value: str | None) -> str | None:
+    """A path of ``system.json``: a relative one under ``folder``; absolute or empty ones as they are."""
+    return str(folder / value) if value and not Path(value).is_absolute() else value
 
 
 def audio_files(items: str | Path | Iterable[str | Path], recursive: bool = False) -> list[Path]:
@@ -208,10 +218,11 @@ class Captioner:
         settings = from_dict(GenerationSettings, doc.get("generation") or {}, prefix=f"{folder}/system.json generation")
         if fluency_checker != "system":
             settings = dataclasses.replace(settings, fluency_checker=str(fluency_checker) if fluency_checker else None)
-        for key in ("fluency_checker", "fluency_backbone"):
-            value = getattr(settings, key)
-            if value and not Path(value).is_absolute():
-                settings = dataclasses.replace(settings, **{key: str(folder / value)})
+        settings = dataclasses.replace(
+            settings,
+            fluency_checker=_under(folder, settings.fluency_checker),
+            fluency_backbone=_under(folder, settings.fluency_backbone),
+        )
         if settings.fluency_checker and not Path(settings.fluency_checker).exists():
             raise MissingInputError(
                 f"{folder / 'system.json'}: its fluency checker {settings.fluency_checker} does not exist here; pass "
@@ -253,6 +264,24 @@ class Captioner:
         heads = [np.pad(w, (0, c.hop - len(w))) if len(w) < c.hop else w for w in heads]
         return [codes[:, : self.max_frames].astype(np.int64) for codes in c.encode_many(heads)]
 
+    @overload
+    def caption(
+        self,
+        files: str | Path | Sequence[str | Path],
+        return_candidates: Literal[False] = False,
+        progress: bool = False,
+    ) -> list[str]: ...
+
+    @overload
+    def caption(
+        self, files: str | Path | Sequence[str | Path], return_candidates: Literal[True], progress: bool = False
+    ) -> list[CaptionResult]: ...
+
+    @overload
+    def caption(
+        self, files: str | Path | Sequence[str | Path], return_candidates: bool, progress: bool = False
+    ) -> list[str] | list[CaptionResult]: ...
+
     def caption(
         self, files: str | Path | Sequence[str | Path], return_candidates: bool = False, progress: bool = False
     ) -> list[str] | list[CaptionResult]:
@@ -264,18 +293,13 @@ class Captioner:
         return results if return_candidates else [r.caption for r in results]
 
     def _run(self, paths: list[Path], progress: bool) -> list[CaptionResult]:
+        """Caption ``paths`` in chunks of ``CHUNK_CLIPS`` clips; ``timings`` gets the seconds spent per phase."""
         import pandas as pd
-        import torch
 
-        from dcase.data.audio import AudioError, load_audio, resample
-        from dcase.data.datasets import collate_codes
-        from dcase.decoding.rerank import apply_fluency, lazy_fluency, make_candidates, rank_order, rerank
-        from dcase.decoding.sample import clip_seed
+        from dcase.decoding.rerank import rank_order
         from dcase.features.embed import embed_waves
-        from dcase.stages.generation import candidates_for_batch, encoder_scores
 
-        g = self.settings
-        g.check()
+        self.settings.check()
         t = dict.fromkeys(("audio", "codec", "embedding", "sampling", "reranking"), 0.0)
         bar = None
         if progress:
@@ -283,76 +307,19 @@ class Captioner:
 
             bar = tqdm(total=len(paths), unit="clip", desc="caption", dynamic_ncols=True)
         tables = []
-        pad = self.models[0].config.pad_code
         for start in range(0, len(paths), CHUNK_CLIPS):
             chunk = paths[start : start + CHUNK_CLIPS]
-            ids = [str(start + i) for i in range(len(chunk))]
             t0 = time.perf_counter()
-            native = []
-            for p in chunk:
-                try:
-                    native.append(load_audio(p))
-                except AudioError as e:
-                    raise InputError(f"cannot caption {p}: {e}") from e
-            rates = {self.codec.sample_rate, int(self.clip_embedder.sample_rate)}
-            if self.retriever is not None:
-                rates.add(int(self.retriever.sample_rate))
-            waves = {sr: [resample(x, r, sr) for x, r in native] for sr in rates}
+            waves = self._waves(chunk)
             t1 = time.perf_counter()
             codes = self._codes(waves[self.codec.sample_rate])
             t2 = time.perf_counter()
             clip_emb = embed_waves(self.clip_embedder, waves[int(self.clip_embedder.sample_rate)])
-            audio_emb = None
-            if self.retriever is not None:
-                emb = (
-                    clip_emb
-                    if self.retriever is self.clip_embedder
-                    else embed_waves(self.retriever, waves[int(self.retriever.sample_rate)])
-                )
-                audio_emb = np.stack(emb).astype(np.float32)
-                audio_emb /= np.maximum(np.linalg.norm(audio_emb, axis=1, keepdims=True), 1e-12)
+            audio_emb = self._audio_embeddings(clip_emb, waves)
             t3 = time.perf_counter()
-            order = sorted(range(len(chunk)), key=lambda i: codes[i].shape[1])
-            cands: dict[int, list[Any]] = {}
-            for s in range(0, len(order), g.sampling.batch_clips):
-                idx = order[s : s + g.sampling.batch_clips]
-                batch = collate_codes([(codes[i], clip_emb[i], "") for i in idx], pad)
-                seeds = [clip_seed(g.sampling.seed, chunk[i].name) for i in idx]
-                with torch.no_grad():
-                    for i, c in zip(idx, candidates_for_batch(self.models, batch, g, seeds, self.device), strict=True):
-                        if not c:
-                            raise CheckpointError(
-                                f"{chunk[i]}: every sample decoded to an empty caption (the captioner ends at once; "
-                                "check the checkpoint, or raise sampling.min_new_tokens)"
-                            )
-                        cands[i] = c
-                if bar is not None:
-                    bar.update(len(idx))
+            cands = self._candidates(chunk, codes, clip_emb, bar)
             t4 = time.perf_counter()
-            texts = [[c.text for c in cands[i]] for i in range(len(chunk))]
-            enc = (
-                encoder_scores(self.retriever, audio_emb, texts, g.text_batch_size)
-                if self.retriever is not None
-                else [None] * len(chunk)
-            )
-            recs = [
-                {
-                    "clip_id": ids[i],
-                    "text": c.text,
-                    "count": c.count,
-                    "decoder_score": c.decoder_score,
-                    "encoder_score": float(enc[i][r]) if enc[i] is not None else np.nan,
-                    "token_ids": list(c.token_ids),
-                }
-                for i in range(len(chunk))
-                for r, c in enumerate(cands[i])
-            ]
-            table = make_candidates(recs)
-            if self.checker is not None and g.fluency_scope == "lazy":
-                table = lazy_fluency(table, self.checker.error_probabilities, g.w_enc, g.w_dec, g.fluency_threshold)
-            elif self.checker is not None:
-                table = apply_fluency(table, self.checker)
-            tables.append(rerank(table, g.w_enc, g.w_dec, g.fluency_threshold if self.checker is not None else None))
+            tables.append(self._rerank([str(start + i) for i in range(len(chunk))], cands, audio_emb))
             t5 = time.perf_counter()
             for k, dt in zip(t, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
                 t[k] += dt
@@ -360,26 +327,122 @@ class Captioner:
             bar.close()
         self.timings = {k: round(v, 4) for k, v in t.items()}
         table = pd.concat(tables, ignore_index=True)
-        table = table.iloc[rank_order(table)]
-        per_clip = dict(iter(table.groupby("clip_id", sort=False)))
-        out = []
-        for i, p in enumerate(paths):
-            rows = per_clip[str(i)]
-            cands_i = [
-                ScoredCandidate(
-                    text=str(r.text),
-                    final_score=float(r.final_score),
-                    encoder_score=None if np.isnan(r.encoder_score) else float(r.encoder_score),
-                    decoder_score=float(r.decoder_score),
-                    fluency_error_prob=None if np.isnan(r.fluency_error_prob) else float(r.fluency_error_prob),
-                    count=int(r.count),
-                    selected=bool(r.selected),
-                )
-                for r in rows.itertuples(index=False)
-            ]
-            chosen = next(c for c in cands_i if c.selected)
-            out.append(CaptionResult(str(p), chosen.text, cands_i, bool(rows["fallback"].any())))
-        return out
+        return _caption_results(paths, table.iloc[rank_order(table)])
+
+    def _waves(self, chunk: Sequence[Path]) -> dict[int, list[np.ndarray]]:
+        """The clips as mono float32 waves [T], keyed by each rate a model reads (codec, clip embedder, retriever)."""
+        from dcase.data.audio import AudioError, load_audio, resample
+
+        native = []
+        for p in chunk:
+            try:
+                native.append(load_audio(p))
+            except AudioError as e:
+                raise InputError(f"cannot caption {p}: {e}") from e
+        rates = {self.codec.sample_rate, int(self.clip_embedder.sample_rate)}
+        if self.retriever is not None:
+            rates.add(int(self.retriever.sample_rate))
+        return {sr: [resample(x, r, sr) for x, r in native] for sr in rates}
+
+    def _audio_embeddings(self, clip_emb: list[np.ndarray], waves: dict[int, list[np.ndarray]]) -> np.ndarray | None:
+        """The retriever's L2-normalised audio embeddings float32 [B, D] (the encoder score's audio side, report
+        §2.3); None without a retriever. A retriever that is also the clip embedder reuses ``clip_emb``."""
+        from dcase.features.embed import embed_waves
+
+        if self.retriever is None:
+            return None
+        emb = (
+            clip_emb
+            if self.retriever is self.clip_embedder
+            else embed_waves(self.retriever, waves[int(self.retriever.sample_rate)])
+        )
+        audio_emb = np.stack(emb).astype(np.float32)
+        audio_emb /= np.maximum(np.linalg.norm(audio_emb, axis=1, keepdims=True), 1e-12)
+        return audio_emb
+
+    def _candidates(
+        self, chunk: Sequence[Path], codes: list[np.ndarray], clip_emb: list[np.ndarray], bar: Any | None
+    ) -> list[list[Candidate]]:
+        """The candidates of each clip of ``chunk`` (codes int64 [K, T], clip embeddings [D]), sampled in batches of
+        clips of similar length, each clip seeded by its file name (as ``dcase generate`` seeds it)."""
+        import torch
+
+        from dcase.data.datasets import collate_codes
+        from dcase.decoding.sample import clip_seed
+        from dcase.stages.generation import candidates_for_batch
+
+        g = self.settings
+        pad = self.models[0].config.pad_code
+        order = sorted(range(len(chunk)), key=lambda i: codes[i].shape[1])
+        cands: dict[int, list[Candidate]] = {}
+        for s in range(0, len(order), g.sampling.batch_clips):
+            idx = order[s : s + g.sampling.batch_clips]
+            batch = collate_codes([(codes[i], clip_emb[i], "") for i in idx], pad)
+            seeds = [clip_seed(g.sampling.seed, chunk[i].name) for i in idx]
+            with torch.no_grad():
+                for i, c in zip(idx, candidates_for_batch(self.models, batch, g, seeds, self.device), strict=True):
+                    if not c:
+                        raise CheckpointError(
+                            f"{chunk[i]}: every sample decoded to an empty caption (the captioner ends at once; "
+                            "check the checkpoint, or raise sampling.min_new_tokens)"
+                        )
+                    cands[i] = c
+            if bar is not None:
+                bar.update(len(idx))
+        return [cands[i] for i in range(len(chunk))]
+
+    def _rerank(self, ids: list[str], cands: list[list[Candidate]], audio_emb: np.ndarray | None) -> pd.DataFrame:
+        """The reranked candidates table of one chunk (clip ids ``ids``): encoder score, fluency filter, final
+        score and selection (report §2.3), as the generation stage ranks them."""
+        from dcase.decoding.rerank import apply_fluency, lazy_fluency, make_candidates, rerank
+        from dcase.stages.generation import encoder_scores
+
+        g = self.settings
+        enc: list[np.ndarray | None] = [None] * len(cands)
+        if self.retriever is not None and audio_emb is not None:
+            texts = [[c.text for c in cs] for cs in cands]
+            enc = list(encoder_scores(self.retriever, audio_emb, texts, g.text_batch_size))
+        recs = [
+            {
+                "clip_id": clip_id,
+                "text": c.text,
+                "count": c.count,
+                "decoder_score": c.decoder_score,
+                "encoder_score": float(e[r]) if e is not None else np.nan,
+                "token_ids": list(c.token_ids),
+            }
+            for clip_id, cs, e in zip(ids, cands, enc, strict=True)
+            for r, c in enumerate(cs)
+        ]
+        table = make_candidates(recs)
+        if self.checker is not None and g.fluency_scope == "lazy":
+            table = lazy_fluency(table, self.checker.error_probabilities, g.w_enc, g.w_dec, g.fluency_threshold)
+        elif self.checker is not None:
+            table = apply_fluency(table, self.checker)
+        return rerank(table, g.w_enc, g.w_dec, g.fluency_threshold if self.checker is not None else None)
+
+
+def _caption_results(paths: Sequence[Path], table: pd.DataFrame) -> list[CaptionResult]:
+    """One ``CaptionResult`` per path (clip id: its index in ``paths``) from the reranked table, in rank order."""
+    per_clip = dict(iter(table.groupby("clip_id", sort=False)))
+    out = []
+    for i, p in enumerate(paths):
+        rows = per_clip[str(i)]
+        cands = [
+            ScoredCandidate(
+                text=str(r["text"]),
+                final_score=float(r["final_score"]),
+                encoder_score=None if np.isnan(r["encoder_score"]) else float(r["encoder_score"]),
+                decoder_score=float(r["decoder_score"]),
+                fluency_error_prob=None if np.isnan(r["fluency_error_prob"]) else float(r["fluency_error_prob"]),
+                count=int(r["count"]),
+                selected=bool(r["selected"]),
+            )
+            for r in rows.to_dict("records")
+        ]
+        chosen = next(c for c in cands if c.selected)
+        out.append(CaptionResult(str(p), chosen.text, cands, bool(rows["fallback"].any())))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ retriever
@@ -452,7 +515,9 @@ class Retriever:
         return cls(models, members, "cosine", device, origin=folder)
 
     @classmethod
-    def load_index(cls, index_dir: str | Path, retriever: str | Path | None = None, device: str | None = None):
+    def load_index(
+        cls, index_dir: str | Path, retriever: str | Path | None = None, device: str | None = None
+    ) -> Retriever:
         """A retriever with the collection saved by ``index(..., out=index_dir)`` (``dcase index``); the retriever
         is the one the index recorded, or ``retriever`` (which must have the same weights)."""
         coll = AudioCollection.load(index_dir)
@@ -509,6 +574,14 @@ class Retriever:
         self.collection = coll
         return coll
 
+    # A str is also a Sequence[str], so mypy flags the two overloads as overlapping; the first match wins (a str
+    # gets list[Hit]), which is what search does at run time, as typeshed does for the same str / Sequence[str] case.
+    @overload
+    def search(self, query: str, k: int = 10) -> list[Hit]: ...  # type: ignore[overload-overlap]
+
+    @overload
+    def search(self, query: Sequence[str], k: int = 10) -> list[list[Hit]]: ...
+
     def search(self, query: str | Sequence[str], k: int = 10) -> list[Hit] | list[list[Hit]]:
         """The ``k`` indexed files most similar to ``query`` (a text, or a list of texts: one list per text)."""
         from dcase.evaluation.retrieval import ensemble_similarity, top_k
@@ -516,7 +589,7 @@ class Retriever:
         if self.collection is None:
             raise InputError("nothing is indexed: call index(files_or_folder) (CLI: dcase index) first")
         single = isinstance(query, str)
-        texts = [query] if single else list(query)
+        texts = [query] if isinstance(query, str) else list(query)
         if not texts or any(not str(t).strip() for t in texts):
             raise InputError("search queries must be non-empty texts")
         coll = self.collection
@@ -628,12 +701,12 @@ class AudioCollection:
             keys, reuse = [keys[i] for i in keep], [reuse[i] for i in keep]
             todo = [j for j, i in enumerate(keep) if reuse[j] is None]
             files = [files[i] for i in keep]
+        reused = [(i, r) for i, r in enumerate(reuse) if r is not None]  # (new row, old row)
         embeddings = []
         for m, model in enumerate(retriever.models):
             emb = np.zeros((len(files), model.embed_dim), dtype=np.float32)
             if old is not None:
-                kept = [i for i, r in enumerate(reuse) if r is not None]
-                emb[kept] = old.embeddings[m][[reuse[i] for i in kept]]
+                emb[[i for i, _ in reused]] = old.embeddings[m][[r for _, r in reused]]
             if rows:
                 emb[todo] = embed_rows(model, rows, batch_size, max_seconds, progress=progress)
             embeddings.append(emb)

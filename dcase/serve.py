@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from dcase.errors import DcaseError, InputError
+
+if TYPE_CHECKING:
+    from dcase.api import Captioner, CaptionResult, Retriever
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +32,7 @@ def _gradio() -> Any:
     return gr
 
 
-def caption_rows(result: Any) -> list[list[Any]]:
+def caption_rows(result: CaptionResult) -> list[list[Any]]:
     """The candidates table of one ``CaptionResult``, best first."""
 
     def r(v: float | None) -> float | str:
@@ -41,11 +45,8 @@ def caption_rows(result: Any) -> list[list[Any]]:
     ]
 
 
-def build_app(captioner: Any | None, retriever: Any | None, title: str = "dcase") -> Any:
-    """The Gradio Blocks app over a ``dcase.api.Captioner`` and/or a ``dcase.api.Retriever`` with a collection."""
-    gr = _gradio()
-    if captioner is None and retriever is None:
-        raise InputError("give a system (--system) and/or an index (--index)")
+def _caption_handler(gr: Any, captioner: Captioner) -> Callable[[str | None], tuple[str, list[list[Any]]]]:
+    """The Caption button: a clip's path -> its caption and candidates table."""
 
     def do_caption(path: str | None) -> tuple[str, list[list[Any]]]:
         if not path:
@@ -55,6 +56,12 @@ def build_app(captioner: Any | None, retriever: Any | None, title: str = "dcase"
         except DcaseError as e:
             raise gr.Error(str(e)) from e
         return res.caption, caption_rows(res)
+
+    return do_caption
+
+
+def _search_handler(gr: Any, retriever: Retriever) -> Callable[[str, float], list[Any]]:
+    """The Search button: a query and k -> the results table and ``MAX_RESULTS`` audio player updates."""
 
     def do_search(query: str, k: float) -> list[Any]:
         if not query or not query.strip():
@@ -72,6 +79,15 @@ def build_app(captioner: Any | None, retriever: Any | None, title: str = "dcase"
         ]
         return [table, *players]
 
+    return do_search
+
+
+def build_app(captioner: Captioner | None, retriever: Retriever | None, title: str = "dcase") -> Any:
+    """The Gradio Blocks app over a ``dcase.api.Captioner`` and/or a ``dcase.api.Retriever`` with a collection."""
+    gr = _gradio()
+    if captioner is None and retriever is None:
+        raise InputError("give a system (--system) and/or an index (--index)")
+
     with gr.Blocks(title=title) as app:
         gr.Markdown(f"# {title}\nAudio captioning (DCASE2024 Task 6) and text-to-audio search (Task 8).")
         if captioner is not None:
@@ -82,7 +98,7 @@ def build_app(captioner: Any | None, retriever: Any | None, title: str = "dcase"
                 cands = gr.Dataframe(
                     headers=CANDIDATE_COLUMNS, label="Candidates, best first", elem_id="candidates", interactive=False
                 )
-                go.click(do_caption, inputs=audio, outputs=[caption, cands])
+                go.click(_caption_handler(gr, captioner), inputs=audio, outputs=[caption, cands])
         if retriever is not None and retriever.collection is not None:
             with gr.Tab("Search"):
                 gr.Markdown(f"{len(retriever.collection)} indexed clips.")
@@ -94,6 +110,7 @@ def build_app(captioner: Any | None, retriever: Any | None, title: str = "dcase"
                     headers=["rank", "file", "similarity", "path"], label="Best clips", elem_id="results"
                 )
                 players = [gr.Audio(visible=False, interactive=False) for _ in range(MAX_RESULTS)]
+                do_search = _search_handler(gr, retriever)
                 find.click(do_search, inputs=[query, k], outputs=[results, *players])
                 query.submit(do_search, inputs=[query, k], outputs=[results, *players])
     return app
@@ -117,6 +134,7 @@ def serve(
     retriever = Retriever.load_index(index, device=device) if index else None
     title = "dcase: " + str((captioner.info.get("name") if captioner else None) or "search")
     app = build_app(captioner, retriever, title)
-    allowed = sorted({os.path.dirname(f) for f in retriever.collection.files}) if retriever is not None else []
+    coll = retriever.collection if retriever is not None else None
+    allowed = sorted({os.path.dirname(f) for f in coll.files}) if coll is not None else []
     log.info("serving on http://%s:%d", host, port)
     app.launch(server_name=host, server_port=port, share=share, allowed_paths=allowed, show_error=True)

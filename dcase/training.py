@@ -655,6 +655,44 @@ class _Trainer:
     def run(self) -> Path:
         cfg, acc = self.cfg, self.acc
         self.load_state()  # first: a refused resume must not rewrite the run's config.yaml
+        self.start_run()
+        max_steps = self.total_updates()
+        model = self.model
+        model.train()
+        batches = self.micro_batches()
+        bar = None
+        if acc.is_local_main_process:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=max_steps, initial=self.prog.step, desc="train", dynamic_ncols=True)
+        window: dict[str, list[float]] = {}
+        t0, n0 = time.perf_counter(), self.prog.samples
+        while self.prog.step < max_steps:
+            self.accumulate(batches, window)
+            if cfg.max_grad_norm > 0:
+                acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            lr = self.opt.param_groups[0]["lr"]
+            self.opt.step()
+            self.sched.step()
+            self.opt.zero_grad(set_to_none=True)
+            self.prog.step += 1
+            if bar is not None:
+                bar.update(1)
+            step = self.prog.step
+            if step % cfg.log_every == 0 or step == max_steps:
+                self.log_window(window, lr, t0, n0, bar)
+                window, t0, n0 = {}, time.perf_counter(), self.prog.samples
+            if (cfg.eval_every > 0 and step % cfg.eval_every == 0) or step == max_steps:
+                self.evaluate_and_keep()
+            if (cfg.save_every > 0 and step % cfg.save_every == 0) or step == max_steps:
+                self.save_state()
+        if bar is not None:
+            bar.close()
+        return self.finish_run()
+
+    def start_run(self) -> None:
+        """The run folder's config and run info (main process), the trackers, and a log line of the batch sizes."""
+        cfg, acc = self.cfg, self.acc
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             if self.stage_config is not None:
@@ -684,55 +722,38 @@ class _Trainer:
             cfg.grad_accum,
             cfg.batch_size * acc.num_processes * cfg.grad_accum,
         )
-        max_steps = cfg.max_steps
-        if cfg.max_epochs is not None:
-            per_epoch = len(self.sampler) / cfg.grad_accum
-            max_steps = min(max_steps, max(1, math.ceil(cfg.max_epochs * per_epoch)))
-        model = self.model
-        model.train()
-        batches = self.micro_batches()
-        bar = None
-        if acc.is_local_main_process:
-            from tqdm.auto import tqdm
 
-            bar = tqdm(total=max_steps, initial=self.prog.step, desc="train", dynamic_ncols=True)
-        window: dict[str, list[float]] = {}
-        t0, n0 = time.perf_counter(), self.prog.samples
-        while self.prog.step < max_steps:
-            self.accumulate(batches, window)
-            if cfg.max_grad_norm > 0:
-                acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            lr = self.opt.param_groups[0]["lr"]
-            self.opt.step()
-            self.sched.step()
-            self.opt.zero_grad(set_to_none=True)
-            self.prog.step += 1
-            if bar is not None:
-                bar.update(1)
-            step = self.prog.step
-            if step % cfg.log_every == 0 or step == max_steps:
-                means = {k: float(np.mean(v)) for k, v in window.items()}
-                if acc.num_processes > 1:
-                    t = torch.tensor(list(means.values()), device=acc.device, dtype=torch.float64)
-                    means = dict(zip(means, acc.reduce(t, "mean").tolist(), strict=True))
-                dt = time.perf_counter() - t0
-                rec = {
-                    "step": step,
-                    "epoch": self.prog.epoch,
-                    "lr": lr,
-                    "samples_per_s": (self.prog.samples - n0) / max(dt, 1e-9),
-                    **means,
-                }
-                self._log(rec)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{lr:.2e}")
-                window, t0, n0 = {}, time.perf_counter(), self.prog.samples
-            if (cfg.eval_every > 0 and step % cfg.eval_every == 0) or step == max_steps:
-                self.evaluate_and_keep()
-            if (cfg.save_every > 0 and step % cfg.save_every == 0) or step == max_steps:
-                self.save_state()
+    def total_updates(self) -> int:
+        """Updates to run: ``max_steps``, capped by ``max_epochs`` when it is set (at least one update)."""
+        cfg = self.cfg
+        if cfg.max_epochs is None:
+            return cfg.max_steps
+        per_epoch = len(self.sampler) / cfg.grad_accum
+        return min(cfg.max_steps, max(1, math.ceil(cfg.max_epochs * per_epoch)))
+
+    def log_window(self, window: dict[str, list[float]], lr: float, t0: float, n0: int, bar: Any) -> None:
+        """One ``train_log.jsonl`` record: the mean losses of ``window`` (averaged over processes), the learning rate
+        and the throughput since ``t0`` (``perf_counter``) and ``n0`` samples; the progress bar shows loss and lr."""
+        acc = self.acc
+        means = {k: float(np.mean(v)) for k, v in window.items()}
+        if acc.num_processes > 1:
+            t = torch.tensor(list(means.values()), device=acc.device, dtype=torch.float64)
+            means = dict(zip(means, acc.reduce(t, "mean").tolist(), strict=True))
+        dt = time.perf_counter() - t0
+        rec = {
+            "step": self.prog.step,
+            "epoch": self.prog.epoch,
+            "lr": lr,
+            "samples_per_s": (self.prog.samples - n0) / max(dt, 1e-9),
+            **means,
+        }
+        self._log(rec)
         if bar is not None:
-            bar.close()
+            bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{lr:.2e}")
+
+    def finish_run(self) -> Path:
+        """Save ``last``, link ``best``, close the trackers and draw the curves; the best checkpoint's path."""
+        acc = self.acc
         last = self.save_last()
         best = self.prog.best or []
         best_path = Path(best[0][2]) if best else last
