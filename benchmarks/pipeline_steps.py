@@ -74,7 +74,8 @@ def main() -> None:
     record_path = out / "steps.json"
     records = json.loads(record_path.read_text()) if record_path.is_file() else {}
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    for name in step_names(args.profile, data, run):
+    names = step_names(args.profile, data, run)
+    for name in names:
         if name in records:
             continue
         rss_file = out / "rss.json"
@@ -107,7 +108,8 @@ def main() -> None:
         print(f"{name}: {wall:.1f} s, {rss / 1024**2:.2f} GB", file=sys.stderr, flush=True)
     total = sum(r["wall_s"] for r in records.values())
     print("| step | wall time (s) | peak RSS (GB) |\n|---|---:|---:|")
-    for name, r in records.items():
+    for name in names:
+        r = records[name]
         print(f"| {name} | {r['wall_s']} | {r['peak_rss_gb']} |")
     print(f"| **total** | **{total:.0f}** | **{max(r['peak_rss_gb'] for r in records.values())}** (max) |")
 
