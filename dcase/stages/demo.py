@@ -34,7 +34,7 @@ MIN_TASK8_CLIPS = 12  # a Task 8 row names 10 distinct clips, so the collection 
 class DemoConfig:
     """``dcase demo`` settings: the corpus size and seed, and the pipeline profile (``--set`` overrides of it)."""
 
-    clips: int = 400  # captioned synthetic clips (70/15/15 development/validation/evaluation)
+    clips: int = 300  # captioned synthetic clips (70/15/15 development/validation/evaluation)
     seed: int = 0
     profile: str = "tiny"
     profile_overrides: list[str] = field(default_factory=list)  # e.g. ["captioner.seeds=[0,1,2]"]
