@@ -38,6 +38,9 @@ DATASET_OPTIONS = {
     "wavcaps": typer.Option(None, "--wavcaps", help="WavCaps folder (instead of <data-root>/WavCaps)."),
     "clotho_mixup": typer.Option(None, "--clotho-mixup", help="Clotho-ChatGPT-Mixup release folder or JSON."),
 }
+ONLY_OPTION = typer.Option(None, "--only", help="Only this step or group (repeatable).")
+FROM_OPTION = typer.Option(None, "--from", help="Start at this step or group.")
+UNTIL_OPTION = typer.Option(None, "--until", help="Stop after this step or group.")
 
 
 def _options(
@@ -89,9 +92,9 @@ def plan(
     audiocaps: Path = DATASET_OPTIONS["audiocaps"],
     wavcaps: Path = DATASET_OPTIONS["wavcaps"],
     clotho_mixup: Path = DATASET_OPTIONS["clotho_mixup"],
-    only: list[str] = typer.Option(None, "--only", help="Only this step or group (repeatable)."),
-    start: str = typer.Option(None, "--from", help="Start at this step or group."),
-    until: str = typer.Option(None, "--until", help="Stop after this step or group."),
+    only: list[str] = ONLY_OPTION,
+    start: str = FROM_OPTION,
+    until: str = UNTIL_OPTION,
     check: bool = typer.Option(False, "--check", help="Also run the preflight checks (no model is loaded)."),
     allow_leak: bool = typer.Option(False, "--allow-leak", help="See `dcase pipeline run --help`."),
 ) -> None:
@@ -132,9 +135,9 @@ def run(
     audiocaps: Path = DATASET_OPTIONS["audiocaps"],
     wavcaps: Path = DATASET_OPTIONS["wavcaps"],
     clotho_mixup: Path = DATASET_OPTIONS["clotho_mixup"],
-    only: list[str] = typer.Option(None, "--only", help="Only this step or group (repeatable)."),
-    start: str = typer.Option(None, "--from", help="Start at this step or group."),
-    until: str = typer.Option(None, "--until", help="Stop after this step or group."),
+    only: list[str] = ONLY_OPTION,
+    start: str = FROM_OPTION,
+    until: str = UNTIL_OPTION,
     allow_leak: bool = typer.Option(
         False,
         "--allow-leak",
@@ -150,7 +153,7 @@ def run(
 
       dcase pipeline run --profile tiny --data-root demo_out/data --out demo_out/run --until devtest
 
-      torchrun --nproc_per_node 4 $(which dcase) pipeline run --profile dcase2024 --data-root /data --out runs/x
+      torchrun --nproc_per_node 4 -m dcase.cli pipeline run --profile dcase2024 --data-root /data --out runs/x
 
     Groups, in order: manifests, retrievers, features, pretrain, finetune, soups, rerank, devtest, systems, package.
     """

@@ -587,30 +587,23 @@ class _Builder:
         if source not in self.present:
             self.warnings.append(f"devtest: {source} not found; no development-testing scores")
             return
-        for recipe in self.task6_recipes():
-            idx = recipe.meta.get("index")
-            out = self.L.devtest(6, idx)
-            self.add(
-                name=f"devtest/task6_{idx}",
-                group="devtest",
-                description=f"Task 6 system {idx} ({recipe.name}) on {self.p.devtest}",
-                inputs=(self.L.manifest(source), *self._decode_inputs(recipe)),
-                outputs=(out / "scores.json",),
-                settings=self.system_settings(recipe),
-                action=lambda recipe=recipe, out=out: devtest_task6(self, recipe, out),
-            )
-        for recipe in self.task8_recipes():
-            idx = recipe.meta.get("index")
-            out = self.L.devtest(8, idx)
-            self.add(
-                name=f"devtest/task8_{idx}",
-                group="devtest",
-                description=f"Task 8 system {idx} ({recipe.name}) on {self.p.devtest}",
-                inputs=(self.L.manifest(source), *(_ref_marker(self.L, r) for r in recipe.retrievers)),
-                outputs=(out / "scores.json",),
-                settings=self.system_settings(recipe),
-                action=lambda recipe=recipe, out=out: devtest_task8(self, recipe, out),
-            )
+        tasks = (
+            (6, self.task6_recipes(), self._decode_inputs, devtest_task6),
+            (8, self.task8_recipes(), self._retriever_inputs, devtest_task8),
+        )
+        for task, recipes, inputs, score in tasks:
+            for recipe in recipes:
+                idx = recipe.meta.get("index")
+                out = self.L.devtest(task, idx)
+                self.add(
+                    name=f"devtest/task{task}_{idx}",
+                    group="devtest",
+                    description=f"Task {task} system {idx} ({recipe.name}) on {self.p.devtest}",
+                    inputs=(self.L.manifest(source), *inputs(recipe)),
+                    outputs=(out / "scores.json",),
+                    settings=self.system_settings(recipe),
+                    action=lambda recipe=recipe, out=out, score=score: score(self, recipe, out),
+                )
 
     def system_settings(self, recipe: Any) -> dict[str, Any]:
         rr = dataclasses.asdict(self.p.rerank) if self.p.rerank.use_tuned else None
@@ -619,38 +612,31 @@ class _Builder:
     def _systems(self) -> None:
         from dcase.stages.systems import system_task6, system_task8
 
-        s6, _ = parse_use(self.p.task6_eval)
-        s8, _ = parse_use(self.p.task8_eval)
-        for recipe in self.task6_recipes():
-            if s6 not in self.present:
-                self.warnings.append(f"Task 6 system {recipe.name}: {self.p.task6_eval} not found; not built")
-                break
-            idx = recipe.meta.get("index")
-            out = self.L.system(6, idx)
-            self.add(
-                name=f"systems/task6_{idx}",
-                group="systems",
-                description=f"Task 6 system {idx} ({recipe.name}) on {self.p.task6_eval}",
-                inputs=(self.L.manifest(s6), *self._decode_inputs(recipe)),
-                outputs=(out / "outputs.json",),
-                settings=self.system_settings(recipe) | {"team": self.p.team},
-                action=lambda recipe=recipe, out=out: system_task6(self, recipe, out),
-            )
-        for recipe in self.task8_recipes():
-            if s8 not in self.present:
-                self.warnings.append(f"Task 8 system {recipe.name}: {self.p.task8_eval} not found; not built")
-                break
-            idx = recipe.meta.get("index")
-            out = self.L.system(8, idx)
-            self.add(
-                name=f"systems/task8_{idx}",
-                group="systems",
-                description=f"Task 8 system {idx} ({recipe.name}) on {self.p.task8_eval}",
-                inputs=(self.L.manifest(s8), *(_ref_marker(self.L, r) for r in recipe.retrievers)),
-                outputs=(out / "outputs.json",),
-                settings=self.system_settings(recipe) | {"team": self.p.team},
-                action=lambda recipe=recipe, out=out: system_task8(self, recipe, out),
-            )
+        tasks = (
+            (6, self.task6_recipes(), self.p.task6_eval, self._decode_inputs, system_task6),
+            (8, self.task8_recipes(), self.p.task8_eval, self._retriever_inputs, system_task8),
+        )
+        for task, recipes, use, inputs, build in tasks:
+            split, _ = parse_use(use)
+            for recipe in recipes:
+                if split not in self.present:
+                    self.warnings.append(f"Task {task} system {recipe.name}: {use} not found; not built")
+                    break
+                idx = recipe.meta.get("index")
+                out = self.L.system(task, idx)
+                self.add(
+                    name=f"systems/task{task}_{idx}",
+                    group="systems",
+                    description=f"Task {task} system {idx} ({recipe.name}) on {use}",
+                    inputs=(self.L.manifest(split), *inputs(recipe)),
+                    outputs=(out / "outputs.json",),
+                    settings=self.system_settings(recipe) | {"team": self.p.team},
+                    action=lambda recipe=recipe, out=out, build=build: build(self, recipe, out),
+                )
+
+    def _retriever_inputs(self, recipe: Any) -> list[Path]:
+        """The done markers of a Task 8 recipe's retrievers."""
+        return [_ref_marker(self.L, r) for r in recipe.retrievers]
 
     def _package(self) -> None:
         from dcase.stages.systems import package_systems
