@@ -117,7 +117,7 @@ def test_captioner_training_killed_three_times_resumes_bit_identically(tmp_path:
                     f"train.output_dir={out}",
                     "train.batch_size=4",
                     "train.max_steps=40",
-                    "train.max_epochs=null",  # the demo config caps at 2 epochs (10 updates here): too few to kill 3 times
+                    "train.max_epochs=null",  # the demo cap of 2 epochs = 10 updates here: too few for 3 kills
                     "train.save_every=2",
                     "train.eval_every=0",
                     "train.log_every=1",
