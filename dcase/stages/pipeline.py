@@ -35,7 +35,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -583,27 +583,8 @@ class _Builder:
     def _devtest(self) -> None:
         from dcase.stages.systems import devtest_task6, devtest_task8
 
-        source, _ = parse_use(self.p.devtest)
-        if source not in self.present:
-            self.warnings.append(f"devtest: {source} not found; no development-testing scores")
-            return
-        tasks = (
-            (6, self.task6_recipes(), self._decode_inputs, devtest_task6),
-            (8, self.task8_recipes(), self._retriever_inputs, devtest_task8),
-        )
-        for task, recipes, inputs, score in tasks:
-            for recipe in recipes:
-                idx = recipe.meta.get("index")
-                out = self.L.devtest(task, idx)
-                self.add(
-                    name=f"devtest/task{task}_{idx}",
-                    group="devtest",
-                    description=f"Task {task} system {idx} ({recipe.name}) on {self.p.devtest}",
-                    inputs=(self.L.manifest(source), *inputs(recipe)),
-                    outputs=(out / "scores.json",),
-                    settings=self.system_settings(recipe),
-                    action=lambda recipe=recipe, out=out, score=score: score(self, recipe, out),
-                )
+        uses = {6: self.p.devtest, 8: self.p.devtest}
+        self._per_system("devtest", uses, "scores.json", {6: devtest_task6, 8: devtest_task8}, {})
 
     def system_settings(self, recipe: Any) -> dict[str, Any]:
         rr = dataclasses.asdict(self.p.rerank) if self.p.rerank.use_tuned else None
@@ -612,26 +593,38 @@ class _Builder:
     def _systems(self) -> None:
         from dcase.stages.systems import system_task6, system_task8
 
-        tasks = (
-            (6, self.task6_recipes(), self.p.task6_eval, self._decode_inputs, system_task6),
-            (8, self.task8_recipes(), self.p.task8_eval, self._retriever_inputs, system_task8),
-        )
-        for task, recipes, use, inputs, build in tasks:
-            split, _ = parse_use(use)
+        uses = {6: self.p.task6_eval, 8: self.p.task8_eval}
+        actions = {6: system_task6, 8: system_task8}
+        self._per_system("systems", uses, "outputs.json", actions, {"team": self.p.team})
+
+    def _per_system(
+        self,
+        group: str,
+        uses: Mapping[int, str],
+        output: str,
+        actions: Mapping[int, Callable[[Any, Any, Path], dict[str, Any]]],
+        extra: dict[str, Any],
+    ) -> None:
+        """One step per Task 6 and Task 8 recipe of ``group`` ("devtest" or "systems"): the recipe's system on the
+        split ``uses[task]``, written to ``<group>/task<task>_<n>/<output>`` by ``actions[task]``. A task whose split
+        is absent gets a warning and no steps."""
+        tasks = ((6, self.task6_recipes(), self._decode_inputs), (8, self.task8_recipes(), self._retriever_inputs))
+        for task, recipes, inputs in tasks:
+            split, _ = parse_use(uses[task])
+            if recipes and split not in self.present:
+                self.warnings.append(f"{group}: Task {task} needs {uses[task]}, which is not found; no steps")
+                continue
             for recipe in recipes:
-                if split not in self.present:
-                    self.warnings.append(f"Task {task} system {recipe.name}: {use} not found; not built")
-                    break
                 idx = recipe.meta.get("index")
-                out = self.L.system(task, idx)
+                out = self.L.devtest(task, idx) if group == "devtest" else self.L.system(task, idx)
                 self.add(
-                    name=f"systems/task{task}_{idx}",
-                    group="systems",
-                    description=f"Task {task} system {idx} ({recipe.name}) on {use}",
+                    name=f"{group}/task{task}_{idx}",
+                    group=group,
+                    description=f"Task {task} system {idx} ({recipe.name}) on {uses[task]}",
                     inputs=(self.L.manifest(split), *inputs(recipe)),
-                    outputs=(out / "outputs.json",),
-                    settings=self.system_settings(recipe) | {"team": self.p.team},
-                    action=lambda recipe=recipe, out=out, build=build: build(self, recipe, out),
+                    outputs=(out / output,),
+                    settings=self.system_settings(recipe) | extra,
+                    action=lambda recipe=recipe, out=out, act=actions[task]: act(self, recipe, out),
                 )
 
     def _retriever_inputs(self, recipe: Any) -> list[Path]:
