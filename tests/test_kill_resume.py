@@ -97,6 +97,22 @@ def _sets(values: list[str]) -> list[str]:
     return [x for v in values for x in ("--set", v)]
 
 
+def killed_training_matches_reference(args: Callable[[Path], list[str]], tmp: Path, seed: int) -> None:
+    """Train ``args(tmp/"ref")`` uninterrupted in-process, then ``args(tmp/"res")`` as a subprocess killed at three
+    points of ``seed`` and resumed; the final weights must be bit-identical and no temporary file may be left."""
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        r = runner.invoke(app, args(tmp / "ref"))
+    finally:
+        os.chdir(cwd)
+    assert r.exit_code == 0, r.output
+    res = tmp / "res"
+    run_with_kills(args(res), logged_updates(res), kill_points(seed, 4), tmp / "log.txt")
+    assert_same_weights(tmp / "ref" / "last", res / "last")
+    assert not list(res.glob("*.tmp")) and not (res / "state.tmp").exists()
+
+
 def test_captioner_training_killed_three_times_resumes_bit_identically(tmp_path: Path) -> None:
     from test_captioner import DIM, N_CB, K, _corpus
 
@@ -135,17 +151,7 @@ def test_captioner_training_killed_three_times_resumes_bit_identically(tmp_path:
             ),
         ]
 
-    cwd = os.getcwd()
-    os.chdir(REPO)
-    try:
-        r = runner.invoke(app, args(tmp_path / "ref"))
-    finally:
-        os.chdir(cwd)
-    assert r.exit_code == 0, r.output
-    res = tmp_path / "res"
-    run_with_kills(args(res), logged_updates(res), kill_points(11, 4), tmp_path / "log.txt")
-    assert_same_weights(tmp_path / "ref" / "last", res / "last")
-    assert not list(res.glob("*.tmp")) and not (res / "state.tmp").exists()
+    killed_training_matches_reference(args, tmp_path, seed=11)
 
 
 def test_retriever_training_killed_three_times_resumes_bit_identically(tmp_path: Path) -> None:
@@ -175,16 +181,7 @@ def test_retriever_training_killed_three_times_resumes_bit_identically(tmp_path:
             ),
         ]
 
-    cwd = os.getcwd()
-    os.chdir(REPO)
-    try:
-        r = runner.invoke(app, args(tmp_path / "ref"))
-    finally:
-        os.chdir(cwd)
-    assert r.exit_code == 0, r.output
-    res = tmp_path / "res"
-    run_with_kills(args(res), logged_updates(res), kill_points(12, 4), tmp_path / "log.txt")
-    assert_same_weights(tmp_path / "ref" / "last", res / "last")
+    killed_training_matches_reference(args, tmp_path, seed=12)
 
 
 def test_codec_extraction_killed_three_times_resumes_bit_identically(tmp_path: Path) -> None:
