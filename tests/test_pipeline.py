@@ -244,6 +244,39 @@ def test_preflight_reports_every_problem_at_once(tmp_path):
     assert not (run / "captioner").exists()  # nothing ran
 
 
+def test_preflight_lists_a_missing_technical_report_with_the_other_problems(tmp_path):
+    """The team's report PDF is checked when the package step is selected; a missing file is one problem of the
+    list (it once escaped the list as its own error, hiding the others)."""
+    from _datasets_util import make_data_root
+
+    from dcase.stages.pipeline import PipelineOptions, build_pipeline
+    from dcase.stages.preflight import PreflightError, preflight
+
+    team = tmp_path / "team.yaml"
+    team.write_text(
+        "lastname: Kim\ninstitute: SNU\ntechnical_report: Kim_SNU_task6.technical_report.pdf\nauthors:\n"
+        "  - {lastname: Kim, firstname: J, email: j@snu.ac.kr, corresponding: true,\n"
+        "     affiliation: {abbreviation: SNU, institute: SNU, department: ECE, location: Seoul}}\n",
+        encoding="utf-8",
+    )
+    overrides = ["captioner.finetune_data=[clotho:development, clotho:test]"]
+    pipe = build_pipeline(
+        load_profile("tiny", overrides, team=team),
+        PipelineOptions(out=tmp_path / "run", data_root=make_data_root(tmp_path / "data")),
+    )
+    with pytest.raises(PreflightError) as e:
+        preflight(pipe)
+    problems = e.value.problems
+    missing = str(tmp_path / "Kim_SNU_task6.technical_report.pdf")
+    assert any("technical_report of the team YAML" in p and missing in p and "does not exist" in p for p in problems)
+    assert any("captioner finetuning reads evaluation data clotho:['test']" in p for p in problems), problems
+
+    (tmp_path / "Kim_SNU_task6.technical_report.pdf").write_bytes(b"%PDF-1.4\n")
+    with pytest.raises(PreflightError) as e:
+        preflight(pipe)
+    assert not any("technical_report" in p for p in e.value.problems), e.value.problems
+
+
 @pytest.mark.parametrize("profile", ["tiny", "dcase2024", "full-random"])
 def test_shipped_profiles_plan_on_every_dataset(tmp_path, profile):
     """Every profile plans on a data root holding every dataset: step names are unique and none is a folder of

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dcase.data.registry import EVALUATION_SPLITS, is_evaluation_split
-from dcase.errors import InputError
+from dcase.errors import DcaseError, InputError
 
 if TYPE_CHECKING:
     from dcase.submission.recipes import Task6Recipe
@@ -419,8 +419,8 @@ def check_run(pipe: Any, problems: list[str]) -> None:
 
             try:
                 check_report_name(Path(report), pipe.profile.team)
-            except InputError as e:
-                problems.append(str(e))
+            except DcaseError as e:  # missing file, not a PDF, wrong name: listed with the other problems
+                problems.append(f"technical_report of the team YAML (a path relative to that file): {e}")
 
 
 def preflight(pipe: Any) -> list[str]:
