@@ -15,9 +15,11 @@ Solvers:
 - ``official``: ``mltm_gradient: unrolled``, POT's ``ot.sinkhorn`` (Sinkhorn-Knopp as the official code, same
   stopping rule), autograd through the iterations.
 Printed per regime: iterations and final marginal error of the default solver, the loss, the relative gradient
-error of each solver against a 20,000-iteration reference, and milliseconds per step (best of ``--repeats``).
+error of each solver against a 20,000-iteration reference, milliseconds per step (best of ``--repeats``), and the
+iterations and final marginal error of the official solver in the embeddings' dtype (``--dtype``, float32 as on a GPU:
+POT's Sinkhorn-Knopp runs in it; our solver converts to float64 whatever the input).
 
-Run: python benchmarks/sinkhorn.py [--batch 128] [--dim 1024] [--repeats 5] [--threads 1]
+Run: python benchmarks/sinkhorn.py [--batch 128 [256 ...]] [--dim 1024] [--repeats 5] [--threads 1] [--dtype float32]
 """
 
 from __future__ import annotations
@@ -68,16 +70,22 @@ def step(fn, a: torch.Tensor, t: torch.Tensor, m: torch.Tensor) -> tuple[float, 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--batch", type=int, nargs="+", default=[128], help="one or more batch sizes (a sweep)")
     ap.add_argument("--dim", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="dtype of the embeddings")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    m = 1.0 + torch.rand(args.dim, generator=torch.Generator().manual_seed(0))
-    print(f"m-LTM loss step: batch {args.batch} x {args.dim}-d, diagonal metric, eps 0.03, {args.threads} thread(s)")
+    for batch in args.batch:
+        run(batch, args.dim, args.repeats, args.threads, getattr(torch, args.dtype))
+
+
+def run(batch: int, dim: int, repeats: int, threads: int, dtype: torch.dtype) -> None:
+    m = (1.0 + torch.rand(dim, generator=torch.Generator().manual_seed(0))).to(dtype)
+    print(f"\nm-LTM loss step: batch {batch} x {dim}-d, {dtype}, diagonal metric, eps 0.03, {threads} thread(s)")
     for name, sigma in (("random towers", 10.0), ("mid-training", 1.7), ("well-separated", 1.0)):
-        a, t = pairs(args.batch, args.dim, sigma, seed=1)
+        a, t = (x.to(dtype) for x in pairs(batch, dim, sigma, seed=1))
         cos = float((a * t).sum(1).mean())
         _, info = mltm_loss(a.double(), t.double(), m.double(), return_info=True)
         ref_loss, ref = step(
@@ -89,11 +97,16 @@ def main() -> None:
             f"{info.marginal_error:.1e} ({'converged' if info.converged else 'NOT converged'}); loss {ref_loss:.4f}; "
             f"reference: {ref_info.iterations} iterations, marginal error {ref_info.marginal_error:.1e}"
         )
+        _, off_info = mltm_loss(a, t, m, gradient="unrolled", return_info=True)
+        print(
+            f"  official solver in {dtype}: {off_info.iterations} iterations, marginal error "
+            f"{off_info.marginal_error:.1e} ({'converged' if off_info.converged else 'NOT converged'})"
+        )
         times = {}
         for label, fn in SOLVERS.items():
             step(fn, a, t, m)  # warm-up
             best = float("inf")
-            for _ in range(args.repeats):
+            for _ in range(repeats):
                 t0 = time.perf_counter()
                 loss, grads = step(fn, a, t, m)
                 best = min(best, time.perf_counter() - t0)
