@@ -111,13 +111,15 @@ def sinkhorn_potentials(
     n, m = logk.shape
     log_a = torch.full((n,), -math.log(n), dtype=logk.dtype, device=logk.device)
     log_b = torch.full((m,), -math.log(m), dtype=logk.dtype, device=logk.device)
-    beta = torch.zeros_like(log_b)
+    row_lse = torch.logsumexp(logk, dim=1)  # beta = 0
     err, it = float("inf"), 0
     for it in range(1, max_iter + 1):
-        alpha = log_a - torch.logsumexp(logk + beta[None, :], dim=1)
+        alpha = log_a - row_lse
         beta = log_b - torch.logsumexp(logk + alpha[:, None], dim=0)
+        # the rows' log-sum-exp under the new beta: the marginal check's and the next iteration's alpha update's
+        row_lse = torch.logsumexp(logk + beta[None, :], dim=1)
         if it % check_every == 0 or it == max_iter:
-            rows = (alpha + torch.logsumexp(logk + beta[None, :], dim=1)).exp()
+            rows = (alpha + row_lse).exp()
             err = float(torch.linalg.vector_norm(rows - log_a.exp()))
             if not math.isfinite(err) or err < tol:
                 break
