@@ -289,24 +289,6 @@ def test_cli_validate_and_package(tmp_path):
     assert res.exit_code == 2
 
 
-def test_task8_rows_from_scores():
-    from dcase.submission.formats import task8_rows_from_scores
-
-    names = [f"n{i}.wav" for i in range(12)]
-    rng = np.random.default_rng(0)
-    sim = rng.normal(size=(3, 12))
-    sim[1, 4] = sim[1, 7] = 10.0  # a tie: the earlier item ranks first
-    rows = task8_rows_from_scores(["q0", "q1", "q2"], names, sim)
-    for (_q, ranked), s in zip(rows, sim, strict=True):
-        expected = [names[j] for j in sorted(range(12), key=lambda j: (-s[j], j))[:10]]
-        assert ranked == expected
-    assert rows[1][1][:2] == ["n4.wav", "n7.wav"]
-    with pytest.raises(ValueError, match="shape"):
-        task8_rows_from_scores(["q"], names, sim)
-    with pytest.raises(ValueError, match="top-10"):
-        task8_rows_from_scores(["q"], names[:5], sim[:1, :5])
-
-
 def test_folder_rows_is_the_one_folder_scan(tmp_path):
     from dcase.data.manifest import folder_rows, validate
     from dcase.errors import MissingInputError

@@ -22,7 +22,6 @@ import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
@@ -235,25 +234,6 @@ def _task8_problems(
             if caption != q:
                 problems.append(f"row {i}: caption {caption!r} differs from query {i} {q!r} (order must match)")
     return problems
-
-
-def task8_rows_from_scores(
-    queries: Sequence[str], file_names: Sequence[str], sim: Any, k: int = TASK8_TOP_K
-) -> list[tuple[str, list[str]]]:
-    """(query, k best file names) per query from a similarity matrix sim [Q, N] (higher = better). Ties are broken
-    by item order (stable), so the ranking is deterministic. ``file_names`` [N] must be distinct."""
-    import numpy as np
-
-    sim = np.asarray(sim)
-    if sim.shape != (len(queries), len(file_names)):
-        raise ValueError(f"sim has shape {sim.shape}, expected ({len(queries)}, {len(file_names)})")
-    if len(set(file_names)) != len(file_names):
-        dup = sorted(n for n, c in Counter(file_names).items() if c > 1)
-        raise InputError(f"duplicate audio file names: {dup[:_MAX_LISTED]}")
-    if len(file_names) < k:
-        raise InputError(f"only {len(file_names)} audio files for a top-{k} ranking")
-    order = np.argsort(-sim, axis=1, kind="stable")[:, :k]
-    return [(q, [file_names[j] for j in row]) for q, row in zip(queries, order, strict=True)]
 
 
 def write_task8(
