@@ -151,7 +151,7 @@ def score_task8_files(predictions: str | Path, references: str | Path) -> dict[s
     queries in order when the captions agree row by row; otherwise by caption text, repeated captions being matched
     in order of appearance. Missing, extra or unmatched queries are errors naming them.
     """
-    from dcase.submission.formats import SubmissionError, read_queries, task8_rows, validate_task8
+    from dcase.submission.formats import SubmissionError, problems_error, read_queries, task8_rows, validate_task8
 
     # the checks of `dcase submit validate task8` first: an empty slot or a clip repeated in a row would
     # otherwise be scored (a clip repeated 10 times is not 10 hits, but the row is not a valid submission)
@@ -171,8 +171,7 @@ def score_task8_files(predictions: str | Path, references: str | Path) -> dict[s
             problems.append(f"caption {text!r}: {len(lists)} rows for {want.get(text, 0)} queries")
     problems += [f"query {text!r} has no row" for text in want if text not in by_text]
     if problems:
-        shown = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
-        raise SubmissionError(f"{predictions}: {len(problems)} problem(s):\n  {shown}")
+        raise problems_error(predictions, problems)
     return ranked_list_metrics([by_text[q].pop(0) for q in queries], relevant)
 
 

@@ -41,7 +41,8 @@ class SubmissionError(InputError):
     """A submission file breaks the official format; the message names the file and the offending rows."""
 
 
-def _problems(path: str | Path, problems: list[str]) -> SubmissionError:
+def problems_error(path: str | Path, problems: list[str]) -> SubmissionError:
+    """The error listing a file's problems: their count, the first ten, and how many more."""
     shown = problems[:_MAX_LISTED]
     more = f"\n  ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
     return SubmissionError(f"{path}: {len(problems)} problem(s):\n  " + "\n  ".join(shown) + more)
@@ -82,7 +83,7 @@ def _read_csv(path: str | Path, header: Sequence[str]) -> list[list[str]]:
         if len(r) != len(header)
     ]
     if problems:
-        raise _problems(path, problems)
+        raise problems_error(path, problems)
     return records[1:]
 
 
@@ -130,7 +131,7 @@ def write_task6(
     rows = [(str(n), str(c)) for n, c in rows]
     problems = _task6_problems(rows, audio_names(audio_dir) if audio_dir else None)
     if problems:
-        raise _problems(path, problems)
+        raise problems_error(path, problems)
     return _write_csv(path, TASK6_COLUMNS, rows, overwrite)
 
 
@@ -147,7 +148,7 @@ def validate_task6(path: str | Path, audio_dir: str | Path | None = None) -> pd.
     rows = list(zip(df["file_name"], df["caption_predicted"], strict=True))
     problems = _task6_problems(rows, audio_names(audio_dir) if audio_dir else None)
     if problems:
-        raise _problems(path, problems)
+        raise problems_error(path, problems)
     return df
 
 
@@ -192,7 +193,7 @@ def read_queries(path: str | Path) -> tuple[list[str], list[list[str]] | None]:
         problems = [f"row {i}: empty caption" for i, q in enumerate(queries, start=1) if not q.strip()]
         problems += [f"row {i}: no relevant file_name" for i, r in enumerate(relevant, start=1) if not r]
         if problems:
-            raise _problems(path, problems)
+            raise problems_error(path, problems)
         return queries, relevant
     if "caption" in header:
         return read_retrieval_captions(path), None
@@ -248,7 +249,7 @@ def write_task8(
     queries = read_queries(references)[0] if references else None
     problems = _task8_problems(rows, audio_names(audio_dir) if audio_dir else None, queries)
     if problems:
-        raise _problems(path, problems)
+        raise problems_error(path, problems)
     return _write_csv(path, TASK8_COLUMNS, ([c, *names] for c, names in rows), overwrite)
 
 
@@ -273,5 +274,5 @@ def validate_task8(
     queries = read_queries(references)[0] if references else None
     problems = _task8_problems(task8_rows(df), audio_names(audio_dir) if audio_dir else None, queries)
     if problems:
-        raise _problems(path, problems)
+        raise problems_error(path, problems)
     return df
