@@ -251,7 +251,7 @@ def test_every_decoder_ends_with_eos_at_the_length_limit():
         assert (sb.lengths == L).all() and (sb.tokens[:, :, L - 1] == eos).all()
         assert (sb.tokens[:, :, : L - 1] != eos).all()
     enc, enc_mask = m.encode(codes, mask, emb)
-    for cands in beam_candidates(m, (enc.last_hidden_state, enc_mask), 3, L):
+    for cands in beam_candidates(m, (enc.last_hidden_state, enc_mask), 3, SamplingConfig(max_new_tokens=L)):
         assert cands[0].token_ids[-1] == eos and len(cands[0].token_ids) == L
     open_end = tiny_captioner(seed=0, eos_bias=-30.0, forced_eos=False)
     assert open_end.bart.generation_config.forced_eos_token_id is None

@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ENSEMBLE_MODES = ("token", "pool")
-_DEFAULT = SamplingConfig()
 _PROBES = (
     "A dog barks while rain falls on a metal roof.",
     "Birds chirp; cars pass by, people talk!",
@@ -117,18 +116,7 @@ def pool_from_encoder(
     per_model: list[list[list[Candidate]]] = []
     for m, (model, enc) in enumerate(zip(models, encoded, strict=True)):
         if beams > 0:
-            per_model.append(
-                beam_candidates(
-                    model,
-                    enc,
-                    beams,
-                    cfg.max_new_tokens,
-                    cfg.min_new_tokens,
-                    no_repeat_ngram_size=cfg.no_repeat_ngram_size,
-                    min_length=cfg.min_length,
-                    score_bos=cfg.score_bos,
-                )
-            )
+            per_model.append(beam_candidates(model, enc, beams, cfg))
         else:
             sb = sample_from_encoder([model], [enc], cfg, model_seeds(seeds, m), greedy=greedy)
             per_model.append(batch_candidates(model, sb))
@@ -171,26 +159,22 @@ def beam_candidates(
     model: EnCLAP,
     encoded: tuple[torch.Tensor, torch.Tensor],
     beams: int,
-    max_new_tokens: int,
-    min_new_tokens: int = 0,
-    *,
-    no_repeat_ngram_size: int = _DEFAULT.no_repeat_ngram_size,
-    min_length: int = _DEFAULT.min_length,
-    score_bos: bool = _DEFAULT.score_bos,
+    cfg: SamplingConfig,
 ) -> list[list[Candidate]]:
     """One beam-search caption per clip (Hugging Face ``generate``; the captioner's generation config forces
     ``<s>`` and, by default, ``</s>`` at the length limit), scored like sampled candidates (``score_sequences``).
-    The keyword settings default to ``SamplingConfig``'s; ``min_length`` (decoder length with the start token) is
-    passed as the equivalent ``min_new_tokens`` (HF ignores ``min_length`` when both are given)."""
+    Of ``cfg`` it uses the length limits, ``no_repeat_ngram_size`` and ``score_bos``; ``min_length`` (decoder length
+    with the start token) is passed as the equivalent ``min_new_tokens`` (HF ignores ``min_length`` when both are
+    given), ``cfg.eos_allowed_from()``."""
     hid, mask = encoded
     ids = model.generate_from_encoder(
         hid,
         mask,
         num_beams=beams,
         do_sample=False,
-        max_new_tokens=max_new_tokens,
-        min_new_tokens=max(min_new_tokens, min_length - 1),
-        no_repeat_ngram_size=no_repeat_ngram_size,
+        max_new_tokens=cfg.max_new_tokens,
+        min_new_tokens=cfg.eos_allowed_from(),
+        no_repeat_ngram_size=cfg.no_repeat_ngram_size,
     )
     labels = ids[:, 1:]
     pad = model.bart.config.pad_token_id
@@ -201,7 +185,7 @@ def beam_candidates(
         while seq and seq[-1] == pad:
             seq.pop()
         seqs.append(seq)
-    scores = score_sequences(model, hid, mask, [[q] for q in seqs], score_bos=score_bos)
+    scores = score_sequences(model, hid, mask, [[q] for q in seqs], score_bos=cfg.score_bos)
     return [merge_candidates([texts[b]], [seqs[b]], [float(scores[b][0])]) for b in range(hid.shape[0])]
 
 

@@ -227,17 +227,7 @@ def candidates_for_batch(
             models, encoded, cfg.sampling, seeds, greedy=greedy, beams=cfg.num_beams if cfg.mode == "beam" else 0
         )
     if cfg.mode == "beam":
-        sc = cfg.sampling
-        return beam_candidates(
-            models[0],
-            encoded[0],
-            cfg.num_beams,
-            sc.max_new_tokens,
-            sc.min_new_tokens,
-            no_repeat_ngram_size=sc.no_repeat_ngram_size,
-            min_length=sc.min_length,
-            score_bos=sc.score_bos,
-        )
+        return beam_candidates(models[0], encoded[0], cfg.num_beams, cfg.sampling)
     sb = sample_from_encoder(models, encoded, cfg.sampling, seeds, greedy=greedy)
     return batch_candidates(models[0], sb)
 
