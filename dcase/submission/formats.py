@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from dcase.data.audio import is_audio_file
-from dcase.errors import InputError, MissingInputError, OutputExistsError
+from dcase.errors import InputError, MissingInputError
 from dcase.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -50,9 +50,7 @@ def problems_error(path: str | Path, problems: list[str]) -> SubmissionError:
 
 def _write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[str]], overwrite: bool) -> Path:
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
-    with atomic_path(path) as tmp:
+    with atomic_path(path, overwrite=overwrite) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="") as f:
             w = csv.writer(f, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
             w.writerow(header)

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from dcase.errors import InputError, MissingInputError, OutputExistsError
+from dcase.errors import InputError, MissingInputError
 from dcase.io import atomic_write_text
 
 MAX_ABBREVIATION = 10
@@ -159,9 +159,7 @@ def write_meta(meta: Mapping[str, Any], path: str | Path, overwrite: bool = Fals
     """Write a meta YAML (validated) atomically; refuses to overwrite unless ``overwrite``."""
     validate_meta(meta)
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
-    atomic_write_text(path, yaml.safe_dump(dict(meta), sort_keys=False, allow_unicode=True))
+    atomic_write_text(path, yaml.safe_dump(dict(meta), sort_keys=False, allow_unicode=True), overwrite=overwrite)
     return path
 
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dcase.errors import InputError, MissingInputError, OutputExistsError
-from dcase.io import atomic_dir, atomic_path
+from dcase.errors import InputError, MissingInputError
+from dcase.io import atomic_dir, atomic_path, check_output
 from dcase.submission.formats import validate_task6, validate_task8
 from dcase.submission.meta import LABEL_RE, placeholder_fields, read_meta, validate_meta, write_meta
 
@@ -156,9 +156,8 @@ def package_submission(
     """
     out_dir = Path(out_dir)
     zip_path = out_dir.with_name(out_dir.name + ".zip")
-    for p in (out_dir, zip_path):
-        if p.exists() and not overwrite:
-            raise OutputExistsError(f"{p} exists; pass --overwrite (overwrite=True) to replace it")
+    check_output(out_dir, overwrite, kind="folder")
+    check_output(zip_path, overwrite)
     problems: list[str] = []
     plan: list[PlannedSystem] = []
     teams: set[str] = set()
