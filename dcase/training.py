@@ -168,8 +168,6 @@ def resolve_trackers(report_to: str | None) -> list[str]:
     from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
     from accelerate.utils import LoggerType
 
-    from dcase.config import ConfigError
-
     names = [n.strip().lower() for n in str(report_to or "none").split(",") if n.strip()]
     available = [str(LoggerType(t).value) for t in get_available_trackers()]
     builtin = {str(t.value) for t in LoggerType}
@@ -399,8 +397,6 @@ class _Trainer:
         self.run_config = json.loads(
             json.dumps(to_dict(run_config) if run_config is not None else {"train": to_dict(cfg)})
         )
-        if cfg.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ConfigError(f"mixed_precision must be no, bf16 or fp16, got {cfg.mixed_precision!r}")
         mp = cfg.mixed_precision
         if not torch.cuda.is_available() and mp == "fp16":
             log.warning("fp16 needs a GPU; training in fp32 on CPU (bf16 autocast works on CPU)")

@@ -148,9 +148,10 @@ def test_diagonal_metric_initialisation_round_trip_and_cost(tmp_path: Path) -> N
     )
     want = (((t[:, None] - a[None]) ** 2) * m).sum(-1).sqrt()
     torch.testing.assert_close(back.cost(t, a), want)
-    with pytest.raises(ValueError, match="mltm_metric"):
-        bad = dataclasses.replace(model.config, mltm_metric="lowrank")
-        Retriever(bad, model.text_encoder, model.tokenizer)
+    for key, value in (("mltm_metric", "lowrank"), ("mltm_gradient", "autograd"), ("loss", "triplet")):
+        # a config built in code is checked against the field choices like a loaded one
+        with pytest.raises(ValueError, match=f"retriever.{key}: '{value}'"):
+            Retriever(dataclasses.replace(model.config, **{key: value}), model.text_encoder, model.tokenizer)
 
 
 def test_task_reports_sinkhorn_and_refuses_accumulation(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

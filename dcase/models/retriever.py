@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dcase.config import ConfigError, from_dict
+from dcase.config import ConfigError, check_values, from_dict
 from dcase.errors import CheckpointError, InputError, MissingInputError
 from dcase.io import read_json
 from dcase.losses import GRADIENT_MODES, METRICS, gather_pairs, info_nce_loss, mahalanobis_cost, mltm_loss
@@ -287,15 +287,9 @@ class Retriever(nn.Module):
         ``config.hidden_size``. Use ``build`` (pretrained text weights) or ``from_pretrained`` (a checkpoint)."""
         super().__init__()
         cfg = config
-        if cfg.loss not in ("mltm", "infonce"):
-            raise ConfigError(f"retriever loss must be 'mltm' or 'infonce', got {cfg.loss!r}")
+        check_values(cfg, "retriever", recursive=False)  # loss, mltm_metric, mltm_gradient: their field choices
         if cfg.text.pooling not in ("cls", "mean"):
             raise ValueError(f"text pooling must be resolved to cls or mean, got {cfg.text.pooling!r} (use build)")
-        if cfg.mltm_metric not in METRICS or cfg.mltm_gradient not in GRADIENT_MODES:
-            raise ValueError(
-                f"mltm_metric must be one of {METRICS} and mltm_gradient one of {GRADIENT_MODES}, got "
-                f"{cfg.mltm_metric!r} and {cfg.mltm_gradient!r}"
-            )
         self.audio_encoder = CNext(cfg.audio)
         self.text_encoder = text_model
         self.tokenizer = tokenizer
