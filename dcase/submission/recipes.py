@@ -198,7 +198,7 @@ class Task8Recipe:
     def paths(self, root: str | Path | None = None) -> list[Path]:
         """Checkpoint directories (relative entries resolve under ``root``, default the recipe's)."""
         root = Path(root or self.root)
-        out = [Path(p) if Path(p).is_absolute() else root / p for p in self.retrievers]
+        out = [_resolve(root, p) for p in self.retrievers]
         missing = [str(p) for p in out if kind_of(p) != "retriever"]
         if missing:
             raise MissingInputError(f"recipe {self.name!r}: retriever checkpoint(s) not found: {missing}")
