@@ -4,21 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from dcase.cli.common import CONFIG_OPTION, SET_OPTION, user_errors
+from dcase.cli.common import CONFIG_OPTION, REPORT_TO_OPTION, SET_OPTION, user_errors, with_report_to
 
 app = typer.Typer(no_args_is_help=True)
-
-REPORT_TO_OPTION = typer.Option(
-    None,
-    "--report-to",
-    help="Experiment trackers (Accelerate): auto (TensorBoard when installed; the default), none, all, or names "
-    "such as wandb,mlflow (same as --set train.report_to=...).",
-)
-
-
-def with_report_to(overrides: list[str] | None, report_to: str | None) -> list[str]:
-    """``--set`` overrides plus ``train.report_to`` from ``--report-to``."""
-    return [*(overrides or []), *([f"train.report_to={report_to}"] if report_to else [])]
 
 
 def _run(config: str | None, overrides: list[str] | None, init: str | None, mcm: bool, report_to: str | None) -> None:
@@ -84,10 +72,9 @@ def caption(
     Example: dcase captioner caption runs/enclap_ft/last --manifest data/clotho/manifest.parquet
     --split evaluation --codec-store features/dac_clotho --embed-store features/emb_clotho --out caps.csv --score
     """
-    import torch
-
     from dcase.data.datasets import CaptionDataset
     from dcase.data.manifest import read_manifest
+    from dcase.env import resolve_device
     from dcase.features.store import StoreChain, check_coverage
     from dcase.io import check_output
     from dcase.models.enclap import EnCLAP
@@ -96,7 +83,7 @@ def caption(
 
     check_output(out, overwrite)
 
-    model = EnCLAP.from_pretrained(checkpoint, device="cuda" if torch.cuda.is_available() else "cpu").eval()
+    model = EnCLAP.from_pretrained(checkpoint, device=resolve_device(None)).eval()
     df = read_manifest(manifest, [split] if split else None).reset_index(drop=True)
     codes, embeds = StoreChain.open(codec_store), StoreChain.open(embed_store)
     check_coverage(df, codes, embeds, manifest)

@@ -20,6 +20,17 @@ CONFIG_OPTION = typer.Option(None, "--config", "-c", help="YAML config file (see
 SET_OPTION = typer.Option(
     None, "--set", "-s", help="Dotted override, repeatable: --set train.max_steps=10 --set model.d_model=64"
 )
+REPORT_TO_OPTION = typer.Option(
+    None,
+    "--report-to",
+    help="Experiment trackers (Accelerate): auto (TensorBoard when installed; the default), none, all, or names "
+    "such as wandb,mlflow (same as --set train.report_to=...).",
+)
+
+
+def with_report_to(overrides: list[str] | None, report_to: str | None) -> list[str]:
+    """``--set`` overrides plus ``train.report_to`` from ``--report-to`` (the training commands)."""
+    return [*(overrides or []), *([f"train.report_to={report_to}"] if report_to else [])]
 
 
 def process_rank() -> tuple[int, int]:

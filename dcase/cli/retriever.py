@@ -7,8 +7,7 @@ from pathlib import Path
 
 import typer
 
-from dcase.cli.captioner import REPORT_TO_OPTION, with_report_to
-from dcase.cli.common import CONFIG_OPTION, SET_OPTION, user_errors
+from dcase.cli.common import CONFIG_OPTION, REPORT_TO_OPTION, SET_OPTION, user_errors, with_report_to
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -63,14 +62,13 @@ def evaluate(
     Example: dcase retriever eval -r runs/ret_roberta-large_ft/last --manifest data/clotho/manifest.parquet
     --split evaluation --out ret_eval.json
     """
-    import torch
-
+    from dcase.env import resolve_device
     from dcase.io import atomic_write_text, check_output
     from dcase.stages.retriever import evaluate_retrievers
 
     if out:
         check_output(out, overwrite)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(None)
     res = evaluate_retrievers(
         retriever,
         manifest,
@@ -110,14 +108,13 @@ def rank(
     Example: dcase retriever rank -r runs/ret_a/last -r runs/ret_b/last --audio-dir test_retrieval_audio
     --captions retrieval_captions.csv --out task8.csv
     """
-    import torch
-
+    from dcase.env import resolve_device
     from dcase.io import check_output
     from dcase.stages.retriever import rank_task8
     from dcase.submission.formats import write_task8
 
     check_output(out, overwrite)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(None)
     rows = rank_task8(
         retriever, audio_dir, captions, mode=mode, batch_size=batch_size, cache_dir=cache_dir, device=device
     )

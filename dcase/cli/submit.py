@@ -162,13 +162,12 @@ def task8(
     One row per query in input order, 10 distinct file names each; several retrievers are ensembled (mean of
     per-query z-scored similarities). Checkpoints: dcase retriever train (see configs/dcase2024/retriever_*.yaml).
     """
-    import torch
-
+    from dcase.env import resolve_device
     from dcase.submission.meta import placeholder_fields
     from dcase.submission.recipes import load_task8_recipe, run_task8_recipe
 
     rec = load_task8_recipe(recipe, list(overrides or []))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(None)
     csv_path, meta_path = run_task8_recipe(rec, audio_dir, captions, out, meta_out, root, cache_dir, overwrite, device)
     bad = placeholder_fields(rec.meta) if rec.meta else []
     if bad:
