@@ -196,21 +196,29 @@ def default_checker_location() -> Path:
     return home / FENSE_CHECKER_FILE
 
 
-def resolve_checker_path(spec: str | Path) -> Path:
-    """A checker file: ``spec`` itself, or for ``"fense"`` the official checker where the caption metrics find it
-    (``$DCASE_FENSE_CHECKER``, else ``default_checker_location()``). Raises FluencyCheckerError saying where to put
-    the file."""
+CHECKER_ABSENT = "is absent (its download host is unreachable offline; copy the file there or set DCASE_FENSE_CHECKER)"
+
+
+def locate_checker(configured: str | Path | None = None) -> tuple[Path, bool]:
+    """Where the official FENSE checker is looked for, for the reranker and the caption metrics alike: (path,
+    configured?). ``configured`` (a setting, e.g. ``MetricSettings.fense_checker``), else ``$DCASE_FENSE_CHECKER``,
+    else ``default_checker_location()``. The file may be absent; the callers decide what that means."""
     import os
 
+    spec = configured or os.environ.get("DCASE_FENSE_CHECKER")
+    if spec:
+        return Path(spec).expanduser(), True
+    return default_checker_location(), False
+
+
+def resolve_checker_path(spec: str | Path) -> Path:
+    """A checker file: ``spec`` itself, or for ``"fense"`` the official checker where the caption metrics find it
+    (:func:`locate_checker`). Raises FluencyCheckerError saying where to put the file."""
     if str(spec) != FENSE_DEFAULT:
         return Path(spec).expanduser()
-    configured = os.environ.get("DCASE_FENSE_CHECKER")
-    path = Path(configured).expanduser() if configured else default_checker_location()
+    path, _ = locate_checker()
     if not path.is_file():
-        raise FluencyCheckerError(
-            f"fluency checker 'fense': {path} is absent (its download host is unreachable offline; copy the file "
-            "there or set DCASE_FENSE_CHECKER)"
-        )
+        raise FluencyCheckerError(f"fluency checker 'fense': {path} {CHECKER_ABSENT}")
     return path
 
 

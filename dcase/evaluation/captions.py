@@ -368,26 +368,17 @@ def resolve_checker(settings: MetricSettings | None = None) -> tuple[str | None,
     A configured path (``settings.fense_checker`` / ``$DCASE_FENSE_CHECKER``) that does not exist raises
     FileNotFoundError: a configured checker is never skipped silently.
     """
+    from dcase.decoding.fluency import CHECKER_ABSENT, locate_checker
+
     settings = settings or MetricSettings()
-    configured = _env(settings.fense_checker, "DCASE_FENSE_CHECKER")
+    p, configured = locate_checker(settings.fense_checker)
     if configured:
-        p = Path(configured).expanduser()
         if not p.is_file():
             raise MissingInputError(f"the configured FENSE checker {p} does not exist")
         return str(p), True, None
-    from dcase.decoding.fluency import default_checker_location
-
-    p = default_checker_location()
     if p.is_file():
         return str(p), False, None
-    return (
-        None,
-        False,
-        (
-            f"FENSE checker {p} is absent (its download host is unreachable offline; copy the file there or set "
-            "DCASE_FENSE_CHECKER)"
-        ),
-    )
+    return None, False, f"FENSE checker {p} {CHECKER_ABSENT}"
 
 
 def metric_resources(settings: MetricSettings | None = None) -> dict[str, dict[str, Any]]:
