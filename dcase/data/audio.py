@@ -6,7 +6,7 @@ Every error is an ``AudioError`` naming the file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import soundfile as sf
@@ -114,10 +114,18 @@ class AudioRow(Protocol):
     def audio_path(self) -> str: ...
 
 
-def load_clip(row: AudioRow, sample_rate: int, max_seconds: float | None = None) -> np.ndarray:
-    """Load a manifest row's audio at ``sample_rate``; mixup rows are mixed at their recorded ratio."""
+def row_audio_files(row: Any) -> list[str]:
+    """The audio files a manifest row is made of: its ``audio_path``, or the two sources of a mixup row."""
     paths = getattr(row, "mix_audio_paths", None)  # the mixup fields are optional: plain rows need not have them
     if getattr(row, "source", None) == "clotho_mixup" and paths is not None:
+        return [str(p) for p in paths]
+    return [str(row.audio_path)]
+
+
+def load_clip(row: AudioRow, sample_rate: int, max_seconds: float | None = None) -> np.ndarray:
+    """Load a manifest row's audio at ``sample_rate``; mixup rows are mixed at their recorded ratio."""
+    paths = row_audio_files(row)
+    if len(paths) > 1:  # a mixup row (the manifest checks that it has two)
         a, _ = load_audio(paths[0], sample_rate, max_seconds)
         b, _ = load_audio(paths[1], sample_rate, max_seconds)
         ratio = getattr(row, "mix_ratio_db", None)

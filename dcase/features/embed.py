@@ -162,8 +162,8 @@ def audio_index(
     """The faiss index of ``rows``' audio embeddings under ``model``; persisted in ``cache_dir`` (reused when
     the checkpoint, the clip list, each audio file's size and mtime, and the truncation match; a damaged cache is
     rebuilt)."""
+    from dcase.data.audio import row_audio_files
     from dcase.errors import DcaseError
-    from dcase.features.store import row_audio_files
 
     def stat_key(path: str) -> str:
         try:

@@ -166,16 +166,9 @@ def scan_shards(path: str | Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def row_audio_files(row: Any) -> list[str]:
-    """The audio files a manifest row is made of: its ``audio_path``, or the two sources of a mixup row."""
-    paths = getattr(row, "mix_audio_paths", None)
-    if getattr(row, "source", None) == "clotho_mixup" and paths is not None:
-        return [str(p) for p in paths]
-    return [str(row.audio_path)]
-
-
 def audio_fingerprint(row: Any) -> list[dict[str, Any]]:
     """[{path, size, mtime_ns, sha256}] of each audio file of ``row`` (recorded with its features)."""
+    from dcase.data.audio import row_audio_files
     from dcase.io import sha256_file
 
     out = []
@@ -189,6 +182,7 @@ def audio_changed(recorded: Sequence[Mapping[str, Any]] | None, row: Any, full_h
     """Why the audio of ``row`` differs from the ``recorded`` fingerprint, or None when it is the same (or nothing
     was recorded). A file with the recorded path, size and mtime is taken as unchanged unless ``full_hash``;
     otherwise its sha256 decides (a copied or touched file with the same bytes is unchanged)."""
+    from dcase.data.audio import row_audio_files
     from dcase.io import sha256_file
 
     if not recorded:
