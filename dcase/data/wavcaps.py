@@ -265,12 +265,12 @@ def plan_wavcaps(
 ) -> tuple[list[Planned], FilterReport]:
     """The planned (split, clip_id, audio path, captions) clips after the filters, and the FilterReport, without
     touching the audio (see ``read_wavcaps``). Entries whose audio file is missing go to ``bad``."""
+    sources = list(sources) if sources is not None else list(SOURCES)
+    _check_options(sources, freesound_policy, exclude_csv, audio_pattern)  # the options first, as the CLI did
     json_root = Path(json_root)
     if not json_root.is_dir():
         raise DataError(f"WavCaps json folder not found: {json_root}")
     audio_root = Path(audio_root) if audio_root is not None else wavcaps_audio_root(json_root)
-    sources = list(sources) if sources is not None else list(SOURCES)
-    _check_options(sources, freesound_policy, exclude_csv, audio_pattern)
 
     report = FilterReport()
     entries: list[tuple[str, dict]] = []
