@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -135,6 +136,15 @@ def read_text(path: str | Path) -> str:
     except OSError as e:
         raise DataError(f"{path}: cannot read the file ({e})") from e
     return decode_utf8(data, path)
+
+
+def read_json_text(path: str | Path, what: str) -> object:
+    """The parsed content of a dataset's JSON file (read with ``read_text``); DataError naming the file and ``what``
+    it should be when it is not valid JSON."""
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not a readable {what} ({e})") from e
 
 
 def sniff_delimiter(text: str) -> str:

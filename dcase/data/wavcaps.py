@@ -27,7 +27,6 @@ in this order, with the counts before and after each step logged and returned in
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -40,8 +39,8 @@ from dcase.data.common import (
     DataError,
     Planned,
     dir_index,
+    read_json_text,
     read_table,
-    read_text,
     resolve_inside,
     rows_from_plan,
 )
@@ -164,10 +163,7 @@ def wavcaps_audio_root(root: str | Path) -> Path:
 def read_wavcaps_json(path: str | Path, source: str, bad: BadClips) -> list[dict]:
     """Valid entries of one WavCaps JSON as dicts {id, caption, duration, clip_id, index}; bad ones go to ``bad``."""
     path = Path(path)
-    try:
-        doc = json.loads(read_text(path))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not a readable WavCaps JSON ({e})") from e
+    doc = read_json_text(path, "WavCaps JSON")
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
         raise DataError(f"{path}: expected an object with a 'data' list (WavCaps format)")
     out: list[dict] = []
