@@ -259,13 +259,10 @@ def probe_audio(path: str | Path, decode_check: bool = True) -> tuple[float, int
     The decode rejects files whose header looks fine but whose data is truncated, empty, NaN or inf.
     Raises AudioError naming the file.
     """
-    duration, sr = audio_info(path)
-    if decode_check:
-        x, _ = load_audio(path, check_finite=True)
-        if x.size == 0:  # pragma: no cover - load_audio already raises
-            raise AudioError(f"{path}: empty audio")
-        duration = x.size / sr
-    return duration, sr
+    if decode_check:  # one read: the decode gives the duration and rate too
+        x, sr = load_audio(path, check_finite=True)
+        return x.size / sr, sr
+    return audio_info(path)
 
 
 def probe_many(
