@@ -128,6 +128,13 @@ def test_descript_import_folds_weight_norm_and_matches_direct_model(tmp_path):
     for k, v in expect.items():
         torch.testing.assert_close(got[k], v, rtol=2e-7, atol=1e-9, msg=k)
     assert codec.checkpoint_sha256 is not None and codec.n_codebooks == 4
+    from dcase.features.codec import materialize_codec
+
+    mat = materialize_codec(pth, tmp_path / "mat")  # the same conversion, written atomically as the codec folder
+    assert sorted(p.name for p in mat.iterdir()) == sorted(p.name for p in out.iterdir())
+    for name in ("config.json", "dcase_source.json"):
+        assert (mat / name).read_text() == (out / name).read_text()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
     direct = DacModel(cfg).eval()
     direct.load_state_dict(expect)

@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from _datasets_util import (
@@ -286,3 +287,21 @@ def test_every_clip_left_out_has_a_report_line(tmp_path: Path, case: str) -> Non
     lines = pd.read_csv(report, dtype=str, keep_default_na=False)
     assert {tuple(r) for r in lines[["clip", "file", "reason"]].values.tolist()} == expected
     assert len(res.skipped) == len(expected)
+
+
+def test_probe_audio_with_decode_check_reads_the_file_once(tmp_path, monkeypatch):
+    """The decode gives the duration and the rate: no separate header read (sf.info) of the same file."""
+    import soundfile as sf
+
+    import dcase.data.audio as audio_mod
+    from dcase.data.common import probe_audio
+
+    wav = tmp_path / "a.wav"
+    sf.write(wav, np.zeros(8000, np.float32) + 0.1, 16000)
+    assert probe_audio(wav, decode_check=False) == (0.5, 16000)
+
+    def no_header_read(*a, **k):
+        raise AssertionError("probe_audio read the header as well as decoding the file")
+
+    monkeypatch.setattr(audio_mod.sf, "info", no_header_read)
+    assert probe_audio(wav, decode_check=True) == (0.5, 16000)

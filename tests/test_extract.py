@@ -77,6 +77,44 @@ def test_codes_equal_lone_encoding_of_resampled_and_mixed_audio(tmp_path, corpus
     assert verify_store(out, manifest)["ok"] == 5
 
 
+def test_each_audio_file_is_read_once_and_fingerprinted_by_its_bytes(tmp_path, corpus, monkeypatch):
+    """Extraction reads a file's bytes once: it hashes them and decodes them from memory (no second read by path,
+    no separate sha256 pass); the recorded sha256 is that of the file's bytes, for both files of a mixup row."""
+    import hashlib
+    import os
+
+    import dcase.data.audio as audio_mod
+    import dcase.io
+    from dcase.features.store import scan_shards
+
+    manifest = tmp_path / "m.parquet"
+    write_manifest(corpus, manifest)
+    decoded_from: list[type] = []
+    real_read = audio_mod.sf.read
+
+    def spy_read(file, *a, **k):
+        decoded_from.append(type(file))
+        return real_read(file, *a, **k)
+
+    def no_hash_pass(*a, **k):
+        raise AssertionError("extraction hashed an audio file by reading it again")
+
+    monkeypatch.setattr(audio_mod.sf, "read", spy_read)
+    monkeypatch.setattr(dcase.io, "sha256_file", no_hash_pass)
+    out = tmp_path / "store"
+    assert extract_codec(manifest, out, "tiny", batch_size=3, progress=False).encoded == 5
+    assert len(decoded_from) == 6 and not any(issubclass(t, str | os.PathLike) for t in decoded_from)
+    entries = scan_shards(out)
+    for r in corpus:
+        paths = r.mix_audio_paths if r.source == "clotho_mixup" else [r.audio_path]
+        want = []
+        for p in paths:
+            st = os.stat(p)
+            sha = hashlib.sha256(Path(p).read_bytes()).hexdigest()
+            want.append({"path": p, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha})
+        assert entries[r.clip_id]["audio"] == want
+
+
 def _bad_corpus(tmp_path):
     rows = [_row("good.wav", _wav(tmp_path / "good.wav", np.full(8000, 0.1, np.float32), 24000), 1 / 3, 24000)]
     corrupt = tmp_path / "corrupt.wav"

@@ -678,13 +678,15 @@ def test_half_written_shards_of_killed_writers_are_removed(tmp_path: Path) -> No
     assert sorted(p.name for p in shards.iterdir()) == sorted([live.name, other.name])
 
 
-def test_audio_embedding_cache_follows_changed_audio(tmp_path: Path) -> None:
-    """The cached index of a collection is keyed by each file's size and mtime: replacing a file recomputes it
-    (never stale embeddings), and a damaged cache is rebuilt instead of failing."""
+def test_audio_embedding_cache_follows_changed_audio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cached index of a collection is keyed by each file's size and mtime: unchanged audio reuses it without
+    embedding anything, replacing a file recomputes it (never stale embeddings), and a damaged cache is rebuilt
+    instead of failing."""
     import tempfile
 
     import soundfile as sf
 
+    import dcase.features.embed as embed_mod
     from dcase.data.manifest import read_manifest
     from dcase.features.embed import audio_index
     from dcase.models.retriever import Retriever, RetrieverConfig
@@ -700,6 +702,14 @@ def test_audio_embedding_cache_follows_changed_audio(tmp_path: Path) -> None:
     manifest = _synth_clips(tmp_path / "audio", 3, seconds=0.5)
     rows = list(read_manifest(manifest).itertuples(index=False))
     first = audio_index(model, model, rows, cache_dir=tmp_path / "cache", progress=False)
+
+    def no_embedding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("audio embedded again although nothing changed: the cache was not reused")
+
+    with monkeypatch.context() as m:
+        m.setattr(embed_mod, "embed_rows", no_embedding)
+        reused = audio_index(model, model, rows, cache_dir=tmp_path / "cache", progress=False)
+    assert reused.clip_ids == first.clip_ids and np.array_equal(reused.embeddings, first.embeddings)
     wav = tmp_path / "audio" / "clip2.wav"
     x, sr = sf.read(wav, dtype="float32")
     sf.write(wav, (0.5 * np.sin(np.arange(len(x)) * 0.3)).astype(np.float32), sr)

@@ -5,8 +5,10 @@ Every error is an ``AudioError`` naming the file.
 
 from __future__ import annotations
 
+import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import soundfile as sf
@@ -53,24 +55,41 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     return soxr.resample(x, sr_in, sr_out, quality="HQ").astype(np.float32, copy=False)
 
 
+class _NamedBytes(io.BytesIO):
+    """A file's bytes in memory that soundfile's error messages name by the file's path."""
+
+    def __init__(self, data: bytes, name: str) -> None:
+        super().__init__(data)
+        self.label = name
+
+    def __repr__(self) -> str:
+        return repr(self.label)
+
+
 def load_audio(
     path: str | Path,
     sample_rate: int | None = None,
     max_seconds: float | None = None,
     check_finite: bool = True,
+    data: bytes | None = None,
 ) -> tuple[np.ndarray, int]:
-    """Load ``path`` as mono float32 [T], resampled to ``sample_rate`` (native rate if None).
+    """Load ``path`` as mono float32 [T], resampled to ``sample_rate`` (native rate if None). ``data``: the file's
+    bytes, already read by the caller (decoded from memory; ``path`` then only names the file in errors).
 
     Raises AudioError (naming the file) for missing, unreadable, empty or NaN/inf audio.
     """
     path = Path(path)
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise AudioError(f"{path}: audio file not found")
+
+    def source() -> str | io.BytesIO:
+        return str(path) if data is None else _NamedBytes(data, str(path))
+
     try:
         frames = -1
         if max_seconds is not None:
-            frames = int(max_seconds * sf.info(str(path)).samplerate)
-        x, sr = sf.read(str(path), dtype="float32", always_2d=False, frames=frames)
+            frames = int(max_seconds * sf.info(source()).samplerate)
+        x, sr = sf.read(source(), dtype="float32", always_2d=False, frames=frames)
     except Exception as e:  # noqa: BLE001
         raise AudioError(f"{path}: unreadable audio ({e})") from e
     x = to_mono(np.asarray(x, dtype=np.float32))
@@ -114,15 +133,29 @@ class AudioRow(Protocol):
     def audio_path(self) -> str: ...
 
 
-def load_clip(row: AudioRow, sample_rate: int, max_seconds: float | None = None) -> np.ndarray:
-    """Load a manifest row's audio at ``sample_rate``; mixup rows are mixed at their recorded ratio."""
+def row_audio_files(row: Any) -> list[str]:
+    """The audio files a manifest row is made of: its ``audio_path``, or the two sources of a mixup row."""
     paths = getattr(row, "mix_audio_paths", None)  # the mixup fields are optional: plain rows need not have them
     if getattr(row, "source", None) == "clotho_mixup" and paths is not None:
-        a, _ = load_audio(paths[0], sample_rate, max_seconds)
-        b, _ = load_audio(paths[1], sample_rate, max_seconds)
+        return [str(p) for p in paths]
+    return [str(row.audio_path)]
+
+
+def load_clip(
+    row: AudioRow, sample_rate: int, max_seconds: float | None = None, data: Sequence[bytes] | None = None
+) -> np.ndarray:
+    """Load a manifest row's audio at ``sample_rate``; mixup rows are mixed at their recorded ratio. ``data``: the
+    bytes of each of ``row_audio_files(row)``, already read by the caller (decoded from memory)."""
+    paths = row_audio_files(row)
+    blobs: Sequence[bytes | None] = data if data is not None else [None] * len(paths)
+    if len(blobs) != len(paths):
+        raise ValueError(f"clip {row.clip_id!r}: {len(blobs)} byte strings given for {len(paths)} audio file(s)")
+    if len(paths) > 1:  # a mixup row (the manifest checks that it has two)
+        a, _ = load_audio(paths[0], sample_rate, max_seconds, data=blobs[0])
+        b, _ = load_audio(paths[1], sample_rate, max_seconds, data=blobs[1])
         ratio = getattr(row, "mix_ratio_db", None)
         if ratio is None:
             raise InputError(f"clip {row.clip_id!r}: a clotho_mixup row without mix_ratio_db")
         return mix_energy_matched(a, b, float(ratio))
-    x, _ = load_audio(row.audio_path, sample_rate, max_seconds)
+    x, _ = load_audio(row.audio_path, sample_rate, max_seconds, data=blobs[0])
     return x

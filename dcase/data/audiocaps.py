@@ -69,6 +69,12 @@ def audiocaps_csv(root: str | Path, split: str, csv_dir: str | Path | None = Non
 def audiocaps_audio_dir(root: str | Path, split: str, audio_root: str | Path | None = None) -> Path | None:
     """The audio folder of ``split`` (see the module docstring), or None."""
     root = Path(root)
+    return _split_audio_dir(root, split, audio_root, aac_audio_root(root) if audio_root is None else None)
+
+
+def _split_audio_dir(root: Path, split: str, audio_root: str | Path | None, aac: Path | None) -> Path | None:
+    """``audiocaps_audio_dir`` with aac-datasets' audio folder ``aac`` already looked up (used without
+    ``audio_root``)."""
     if audio_root is not None:
         text = str(audio_root)
         if "{split}" in text:
@@ -76,7 +82,6 @@ def audiocaps_audio_dir(root: str | Path, split: str, audio_root: str | Path | N
         else:
             cands = [Path(audio_root) / split, Path(audio_root)]
     else:
-        aac = aac_audio_root(root)
         cands = ([aac / split] if aac is not None else []) + [root / "audio" / split, root / split]
     return next((c for c in cands if c.is_dir()), None)
 
@@ -118,9 +123,9 @@ def plan_audiocaps(
     unknown = [s for s in splits if s not in SPLITS]
     if unknown:
         raise DataError(f"unknown AudioCaps split(s) {unknown}; expected some of {list(SPLITS)}")
+    aac = aac_audio_root(root) if audio_root is None else None  # looked up once for every split
     if audio_pattern is None:
-        aac = audio_root is None and aac_audio_root(root) is not None
-        audio_pattern = AAC_PATTERN if aac else DEFAULT_PATTERN
+        audio_pattern = AAC_PATTERN if aac is not None else DEFAULT_PATTERN
     _check_pattern(audio_pattern)
 
     planned: list[Planned] = []
@@ -128,7 +133,7 @@ def plan_audiocaps(
         csv_path = audiocaps_csv(root, split, csv_dir)
         if csv_path is None:
             raise DataError(f"{csv_dir or root}: {split}.csv not found (needed for split {split!r})")
-        audio_dir = audiocaps_audio_dir(root, split, audio_root)
+        audio_dir = _split_audio_dir(root, split, audio_root, aac)
         if audio_dir is None:
             where = audio_root if audio_root is not None else f"{root / 'audio' / split} or {root / split}"
             raise DataError(f"audio folder for AudioCaps split {split!r} not found (looked for {where})")
@@ -209,7 +214,6 @@ def _plan_split_audio(
     """Each clip's audio file in ``audio_dir`` (also tried with YouTube's ``Y`` prefix); missing, escaping or shared
     files go to ``bad``."""
     planned: list[Planned] = []
-    on_disk = dir_index(audio_dir)
     used: dict[Path, str] = {}
     for clip_id, clip in clips.items():
         name = audio_pattern.format(

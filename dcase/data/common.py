@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -137,6 +138,15 @@ def read_text(path: str | Path) -> str:
     return decode_utf8(data, path)
 
 
+def read_json_text(path: str | Path, what: str) -> object:
+    """The parsed content of a dataset's JSON file (read with ``read_text``); DataError naming the file and ``what``
+    it should be when it is not valid JSON."""
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not a readable {what} ({e})") from e
+
+
 def sniff_delimiter(text: str) -> str:
     """',' ';' or tab judged from the header line (the official Clotho metadata files use ',' and ';')."""
     header = text.split("\n", 1)[0]
@@ -249,13 +259,10 @@ def probe_audio(path: str | Path, decode_check: bool = True) -> tuple[float, int
     The decode rejects files whose header looks fine but whose data is truncated, empty, NaN or inf.
     Raises AudioError naming the file.
     """
-    duration, sr = audio_info(path)
-    if decode_check:
-        x, _ = load_audio(path, check_finite=True)
-        if x.size == 0:  # pragma: no cover - load_audio already raises
-            raise AudioError(f"{path}: empty audio")
-        duration = x.size / sr
-    return duration, sr
+    if decode_check:  # one read: the decode gives the duration and rate too
+        x, sr = load_audio(path, check_finite=True)
+        return x.size / sr, sr
+    return audio_info(path)
 
 
 def probe_many(

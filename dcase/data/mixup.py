@@ -24,13 +24,12 @@ so that no evaluation audio can enter training through a pair.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path, PurePath
 
 import numpy as np
 
-from dcase.data.common import BadClips, DataError, clotho_audio_dir, probe_many, read_text, resolve_inside
+from dcase.data.common import BadClips, DataError, clotho_audio_dir, probe_many, read_json_text, resolve_inside
 from dcase.data.manifest import ManifestRow
 
 log = logging.getLogger(__name__)
@@ -77,13 +76,6 @@ def find_mixup_files(path: str | Path) -> tuple[Path, Path | None, str]:
     return cands[0], (rejs[0] if rejs else None), "hand"
 
 
-def _load_json(path: Path, what: str) -> object:
-    try:
-        return json.loads(read_text(path))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not a readable {what} ({e})") from e
-
-
 def dev_audio_path(dev_dir: Path, name: str) -> Path | None:
     """The development file named by a pair's ``audio_files`` entry, or None if it would be outside ``dev_dir``.
 
@@ -102,7 +94,7 @@ def dev_audio_path(dev_dir: Path, name: str) -> Path | None:
 def read_rejections(path: str | Path, n_pairs: int | None = None) -> set[tuple[int, int]]:
     """{(pair index, caption index)} from a rejection JSON ``[{"idx": [i, j]}, ...]``."""
     path = Path(path)
-    doc = _load_json(path, "rejection JSON")
+    doc = read_json_text(path, "rejection JSON")
     if not isinstance(doc, list):
         raise DataError(f'{path}: expected a list of {{"idx": [pair, caption]}} objects')
     out: set[tuple[int, int]] = set()
@@ -138,7 +130,7 @@ def plan_clotho_mixup(
             f"{clotho_root}: Clotho development audio folder not found "
             "(expected clotho_audio_files/development/ or development/)"
         )
-    doc = _load_json(path, "mixup JSON")
+    doc = read_json_text(path, "mixup JSON")
     pairs = doc.get("dataset") if isinstance(doc, dict) else None
     if not isinstance(pairs, list):
         raise DataError(f"{path}: expected an object with a 'dataset' list (Clotho-ChatGPT-Mixup format)")

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 
@@ -36,14 +36,15 @@ from dcase.data.common import BadClip, BadClips, DataError, report_path_for
 from dcase.data.manifest import ManifestRow, write_manifest
 from dcase.data.registry import (
     DEFAULT_FREESOUND_POLICY,
-    FREESOUND_POLICIES,
     INFO,
     READABLE_SOURCES,
     SOURCE_CHOICES,
     SOURCES,
+    FreesoundPolicy,
     canonical_source,
 )
-from dcase.errors import InputError, OutputExistsError
+from dcase.errors import InputError
+from dcase.io import check_output
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,11 @@ def _refuse(o: ReadOptions, title: str, names: Sequence[str], hint: str = "") ->
 
 
 def _read_clotho(root: Path, bad: BadClips, o: ReadOptions) -> tuple[list[ManifestRow], Any]:
-    _refuse(o, "Clotho", ["audio_pattern", "audio_root", "csv_dir", "exclude_csv", "freesound_policy"])
-    _refuse(o, "Clotho", ["rejected_json", "clotho_root"])
+    _refuse(
+        o,
+        "Clotho",
+        ["audio_pattern", "audio_root", "csv_dir", "exclude_csv", "freesound_policy", "rejected_json", "clotho_root"],
+    )
     rows = clotho.read_clotho(
         root, o.splits, decode_check=o.decode_check, bad=bad, progress=o.progress, workers=o.workers
     )
@@ -107,9 +111,8 @@ def _read_wavcaps(root: Path, bad: BadClips, o: ReadOptions) -> tuple[list[Manif
     if o.splits:
         raise InputError("WavCaps has no splits (every clip is 'train'); drop --splits")
     _refuse(o, "WavCaps", ["csv_dir", "rejected_json", "clotho_root"])
-    policy = o.freesound_policy if o.freesound_policy is not None else DEFAULT_FREESOUND_POLICY
-    if policy not in FREESOUND_POLICIES:
-        raise InputError(f"unknown FreeSound policy {policy!r}; expected one of {list(FREESOUND_POLICIES)}")
+    # read_wavcaps checks the policy (an unknown one is a DataError, which is an InputError)
+    policy = cast(FreesoundPolicy, o.freesound_policy if o.freesound_policy is not None else DEFAULT_FREESOUND_POLICY)
     return wavcaps.read_wavcaps(
         root,
         o.audio_root,
@@ -261,9 +264,7 @@ def build_manifest(
     is listed in ``<out>.skipped.csv``. ``workers`` threads probe/decode the audio. Returns a BuildResult.
     """
     name = canonical_source(source)
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
+    out = check_output(out, overwrite)
     opts = ReadOptions(
         splits=list(splits) if splits else None,
         audio_pattern=audio_pattern,

@@ -27,7 +27,6 @@ in this order, with the counts before and after each step logged and returned in
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -40,8 +39,8 @@ from dcase.data.common import (
     DataError,
     Planned,
     dir_index,
+    read_json_text,
     read_table,
-    read_text,
     resolve_inside,
     rows_from_plan,
 )
@@ -164,10 +163,7 @@ def wavcaps_audio_root(root: str | Path) -> Path:
 def read_wavcaps_json(path: str | Path, source: str, bad: BadClips) -> list[dict]:
     """Valid entries of one WavCaps JSON as dicts {id, caption, duration, clip_id, index}; bad ones go to ``bad``."""
     path = Path(path)
-    try:
-        doc = json.loads(read_text(path))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not a readable WavCaps JSON ({e})") from e
+    doc = read_json_text(path, "WavCaps JSON")
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
         raise DataError(f"{path}: expected an object with a 'data' list (WavCaps format)")
     out: list[dict] = []
@@ -265,12 +261,12 @@ def plan_wavcaps(
 ) -> tuple[list[Planned], FilterReport]:
     """The planned (split, clip_id, audio path, captions) clips after the filters, and the FilterReport, without
     touching the audio (see ``read_wavcaps``). Entries whose audio file is missing go to ``bad``."""
+    sources = list(sources) if sources is not None else list(SOURCES)
+    _check_options(sources, freesound_policy, exclude_csv, audio_pattern)  # the options first, as the CLI did
     json_root = Path(json_root)
     if not json_root.is_dir():
         raise DataError(f"WavCaps json folder not found: {json_root}")
     audio_root = Path(audio_root) if audio_root is not None else wavcaps_audio_root(json_root)
-    sources = list(sources) if sources is not None else list(SOURCES)
-    _check_options(sources, freesound_policy, exclude_csv, audio_pattern)
 
     report = FilterReport()
     entries: list[tuple[str, dict]] = []

@@ -211,12 +211,10 @@ def descript_state_to_dac(state: dict[str, torch.Tensor], config: Any) -> Any:
     return model.eval()
 
 
-def convert_descript_checkpoint(pth: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
-    """Convert Descript's ``weights_*.pth`` into a DacModel directory (``save_pretrained``, written atomically; an
-    existing ``out_dir`` is replaced only with ``overwrite``). Returns out_dir."""
+def _load_descript(pth: Path) -> Any:
+    """Descript's ``weights_*.pth`` as an eval-mode DacModel."""
     from dcase.checkpoint import torch_load_weights
 
-    pth = Path(pth)
     if not pth.is_file():
         raise MissingInputError(f"Descript checkpoint not found: {pth}")
     obj = torch_load_weights(
@@ -228,15 +226,31 @@ def convert_descript_checkpoint(pth: str | Path, out_dir: str | Path, overwrite:
     if not isinstance(obj, dict) or "state_dict" not in obj or "metadata" not in obj:
         raise CodecError(f"{pth}: not a Descript DAC checkpoint (expected keys 'state_dict' and 'metadata')")
     config = config_from_descript_metadata(obj["metadata"].get("kwargs", {}))
-    model = descript_state_to_dac(obj["state_dict"], config)
-    from dcase.io import atomic_dir, sha256_file
+    return descript_state_to_dac(obj["state_dict"], config)
 
+
+def _write_converted(model: Any, pth: Path, folder: Path) -> None:
+    """Write ``model`` (converted from ``pth``) into the existing ``folder``: ``save_pretrained`` plus
+    ``dcase_source.json`` naming its source. Not atomic: the callers write into an ``atomic_dir``."""
+    from dcase.io import sha256_file
+
+    model.save_pretrained(str(folder))
+    (folder / "dcase_source.json").write_text(
+        json.dumps({"converted_from": pth.name, "source_sha256": sha256_file(pth)}, indent=2)
+    )
+
+
+def convert_descript_checkpoint(pth: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Convert Descript's ``weights_*.pth`` into a DacModel directory (``save_pretrained``, written atomically; an
+    existing ``out_dir`` is replaced only with ``overwrite``). Returns out_dir."""
+    from dcase.io import atomic_dir
+
+    pth = Path(pth)
+    model = _load_descript(pth)
     out_dir = Path(out_dir)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        model.save_pretrained(str(tmp))
-        (tmp / "dcase_source.json").write_text(
-            json.dumps({"converted_from": pth.name, "source_sha256": sha256_file(pth)}, indent=2)
-        )
+        _write_converted(model, pth, tmp)
+    config = model.config
     log.info("converted %s -> %s (%d codebooks, %d Hz)", pth, out_dir, config.n_codebooks, config.sampling_rate)
     return out_dir
 
@@ -250,45 +264,43 @@ def materialize_codec(spec: str | Path, out_dir: str | Path, seed: int = 0) -> P
     - a DacModel folder, or a hub id found in the Hugging Face cache (offline: never downloaded): its files,
       hard-linked where the file system allows.
 
-    An existing ``out_dir/config.json`` is kept as it is (the pipeline records what made it).
+    An existing ``out_dir/config.json`` is kept as it is; a folder without one (left by a killed run of this step)
+    is replaced. The folder is written atomically (``atomic_dir``).
     """
     import shutil
+
+    from dcase.io import atomic_dir
 
     out = Path(out_dir)
     if (out / "config.json").is_file():
         return out
     spec_s = str(spec)
     path = Path(spec_s).expanduser()
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    if spec_s in ("tiny", "full") or path.suffix in (".json", ".yaml", ".yml"):
-        load_codec(spec_s, seed=seed).model.save_pretrained(str(tmp))
-    elif path.suffix == ".pth":
-        convert_descript_checkpoint(path, tmp)
-    else:
-        src = path if path.is_dir() else None
-        if src is None:
-            try:
-                from huggingface_hub import snapshot_download
-
-                src = Path(snapshot_download(spec_s, local_files_only=True))
-            except Exception as e:  # noqa: BLE001 - any failure means the codec is not available offline
-                raise CodecError(
-                    f"codec {spec_s!r} is neither a local DacModel folder nor in the Hugging Face cache; download it "
-                    "on a machine with internet, or give Descript's weights_24khz_8kbps_0.0.4.pth"
-                ) from e
-        if not (src / "config.json").is_file():
-            raise CodecError(f"{src}: not a DacModel folder (no config.json)")
-        tmp.mkdir(parents=True)
-        for f in src.iterdir():
-            if f.is_file():
+    with atomic_dir(out, overwrite=True) as tmp:
+        if spec_s in ("tiny", "full") or path.suffix in (".json", ".yaml", ".yml"):
+            load_codec(spec_s, seed=seed).model.save_pretrained(str(tmp))
+        elif path.suffix == ".pth":
+            _write_converted(_load_descript(path), path, tmp)
+        else:
+            src = path if path.is_dir() else None
+            if src is None:
                 try:
-                    os.link(f.resolve(), tmp / f.name)
-                except OSError:
-                    shutil.copy2(f, tmp / f.name)
-    if out.exists():  # a folder left by a killed run of this step (no config.json): replaced
-        shutil.rmtree(out)
-    tmp.replace(out)
+                    from huggingface_hub import snapshot_download
+
+                    src = Path(snapshot_download(spec_s, local_files_only=True))
+                except Exception as e:  # noqa: BLE001 - any failure means the codec is not available offline
+                    raise CodecError(
+                        f"codec {spec_s!r} is neither a local DacModel folder nor in the Hugging Face cache; "
+                        "download it on a machine with internet, or give Descript's weights_24khz_8kbps_0.0.4.pth"
+                    ) from e
+            if not (src / "config.json").is_file():
+                raise CodecError(f"{src}: not a DacModel folder (no config.json)")
+            for f in src.iterdir():
+                if f.is_file():
+                    try:
+                        os.link(f.resolve(), tmp / f.name)
+                    except OSError:
+                        shutil.copy2(f, tmp / f.name)
     log.info("codec %s saved in %s", spec_s, out)
     return out
 

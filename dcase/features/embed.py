@@ -104,10 +104,7 @@ def embed_waves(
         k = max(1, max_batch_samples // max(longest, 1))
         idx = order[i : i + k]
         i += k
-        x = torch.zeros(len(idx), longest)
-        for j, c in enumerate(idx):
-            x[j, : len(waves[c])] = torch.from_numpy(np.asarray(waves[c], dtype=np.float32))
-        lengths = torch.tensor([len(waves[c]) for c in idx], dtype=torch.long)
+        x, lengths = pad_waves([waves[c] for c in idx])  # [k, longest]: idx is sorted longest first
         device = next(model.parameters()).device if isinstance(model, torch.nn.Module) else torch.device("cpu")
         emb = model.embed_audio(x.to(device), lengths.to(device)).float().cpu().numpy()
         for j, c in enumerate(idx):
@@ -162,8 +159,8 @@ def audio_index(
     """The faiss index of ``rows``' audio embeddings under ``model``; persisted in ``cache_dir`` (reused when
     the checkpoint, the clip list, each audio file's size and mtime, and the truncation match; a damaged cache is
     rebuilt)."""
+    from dcase.data.audio import row_audio_files
     from dcase.errors import DcaseError
-    from dcase.features.store import row_audio_files
 
     def stat_key(path: str) -> str:
         try:

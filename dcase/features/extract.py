@@ -28,9 +28,9 @@ from dcase.features.store import (
     SKIPPED,
     ShardWriter,
     audio_changed,
-    audio_fingerprint,
     check_provenance,
     finalize_store,
+    read_row_audio,
     remove_stale_tmp,
     scan_shards,
     write_provenance,
@@ -98,12 +98,13 @@ def _dcase_version() -> str:
         return "unknown"
 
 
-def load_row_audio(row: Any, sample_rate: int, min_samples: int = 1) -> np.ndarray:
-    """A manifest row's audio at ``sample_rate`` (mixup rows mixed); ExtractError naming the clip if unusable."""
+def load_row_audio(row: Any, sample_rate: int, min_samples: int = 1, data: Sequence[bytes] | None = None) -> np.ndarray:
+    """A manifest row's audio at ``sample_rate`` (mixup rows mixed); ExtractError naming the clip if unusable.
+    ``data``: the bytes of its audio files, already read (see ``load_clip``)."""
     from dcase.data.audio import AudioError, load_clip
 
     try:
-        x = load_clip(row, sample_rate)
+        x = load_clip(row, sample_rate, data=data)
     except AudioError as e:
         raise ExtractError(f"clip {row.clip_id!r}: {e}") from e
     if x.size < min_samples:
@@ -219,8 +220,8 @@ def _encode_clips(
         res: Loaded = []
         for r in batch:
             try:
-                fp = audio_fingerprint(r)  # before decoding: a file replaced meanwhile is caught next run
-                res.append((r, load_row_audio(r, sample_rate, min_samples), fp))
+                blobs, fp = read_row_audio(r)  # each file read once: hashed, then decoded from these bytes
+                res.append((r, load_row_audio(r, sample_rate, min_samples, data=blobs), fp))
             except ExtractError as e:
                 res.append((r, e, None))
             except OSError as e:

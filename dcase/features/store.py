@@ -23,6 +23,7 @@ serves features of audio that is no longer there.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -166,29 +167,28 @@ def scan_shards(path: str | Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def row_audio_files(row: Any) -> list[str]:
-    """The audio files a manifest row is made of: its ``audio_path``, or the two sources of a mixup row."""
-    paths = getattr(row, "mix_audio_paths", None)
-    if getattr(row, "source", None) == "clotho_mixup" and paths is not None:
-        return [str(p) for p in paths]
-    return [str(row.audio_path)]
+def read_row_audio(row: Any) -> tuple[list[bytes], list[dict[str, Any]]]:
+    """Read each audio file of ``row`` (``row_audio_files``) once: (its bytes, to decode from memory; its
+    fingerprint {path, size, mtime_ns, sha256 of those bytes}, recorded with the features)."""
+    from dcase.data.audio import row_audio_files
 
-
-def audio_fingerprint(row: Any) -> list[dict[str, Any]]:
-    """[{path, size, mtime_ns, sha256}] of each audio file of ``row`` (recorded with its features)."""
-    from dcase.io import sha256_file
-
-    out = []
+    blobs: list[bytes] = []
+    fingerprint: list[dict[str, Any]] = []
     for p in row_audio_files(row):
-        st = os.stat(p)
-        out.append({"path": p, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_file(p)})
-    return out
+        st = os.stat(p)  # before reading: a file replaced meanwhile gets a newer mtime, so the next run re-hashes it
+        with open(p, "rb") as f:
+            data = f.read()
+        blobs.append(data)
+        sha = hashlib.sha256(data).hexdigest()
+        fingerprint.append({"path": p, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha})
+    return blobs, fingerprint
 
 
 def audio_changed(recorded: Sequence[Mapping[str, Any]] | None, row: Any, full_hash: bool = False) -> str | None:
     """Why the audio of ``row`` differs from the ``recorded`` fingerprint, or None when it is the same (or nothing
     was recorded). A file with the recorded path, size and mtime is taken as unchanged unless ``full_hash``;
     otherwise its sha256 decides (a copied or touched file with the same bytes is unchanged)."""
+    from dcase.data.audio import row_audio_files
     from dcase.io import sha256_file
 
     if not recorded:
@@ -270,7 +270,7 @@ class ShardWriter:
         self.n_written = 0
 
     def add(self, clip_id: str, array: np.ndarray, audio: list[dict[str, Any]] | None = None) -> None:
-        """Buffer one clip's features (``audio``: its ``audio_fingerprint``); flush when a limit is reached."""
+        """Buffer one clip's features (``audio``: its ``read_row_audio`` fingerprint); flush when a limit is reached."""
         if clip_id in self.buffer:
             raise StoreError(f"clip {clip_id!r} added twice")
         self.buffer[clip_id] = np.ascontiguousarray(array)
