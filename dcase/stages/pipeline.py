@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dcase.checkpoint import best_of_run as best_checkpoint
+from dcase.checkpoint import is_training_run
 from dcase.config import resolve_config_path
 from dcase.errors import InputError, MissingInputError
 from dcase.io import atomic_write_text
@@ -121,22 +123,7 @@ class RunLayout:
         the checkpoint folder. A training run folder resolves to its best checkpoint (``best.json``)."""
         path = Path(ref).expanduser()
         path = path if path.is_absolute() else self.root / path
-        return best_checkpoint(path) if (path / "best.json").is_file() or (path / "last").is_dir() else path
-
-
-def best_checkpoint(run_dir: Path) -> Path:
-    """The best checkpoint of a training run folder (``best.json``, else ``last``)."""
-    best = run_dir / "best.json"
-    if best.is_file():
-        ranked = json.loads(best.read_text()).get("checkpoints") or []
-        for entry in ranked:
-            p = Path(entry["path"])
-            p = p if p.is_absolute() else run_dir / p
-            if p.is_dir():
-                return p
-    if (run_dir / "last").is_dir():
-        return run_dir / "last"
-    raise MissingInputError(f"{run_dir}: a training run without a finished checkpoint (no best.json entry, no last/)")
+        return best_checkpoint(path) if is_training_run(path) else path
 
 
 # ----------------------------------------------------------------------------------------------------- steps
