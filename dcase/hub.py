@@ -324,8 +324,8 @@ def prepare_upload(source: str | Path, out: str | Path, repo_id: str | None = No
     """Write the folder that ``push`` uploads: the checkpoint (a run's best) or system files, hard-linked where
     possible, the model card ``README.md`` and, for a training run, its ``curves.png``. Returns ``out``."""
     from dcase.checkpoint import resolve_checkpoint
-    from dcase.io import atomic_dir
-    from dcase.stages.systems import SYSTEM_FILE, _link_or_copy
+    from dcase.io import atomic_dir, link_or_copy_tree
+    from dcase.stages.systems import SYSTEM_FILE
 
     src = Path(source)
     if not src.is_dir():
@@ -333,7 +333,7 @@ def prepare_upload(source: str | Path, out: str | Path, repo_id: str | None = No
     card = model_card(src, repo_id)
     folder = src if (src / SYSTEM_FILE).is_file() else resolve_checkpoint(src)
     with atomic_dir(out) as tmp:
-        _link_or_copy(folder.resolve(), tmp)
+        link_or_copy_tree(folder.resolve(), tmp)
         if (src / "curves.png").is_file() and folder.resolve() != src.resolve():
             shutil.copy2(src / "curves.png", tmp / "curves.png")
         (tmp / CARD_FILE).write_text(card, encoding="utf-8")

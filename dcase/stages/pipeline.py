@@ -42,7 +42,7 @@ from typing import Any
 
 from dcase.checkpoint import best_of_run as best_checkpoint
 from dcase.checkpoint import is_training_run
-from dcase.config import resolve_config_path
+from dcase.config import jsonable, resolve_config_path
 from dcase.errors import InputError, MissingInputError
 from dcase.io import atomic_write_text
 from dcase.stages.profiles import Profile, parse_use, stage_overrides, uses_by_source
@@ -368,7 +368,7 @@ class _Builder:
                     description=f"retriever {spec.name} ({stage}, m-LTM) from {cfg_path.name}",
                     inputs=tuple(Path(m) for m in manifests) + ((init / "best.json",) if init else ()),
                     outputs=(run_dir / "best.json",),
-                    settings={"config": _settings(cfg)},
+                    settings={"config": jsonable(cfg)},
                     action=action,
                     distributed=True,
                 )
@@ -491,7 +491,7 @@ class _Builder:
             description="EnCLAP pretraining with MCM",
             inputs=tuple(inputs),
             outputs=(self.L.captioner_pretrain / "best.json",),
-            settings={"config": _settings(cfg)},
+            settings={"config": jsonable(cfg)},
             action=pretrain,
             distributed=True,
         )
@@ -508,7 +508,7 @@ class _Builder:
                 description=f"EnCLAP finetuning (no MCM), seed {seed}",
                 inputs=(*finputs, self.L.captioner_pretrain / "best.json"),
                 outputs=(self.L.captioner_finetune(seed) / "best.json",),
-                settings={"config": _settings(fcfg)},
+                settings={"config": jsonable(fcfg)},
                 action=finetune,
                 distributed=True,
             )
@@ -563,7 +563,7 @@ class _Builder:
             description=f"candidates of {self.p.rerank.captioner} on {self.p.validation}; w_enc grid search",
             inputs=(self.L.manifest(source), _ref_marker(self.L, self.p.rerank.captioner)),
             outputs=(self.L.rerank / "weights.json",),
-            settings={"rerank": dataclasses.asdict(self.p.rerank), "generation": _settings(recipe.generation)},
+            settings={"rerank": dataclasses.asdict(self.p.rerank), "generation": jsonable(recipe.generation)},
             action=lambda: tune_rerank(self, recipe),
         )
 
@@ -575,7 +575,7 @@ class _Builder:
 
     def system_settings(self, recipe: Any) -> dict[str, Any]:
         rr = dataclasses.asdict(self.p.rerank) if self.p.rerank.use_tuned else None
-        return {"recipe": _settings(recipe), "devtest": self.p.devtest, "rerank": rr}
+        return {"recipe": jsonable(recipe), "devtest": self.p.devtest, "rerank": rr}
 
     def _systems(self) -> None:
         from dcase.stages.systems import system_task6, system_task8
@@ -655,21 +655,13 @@ def _ref_marker(layout: RunLayout, ref: str) -> Path:
     return path / "config.json"
 
 
-def _settings(obj: Any) -> Any:
-    """A JSON-able view of a (dataclass) config for the done record."""
-    from dcase.config import to_dict
-
-    return json.loads(json.dumps(to_dict(obj) if dataclasses.is_dataclass(obj) else obj, default=str))
-
-
 def _apply_mapping(cfg: Any, overrides: dict[str, Any]) -> Any:
     """Merge a nested mapping into a dataclass config, typed by the dataclass (unknown keys are errors)."""
     if not overrides:
         return cfg
-    from dcase.config import from_dict, to_dict
-    from dcase.stages.profiles import _deep_merge
+    from dcase.config import deep_merge, from_dict, to_dict
 
-    return from_dict(type(cfg), _deep_merge(to_dict(cfg), overrides))
+    return from_dict(type(cfg), deep_merge(to_dict(cfg), overrides))
 
 
 # ------------------------------------------------------------------------------------------------------ run

@@ -16,7 +16,6 @@ Checks:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections import defaultdict
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from dcase.data.registry import EVALUATION_SPLITS, is_evaluation_split
 from dcase.errors import DcaseError, InputError
+from dcase.io import sha256_file
 
 if TYPE_CHECKING:
     from dcase.submission.recipes import Task6Recipe
@@ -307,14 +307,6 @@ def check_leak_splits(profile: Any, problems: list[str], allow_leak: bool) -> li
     return notes
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def duplicate_audio(train: Iterable[Path], evaluation: Iterable[Path]) -> list[tuple[Path, Path]]:
     """(training file, evaluation file) pairs with identical content. Files are grouped by size first; only files
     whose size occurs on both sides are hashed, so the cost is one stat per file plus a few hashes."""
@@ -327,13 +319,13 @@ def duplicate_audio(train: Iterable[Path], evaluation: Iterable[Path]) -> list[t
         candidates = by_size.get(t.stat().st_size)
         if not candidates:
             continue
-        th = _sha256(t)
+        th = sha256_file(t)
         for e in candidates:
             if e.resolve() == t.resolve():
                 pairs.append((t, e))
                 continue
             if e not in eval_hash:
-                eval_hash[e] = _sha256(e)
+                eval_hash[e] = sha256_file(e)
             if eval_hash[e] == th:
                 pairs.append((t, e))
     return pairs

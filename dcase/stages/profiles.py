@@ -19,13 +19,12 @@ typed by the stage's dataclass (never ``--set`` strings).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dcase.config import PACKAGE_CONFIGS, ConfigError, load_yaml
+from dcase.config import PACKAGE_CONFIGS, ConfigError, deep_merge, load_yaml
 from dcase.errors import MissingInputError
 
 PROFILES_DIR = PACKAGE_CONFIGS / "profiles"
@@ -138,13 +137,6 @@ class Profile:
         return {parse_use(u)[0] for u in uses}
 
 
-def _deep_merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(dict(a))
-    for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
-    return out
-
-
 def list_profiles() -> list[str]:
     """Names of the profiles shipped with the package."""
     return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
@@ -172,7 +164,7 @@ def load_profile(name_or_path: str | Path, overrides: Sequence[str] = (), team: 
     if team is not None:
         data = load_yaml(team)
         report = data.pop("technical_report", None)
-        profile.team = _deep_merge(profile.team, data)
+        profile.team = deep_merge(profile.team, data)
         if report:
             rp = Path(str(report)).expanduser()
             profile.technical_report = str(rp if rp.is_absolute() else Path(team).parent / rp)
@@ -184,8 +176,8 @@ def stage_overrides(profile: Profile, own: Mapping[str, Any], retriever: bool = 
     (retrievers only), then the step's own overrides."""
     base = {"train": dict(profile.train)} if profile.train else {}
     if retriever:
-        base = _deep_merge(base, profile.retriever_overrides)
-    return _deep_merge(base, own)
+        base = deep_merge(base, profile.retriever_overrides)
+    return deep_merge(base, own)
 
 
 def uses_by_source(uses: Sequence[str]) -> dict[str, tuple[str, ...]]:

@@ -12,15 +12,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dcase.config import resolve_config_path
+from dcase.config import jsonable, resolve_config_path
 from dcase.errors import InputError
-from dcase.io import atomic_write_text
+from dcase.io import atomic_write_text, link_or_copy_tree, safetensors_header
 from dcase.stages.profiles import parse_use
 
 log = logging.getLogger(__name__)
@@ -47,8 +45,7 @@ def load_recipe(
     """A Task 6 / Task 8 recipe from a file (a path, or a name under the package configs) or an inline mapping,
     with the team identity (lastname, institute, authors, ...) laid over its ``meta`` and the profile's
     ``generation`` overrides merged into a Task 6 recipe's generation settings."""
-    from dcase.config import from_dict, load_yaml
-    from dcase.stages.profiles import _deep_merge
+    from dcase.config import deep_merge, from_dict, load_yaml
     from dcase.submission.recipes import Task6Recipe, Task8Recipe
 
     cls: type[Task6Recipe] | type[Task8Recipe] = Task6Recipe if task == 6 else Task8Recipe
@@ -56,7 +53,7 @@ def load_recipe(
     meta = {**(data.get("meta") or {}), **{k: v for k, v in (team or {}).items() if k != "technical_report"}}
     data["meta"] = meta
     if task == 6 and generation:
-        data["generation"] = _deep_merge(data.get("generation") or {}, generation)
+        data["generation"] = deep_merge(data.get("generation") or {}, generation)
     recipe = from_dict(cls, data, prefix=f"task{task} recipe {data.get('name', '')}")
     if "index" not in recipe.meta:
         raise InputError(f"task{task} recipe {recipe.name!r}: meta.index (1-4) is required")
@@ -239,11 +236,9 @@ def count_parameters(folder: Path, skip_prefixes: Sequence[str] = ()) -> int:
     """Parameters in a checkpoint folder's safetensors files, read from their headers (no weights loaded)."""
     total = 0
     for f in sorted(folder.glob("*.safetensors")):
-        with open(f, "rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            header = json.loads(fh.read(n))
+        header, _ = safetensors_header(f)
         for key, ent in header.items():
-            if key == "__metadata__" or any(key.startswith(p) for p in skip_prefixes):
+            if any(key.startswith(p) for p in skip_prefixes):
                 continue
             count = 1
             for d in ent["shape"]:
@@ -395,21 +390,6 @@ def task8_meta(pipe: Any, recipe: Any, retrievers: Sequence[Path]) -> dict[str, 
 
 
 # ------------------------------------------------------------------------------------------------ systems
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Copy a checkpoint folder, hard-linking files where the file system allows (no extra disk space)."""
-    dst.mkdir(parents=True, exist_ok=True)
-    for f in src.rglob("*"):
-        target = dst / f.relative_to(src)
-        if f.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(f, target)
-        except OSError:
-            shutil.copy2(f, target)
-
-
 def export_system(
     out: Path, task: int, parts: Mapping[str, Path | Sequence[Path] | None], settings: Mapping[str, Any]
 ) -> Path:
@@ -435,7 +415,7 @@ def export_system(
                 src = Path(given).resolve()
                 name = seen.get(src) or (f"{key}/{i}" if many else key)
                 if src not in seen:
-                    _link_or_copy(src, tmp / name)
+                    link_or_copy_tree(src, tmp / name)
                     seen[src] = name
                 names.append(name)
             doc[key] = names if many else names[0]
@@ -473,7 +453,7 @@ def system_task6(pipe: Any, recipe: Any, out_dir: Path) -> dict[str, Any]:
             "clip_embedder": pipe.L.resolve(pipe.p.clip_embedder),
             "codec": pipe.L.codec,
         },
-        {"name": recipe.name, "generation": _jsonable(recipe.generation), "label": label},
+        {"name": recipe.name, "generation": jsonable(recipe.generation), "label": label},
     )
     record = {
         "task": 6,
@@ -547,12 +527,6 @@ def _audio_dir(pipe: Any, use: str) -> Path:
     if len(folders) != 1:
         raise InputError(f"{use}: the audio of this split lies in {len(folders)} folders; a submission needs one")
     return Path(folders.pop())
-
-
-def _jsonable(obj: Any) -> Any:
-    from dcase.config import to_dict
-
-    return json.loads(json.dumps(to_dict(obj) if dataclasses.is_dataclass(obj) else obj, default=str))
 
 
 # ------------------------------------------------------------------------------------------------ package
