@@ -298,3 +298,25 @@ def test_shipped_profiles_plan_on_every_dataset(tmp_path, profile):
         f"systems/task6_{i + 1}" for i in range(len(p.task6))
     ]
     assert names[-1] == "package" and not pipe.problems
+
+
+def test_recipes_are_loaded_once_for_the_plan_and_its_preflight(tmp_path, monkeypatch):
+    """The rerank, devtest, systems steps and the preflight share one loading of each recipe."""
+    from _datasets_util import make_data_root
+
+    import dcase.stages.systems as systems
+    from dcase.stages.pipeline import PipelineOptions, build_pipeline
+    from dcase.stages.preflight import check_run
+
+    loaded: list[int] = []
+    load_recipe = systems.load_recipe
+
+    def counting(item, task, *args, **kw):
+        loaded.append(task)
+        return load_recipe(item, task, *args, **kw)
+
+    monkeypatch.setattr(systems, "load_recipe", counting)
+    profile = load_profile("tiny")
+    pipe = build_pipeline(profile, PipelineOptions(out=tmp_path / "run", data_root=make_data_root(tmp_path / "data")))
+    check_run(pipe, [])
+    assert sorted(loaded) == sorted([6] * len(profile.task6) + [8] * len(profile.task8))

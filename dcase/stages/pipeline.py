@@ -177,6 +177,13 @@ class Pipeline:
     steps: list[Step]
     warnings: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # found while planning; the preflight reports them with its own
+    recipes: dict[int, list[Any]] = field(default_factory=dict)  # task -> its recipes, loaded once (``task_recipes``)
+
+    def task_recipes(self, task: int) -> list[Any]:
+        """The Task 6 or Task 8 recipes of the profile (loaded on first use, then kept)."""
+        if task not in self.recipes:
+            self.recipes[task] = load_recipes(self.profile, task)
+        return self.recipes[task]
 
     def selected(self) -> list[Step]:
         return select_steps(self.steps, self.options.only, self.options.start, self.options.until)
@@ -250,7 +257,17 @@ def build_pipeline(profile: Profile, options: PipelineOptions) -> Pipeline:
     warnings = list(found.warnings)
     b = _Builder(profile, options, layout, found, warnings)
     steps = b.build()
-    return Pipeline(profile, options, layout, found, steps, warnings, problems=[*found.problems, *b.problems])
+    problems = [*found.problems, *b.problems]
+    return Pipeline(profile, options, layout, found, steps, warnings, problems=problems, recipes=b.recipes)
+
+
+def load_recipes(profile: Profile, task: int) -> list[Any]:
+    """The profile's Task 6 (with its ``generation`` overrides) or Task 8 recipes, with its team identity."""
+    from dcase.stages.systems import load_recipe
+
+    if task == 6:
+        return [load_recipe(item, 6, profile.team, profile.generation) for item in profile.task6]
+    return [load_recipe(item, 8, profile.team) for item in profile.task8]
 
 
 class _Builder:
@@ -263,6 +280,7 @@ class _Builder:
         self.steps: list[Step] = []
         self.problems: list[str] = []
         self.present = {s for s in profile.datasets if s in found}
+        self.recipes: dict[int, list[Any]] = {}  # task -> recipes, loaded once for every group that needs them
 
     # -- helpers
     def add(self, **kw: Any) -> None:
@@ -535,15 +553,10 @@ class _Builder:
             )
 
     # -- systems (rerank, devtest, systems, package share the recipes)
-    def task6_recipes(self) -> list[Any]:
-        from dcase.stages.systems import load_recipe
-
-        return [load_recipe(item, 6, self.p.team, self.p.generation) for item in self.p.task6]
-
-    def task8_recipes(self) -> list[Any]:
-        from dcase.stages.systems import load_recipe
-
-        return [load_recipe(item, 8, self.p.team) for item in self.p.task8]
+    def task_recipes(self, task: int) -> list[Any]:
+        if task not in self.recipes:
+            self.recipes[task] = load_recipes(self.p, task)
+        return self.recipes[task]
 
     def _decode_inputs(self, recipe: Any) -> list[Path]:
         refs = [*recipe.captioners, *([recipe.retriever] if recipe.retriever else [])]
@@ -552,7 +565,7 @@ class _Builder:
     def _rerank(self) -> None:
         from dcase.stages.systems import tune_rerank
 
-        recipes = self.task6_recipes()
+        recipes = self.task_recipes(6)
         if not recipes:
             raise InputError("rerank.tune needs at least one Task 6 system (its generation settings are tuned)")
         recipe = recipes[0]
@@ -595,7 +608,7 @@ class _Builder:
         """One step per Task 6 and Task 8 recipe of ``group`` ("devtest" or "systems"): the recipe's system on the
         split ``uses[task]``, written to ``<group>/task<task>_<n>/<output>`` by ``actions[task]``. A task whose split
         is absent gets a warning and no steps."""
-        tasks = ((6, self.task6_recipes(), self._decode_inputs), (8, self.task8_recipes(), self._retriever_inputs))
+        tasks = ((6, self.task_recipes(6), self._decode_inputs), (8, self.task_recipes(8), self._retriever_inputs))
         for task, recipes, inputs in tasks:
             split, _ = parse_use(uses[task])
             if recipes and split not in self.present:

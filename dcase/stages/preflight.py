@@ -93,7 +93,7 @@ def check_weights(pipe: Any, problems: list[str]) -> None:
     if "features" in groups:
         _check_codec_weights(pipe.profile.codec.model, problems)
     if groups & {"rerank", "devtest", "systems"}:
-        for recipe in pipe_recipes(pipe, 6):
+        for recipe in pipe.task_recipes(6):
             _check_recipe_weights(recipe, pipe.profile.clip_embedder, problems)
 
 
@@ -209,16 +209,6 @@ def _check_bart(folder: Path, model_cfg: Any, problems: list[str]) -> None:
                 vocab = len(json.loads(tok.read_text()).get("model", {}).get("vocab", {}))
                 if vocab > int(cfg.get("vocab_size", vocab)):
                     problems.append(f"captioner: BART tokenizer has {vocab} tokens, the model {cfg['vocab_size']}")
-
-
-def pipe_recipes(pipe: Any, task: int) -> list[Any]:
-    from dcase.stages.systems import load_recipe
-
-    p = pipe.profile
-    return [
-        load_recipe(item, task, p.team, p.generation if task == 6 else None)
-        for item in (p.task6 if task == 6 else p.task8)
-    ]
 
 
 # ---------------------------------------------------------------------------------------------- sizes
@@ -398,7 +388,7 @@ def check_run(pipe: Any, problems: list[str]) -> None:
         from dcase.submission.meta import placeholder_fields
 
         for task in (6, 8):
-            for recipe in pipe_recipes(pipe, task):
+            for recipe in pipe.task_recipes(task):
                 bad = placeholder_fields(recipe.meta)
                 if bad:
                     problems.append(

@@ -490,12 +490,13 @@ def system_task8(pipe: Any, recipe: Any, out_dir: Path) -> dict[str, Any]:
         device=resolve_device(pipe.o.device),
     )
     label = _label(recipe, 8)
+    audio_dir = _audio_dir(pipe, pipe.p.task8_eval)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = write_task8(
         ranked,
         out_dir / f"{label}.output.csv",
         overwrite=True,
-        audio_dir=_audio_dir(pipe, pipe.p.task8_eval),
+        audio_dir=audio_dir,
         references=queries,
     )
     meta_path = write_meta(
@@ -510,7 +511,7 @@ def system_task8(pipe: Any, recipe: Any, out_dir: Path) -> dict[str, Any]:
         "csv": csv_path.name,
         "meta": meta_path.name,
         "system": "system",
-        "audio_dir": str(_audio_dir(pipe, pipe.p.task8_eval)),
+        "audio_dir": str(audio_dir),
         "queries": str(queries),
     }
     atomic_write_text(out_dir / OUTPUTS_FILE, json.dumps(record, indent=1))
