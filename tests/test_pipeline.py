@@ -320,3 +320,21 @@ def test_recipes_are_loaded_once_for_the_plan_and_its_preflight(tmp_path, monkey
     pipe = build_pipeline(profile, PipelineOptions(out=tmp_path / "run", data_root=make_data_root(tmp_path / "data")))
     check_run(pipe, [])
     assert sorted(loaded) == sorted([6] * len(profile.task6) + [8] * len(profile.task8))
+
+
+def test_training_uses_and_dataset_names_of_a_profile():
+    from dcase.stages.systems import DATASET_NAMES, EXTERNAL_DATASETS
+
+    p = load_profile("tiny")
+    uses = p.training_uses()
+    assert uses["captioner finetuning"] == list(p.captioner.finetune_data)
+    assert set(p.training_uses("captioner")) == {"captioner pretraining", "captioner finetuning"}
+    assert p.training_uses("retriever") and all(k.startswith("retriever ") for k in p.training_uses("retriever"))
+    assert {**p.training_uses("captioner"), **p.training_uses("retriever")} == uses
+    assert DATASET_NAMES == {
+        "clotho": "Clotho v2.1",
+        "audiocaps": "AudioCaps",
+        "wavcaps": "WavCaps",
+        "clotho_mixup": "Clotho-ChatGPT-Mixup",
+    }
+    assert EXTERNAL_DATASETS["clotho_mixup"][0] == "Clotho-ChatGPT-Mixup"

@@ -260,23 +260,10 @@ def check_sizes(pipe: Any, problems: list[str]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- leaks
-def training_uses(profile: Any) -> dict[str, list[str]]:
-    """{step description: dataset uses} of every training step of the profile."""
-    out = {
-        "captioner pretraining": list(profile.captioner.pretrain_data),
-        "captioner finetuning": list(profile.captioner.finetune_data),
-    }
-    for r in profile.retrievers:
-        out[f"retriever {r.name} pretraining"] = list(r.pretrain_data)
-        if r.finetune_config:
-            out[f"retriever {r.name} finetuning"] = list(r.finetune_data)
-    return out
-
-
 def check_leak_splits(profile: Any, problems: list[str], allow_leak: bool) -> list[str]:
     """Training steps that read an evaluation split; problems unless ``allow_leak`` (then returned as notes)."""
     notes: list[str] = []
-    for what, uses in training_uses(profile).items():
+    for what, uses in profile.training_uses().items():
         for source, splits in uses_by_source(uses).items():
             bad = [s for s in splits if is_evaluation_split(source, s)]
             if not splits:
@@ -326,7 +313,7 @@ def check_duplicate_audio(pipe: Any, problems: list[str], allow_leak: bool) -> l
     from dcase.data.locate import audio_files
 
     train_splits: dict[str, set[str]] = defaultdict(set)
-    for uses in training_uses(pipe.profile).values():
+    for uses in pipe.profile.training_uses().values():
         for source, splits in uses_by_source(uses).items():
             train_splits[source].update(splits or ["*"])
     train: list[Path] = []

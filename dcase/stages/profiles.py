@@ -25,19 +25,24 @@ from pathlib import Path
 from typing import Any
 
 from dcase.config import PACKAGE_CONFIGS, ConfigError, deep_merge, load_yaml
-from dcase.errors import MissingInputError
+from dcase.data.registry import READABLE_SOURCES, canonical_source
+from dcase.errors import InputError, MissingInputError
 
 PROFILES_DIR = PACKAGE_CONFIGS / "profiles"
-DATASETS = ("clotho", "audiocaps", "wavcaps", "clotho_mixup")  # what a data root can hold, in build order
+DATASETS = READABLE_SOURCES  # what a data root can hold, in build order (dcase.data.registry)
 
 
 def parse_use(text: str) -> tuple[str, tuple[str, ...]]:
     """``"clotho:development"`` -> ("clotho", ("development",)); ``"wavcaps"`` -> ("wavcaps", ()) = every split;
     ``"audiocaps:train+val"`` -> two splits."""
     source, _, splits = text.partition(":")
-    source = source.strip().replace("-", "_")
-    if source not in DATASETS:
-        raise ConfigError(f"dataset use {text!r}: unknown dataset {source!r}; expected one of {list(DATASETS)}")
+    source = source.strip()
+    try:
+        source = canonical_source(source)
+    except InputError:
+        raise ConfigError(
+            f"dataset use {text!r}: unknown dataset {source!r}; expected one of {list(DATASETS)}"
+        ) from None
     return source, tuple(s.strip() for s in splits.split("+") if s.strip())
 
 
@@ -128,13 +133,18 @@ class Profile:
     team: dict[str, Any] = field(default_factory=dict)  # submission identity: lastname, institute, authors, ...
     technical_report: str | None = None  # PDF to include in the package
 
-    def datasets_used(self) -> set[str]:
-        """Every dataset any training step of the profile reads."""
-        uses = [*self.captioner.pretrain_data, *self.captioner.finetune_data]
+    def training_uses(self, model: str | None = None) -> dict[str, list[str]]:
+        """{step description: dataset uses} of every training step of the profile (``captioner pretraining``,
+        ``retriever <name> finetuning``, ...), or of one model's steps only (``model``: captioner | retriever)."""
+        out = {
+            "captioner pretraining": list(self.captioner.pretrain_data),
+            "captioner finetuning": list(self.captioner.finetune_data),
+        }
         for r in self.retrievers:
-            uses += [*r.pretrain_data, *(r.finetune_data if r.finetune_config else [])]
-        uses += [self.validation, self.devtest, self.task6_eval, self.task8_eval]
-        return {parse_use(u)[0] for u in uses}
+            out[f"retriever {r.name} pretraining"] = list(r.pretrain_data)
+            if r.finetune_config:
+                out[f"retriever {r.name} finetuning"] = list(r.finetune_data)
+        return {what: uses for what, uses in out.items() if model is None or what.startswith(f"{model} ")}
 
 
 def list_profiles() -> list[str]:

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from dcase.config import jsonable, resolve_config_path
+from dcase.data.registry import INFO as SOURCE_INFO_BY_NAME
+from dcase.data.registry import READABLE_SOURCES
 from dcase.errors import InputError
 from dcase.io import atomic_write_text, link_or_copy_tree, safetensors_header
 from dcase.stages.profiles import parse_use
@@ -27,12 +29,13 @@ SYSTEM_FORMAT = "dcase-system"
 SYSTEM_FILE = "system.json"
 OUTPUTS_FILE = "outputs.json"
 # Datasets outside Clotho that a DCASE2024 meta YAML lists under external_datasets
-EXTERNAL_DATASETS = {
-    "audiocaps": ("AudioCaps", "https://audiocaps.github.io/"),
-    "wavcaps": ("WavCaps", "https://huggingface.co/datasets/cvssp/WavCaps"),
-    "clotho_mixup": ("Clotho-ChatGPT-Mixup", "https://huggingface.co/datasets/slseanwu/clotho-chatgpt-mixup-50K"),
+_EXTERNAL_URLS = {
+    "audiocaps": "https://audiocaps.github.io/",
+    "wavcaps": "https://huggingface.co/datasets/cvssp/WavCaps",
+    "clotho_mixup": "https://huggingface.co/datasets/slseanwu/clotho-chatgpt-mixup-50K",
 }
-DATASET_NAMES = {"clotho": "Clotho v2.1", **{k: v[0] for k, v in EXTERNAL_DATASETS.items()}}
+EXTERNAL_DATASETS = {k: (SOURCE_INFO_BY_NAME[k].title, url) for k, url in _EXTERNAL_URLS.items()}  # (name, url)
+DATASET_NAMES = {s: SOURCE_INFO_BY_NAME[s].title for s in READABLE_SOURCES}  # as a meta YAML names them
 
 
 # ------------------------------------------------------------------------------------------------ recipes
@@ -248,13 +251,9 @@ def count_parameters(folder: Path, skip_prefixes: Sequence[str] = ()) -> int:
 
 
 def _training_sources(pipe: Any, task: int) -> list[str]:
-    c = pipe.p.captioner
-    if task == 6:
-        uses = [*c.pretrain_data, *c.finetune_data]
-    else:
-        uses = [
-            u for r in pipe.p.retrievers for u in (*r.pretrain_data, *(r.finetune_data if r.finetune_config else []))
-        ]
+    """The datasets (present) that the Task 6 captioner or the Task 8 retrievers train on."""
+    steps = pipe.p.training_uses("captioner" if task == 6 else "retriever")
+    uses = [u for step_uses in steps.values() for u in step_uses]
     return sorted({parse_use(u)[0] for u in uses} & pipe.present)
 
 
