@@ -348,6 +348,7 @@ class Captioner:
         """The retriever's L2-normalised audio embeddings float32 [B, D] (the encoder score's audio side, report
         §2.3); None without a retriever. A retriever that is also the clip embedder reuses ``clip_emb``."""
         from dcase.features.embed import embed_waves
+        from dcase.stages.generation import l2_normalise
 
         if self.retriever is None:
             return None
@@ -356,9 +357,7 @@ class Captioner:
             if self.retriever is self.clip_embedder
             else embed_waves(self.retriever, waves[int(self.retriever.sample_rate)])
         )
-        audio_emb = np.stack(emb).astype(np.float32)
-        audio_emb /= np.maximum(np.linalg.norm(audio_emb, axis=1, keepdims=True), 1e-12)
-        return audio_emb
+        return l2_normalise(np.stack(emb).astype(np.float32))
 
     def _candidates(
         self, chunk: Sequence[Path], codes: list[np.ndarray], clip_emb: list[np.ndarray], bar: Any | None

@@ -155,6 +155,12 @@ def store_matches_retriever(store: Mapping[str, np.ndarray], retriever_sha: str)
     return prov.get("kind") == "embed" and prov.get("checkpoint_sha256") == retriever_sha
 
 
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` [N, D] scaled to unit length (an all-zero row stays zero), in ``x``'s dtype: both sides of the
+    encoder score (here, in ``encoder_scores`` and in ``dcase.api``)."""
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def clip_audio_embeddings(
     retriever: Retriever,
     retriever_path: str | Path,
@@ -188,8 +194,7 @@ def clip_audio_embeddings(
         src = "computed"
     if emb.shape[1] != retriever.embed_dim:
         raise InputError(f"clip embeddings have {emb.shape[1]} dims, the retriever's joint space {retriever.embed_dim}")
-    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    return emb.astype(np.float32), src
+    return l2_normalise(emb).astype(np.float32), src
 
 
 def encoder_scores(
@@ -200,7 +205,7 @@ def encoder_scores(
     if not flat:
         return [np.zeros(0) for _ in texts_per_clip]
     text = retriever.embed_text(flat, batch_size=batch_size).float().numpy()
-    text = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
+    text = l2_normalise(text)
     out, i = [], 0
     for b, ts in enumerate(texts_per_clip):
         out.append((text[i : i + len(ts)] @ audio_emb[b]).astype(np.float64))
