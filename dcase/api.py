@@ -364,30 +364,22 @@ class Captioner:
     ) -> list[list[Candidate]]:
         """The candidates of each clip of ``chunk`` (codes int64 [K, T], clip embeddings [D]), sampled in batches of
         clips of similar length, each clip seeded by its file name (as ``dcase generate`` seeds it)."""
-        import torch
+        from dcase.stages.generation import sample_candidates
 
-        from dcase.data.datasets import collate_codes
-        from dcase.decoding.sample import clip_seed
-        from dcase.stages.generation import candidates_for_batch
-
-        g = self.settings
-        pad = self.models[0].config.pad_code
-        order = sorted(range(len(chunk)), key=lambda i: codes[i].shape[1])
-        cands: dict[int, list[Candidate]] = {}
-        for s in range(0, len(order), g.sampling.batch_clips):
-            idx = order[s : s + g.sampling.batch_clips]
-            batch = collate_codes([(codes[i], clip_emb[i], "") for i in idx], pad)
-            seeds = [clip_seed(g.sampling.seed, chunk[i].name) for i in idx]
-            with torch.no_grad():
-                for i, c in zip(idx, candidates_for_batch(self.models, batch, g, seeds, self.device), strict=True):
-                    if not c:
-                        raise CheckpointError(
-                            f"{chunk[i]}: every sample decoded to an empty caption (the captioner ends at once; "
-                            "check the checkpoint, or raise sampling.min_new_tokens)"
-                        )
-                    cands[i] = c
-            if bar is not None:
-                bar.update(len(idx))
+        cands = sample_candidates(
+            self.models,
+            range(len(chunk)),
+            lambda i: codes[i].shape[1],
+            lambda i: (codes[i], clip_emb[i], ""),
+            lambda i: chunk[i].name,
+            self.settings,
+            self.device,
+            lambda i: CheckpointError(
+                f"{chunk[i]}: every sample decoded to an empty caption (the captioner ends at once; "
+                "check the checkpoint, or raise sampling.min_new_tokens)"
+            ),
+            bar,
+        )
         return [cands[i] for i in range(len(chunk))]
 
     def _rerank(self, ids: list[str], cands: list[list[Candidate]], audio_emb: np.ndarray | None) -> pd.DataFrame:

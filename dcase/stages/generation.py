@@ -32,7 +32,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -247,6 +247,41 @@ def candidates_for_batch(
     return batch_candidates(models[0], sb)
 
 
+def sample_candidates(
+    models: Sequence[EnCLAP],
+    clips: Sequence[int],
+    length: Callable[[int], int],
+    item: Callable[[int], Any],
+    seed_name: Callable[[int], str],
+    cfg: GenerationSettings,
+    device: str,
+    empty_error: Callable[[int], Exception],
+    bar: Any | None = None,
+) -> dict[int, list[Candidate]]:
+    """Candidates of each clip of ``clips`` (indices): sampled in batches of ``cfg.sampling.batch_clips`` clips of
+    similar length (``length(i)``: code frames), ``item(i)`` the (codes, clip embedding, text) to collate, each clip
+    seeded by ``seed_name(i)`` (``clip_seed``); a clip whose every sample is empty raises ``empty_error(i)``.
+    The one loop of ``dcase generate`` and the Python API (``dcase.api.Captioner``)."""
+    import torch
+
+    from dcase.data.datasets import collate_codes
+
+    order = sorted(clips, key=length)
+    cands: dict[int, list[Candidate]] = {}
+    for s in range(0, len(order), cfg.sampling.batch_clips):
+        ids = order[s : s + cfg.sampling.batch_clips]
+        batch = collate_codes([item(i) for i in ids], models[0].config.pad_code)
+        seeds = [clip_seed(cfg.sampling.seed, seed_name(i)) for i in ids]
+        with torch.no_grad():
+            for i, c in zip(ids, candidates_for_batch(models, batch, cfg, seeds, device), strict=True):
+                if not c:
+                    raise empty_error(i)
+                cands[i] = c
+        if bar is not None:
+            bar.update(len(ids))
+    return cands
+
+
 # --------------------------------------------------------------------------------------------- the stage
 def _plan_fingerprint(cfg: GenerateConfig, clip_ids: list[str]) -> dict[str, Any]:
     """What the parts depend on (compared on resume)."""
@@ -296,9 +331,8 @@ def sidecar_path(out: str | Path) -> Path:
 
 def generate_candidates(cfg: GenerateConfig, progress: bool = True, overwrite: bool = False) -> pd.DataFrame:
     """Run the stage (module docstring); returns the reranked candidates table written to ``cfg.out``."""
-    import torch
 
-    from dcase.data.datasets import CaptionDataset, collate_codes
+    from dcase.data.datasets import CaptionDataset
     from dcase.data.manifest import read_manifest
     from dcase.decoding.fluency import fluency_stage
     from dcase.features.store import StoreChain, check_coverage
@@ -353,23 +387,20 @@ def generate_candidates(cfg: GenerateConfig, progress: bool = True, overwrite: b
     for k, idx in enumerate(chunks):
         if k in done:
             continue
-        order = sorted(idx, key=lambda i: lengths[i])
-        cands: dict[int, list[Candidate]] = {}
-        for s in range(0, len(order), g.sampling.batch_clips):
-            ids = order[s : s + g.sampling.batch_clips]
-            batch = collate_codes([data[i] for i in ids], mc.pad_code)
-            seeds = [clip_seed(g.sampling.seed, clip_ids[i]) for i in ids]
-            with torch.no_grad():
-                for i, c in zip(ids, candidates_for_batch(models, batch, g, seeds, cfg.device), strict=True):
-                    if not c:
-                        raise InputError(
-                            f"clip {clip_ids[i]!r}: every sample decoded to an empty caption (the "
-                            "captioner ends at once; check the checkpoint, or raise "
-                            "sampling.min_new_tokens)"
-                        )
-                    cands[i] = c
-            if bar is not None:
-                bar.update(len(ids))
+        cands = sample_candidates(
+            models,
+            idx,
+            lambda i: lengths[i],
+            lambda i: data[i],
+            lambda i: clip_ids[i],
+            g,
+            cfg.device,
+            lambda i: InputError(
+                f"clip {clip_ids[i]!r}: every sample decoded to an empty caption (the captioner ends at once; check "
+                "the checkpoint, or raise sampling.min_new_tokens)"
+            ),
+            bar,
+        )
         part = _chunk_table(
             idx,
             cands,
