@@ -385,31 +385,15 @@ class Captioner:
     def _rerank(self, ids: list[str], cands: list[list[Candidate]], audio_emb: np.ndarray | None) -> pd.DataFrame:
         """The reranked candidates table of one chunk (clip ids ``ids``): encoder score, fluency filter, final
         score and selection (report §2.3), as the generation stage ranks them."""
-        from dcase.decoding.rerank import apply_fluency, lazy_fluency, make_candidates, rerank
-        from dcase.stages.generation import encoder_scores
+        from dcase.decoding.rerank import rerank
+        from dcase.stages.generation import candidates_table, encoder_scores
 
         g = self.settings
         enc: list[np.ndarray | None] = [None] * len(cands)
         if self.retriever is not None and audio_emb is not None:
             texts = [[c.text for c in cs] for cs in cands]
             enc = list(encoder_scores(self.retriever, audio_emb, texts, g.text_batch_size))
-        recs = [
-            {
-                "clip_id": clip_id,
-                "text": c.text,
-                "count": c.count,
-                "decoder_score": c.decoder_score,
-                "encoder_score": float(e[r]) if e is not None else np.nan,
-                "token_ids": list(c.token_ids),
-            }
-            for clip_id, cs, e in zip(ids, cands, enc, strict=True)
-            for r, c in enumerate(cs)
-        ]
-        table = make_candidates(recs)
-        if self.checker is not None and g.fluency_scope == "lazy":
-            table = lazy_fluency(table, self.checker.error_probabilities, g.w_enc, g.w_dec, g.fluency_threshold)
-        elif self.checker is not None:
-            table = apply_fluency(table, self.checker)
+        table = candidates_table(ids, cands, enc, g, self.checker)
         return rerank(table, g.w_enc, g.w_dec, g.fluency_threshold if self.checker is not None else None)
 
 

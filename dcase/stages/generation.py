@@ -484,19 +484,31 @@ def _chunk_table(
         )
         audio_src.add(src)
         enc = [*encoder_scores(retriever, audio, texts, g.text_batch_size)]
-    recs = []
-    for i, scores in zip(idx, enc, strict=True):
-        for r, c in enumerate(cands[i]):
-            recs.append(
-                {
-                    "clip_id": clip_ids[i],
-                    "text": c.text,
-                    "count": c.count,
-                    "decoder_score": c.decoder_score,
-                    "encoder_score": float(scores[r]) if scores is not None else np.nan,
-                    "token_ids": list(c.token_ids),
-                }
-            )
+    return candidates_table([clip_ids[i] for i in idx], [cands[i] for i in idx], enc, g, checker)
+
+
+def candidates_table(
+    clip_ids: Sequence[str],
+    cands: Sequence[Sequence[Candidate]],
+    enc: Sequence[np.ndarray | None],
+    g: GenerationSettings,
+    checker: FluencyScorer | None,
+) -> pd.DataFrame:
+    """The candidates table of some clips, in clip order: each clip's candidates with their encoder scores
+    (``enc``: per clip, or None without a retriever) and fluency probabilities (``g.fluency_scope``), not yet
+    reranked. The one table of ``dcase generate`` (per chunk) and the Python API."""
+    recs = [
+        {
+            "clip_id": clip_id,
+            "text": c.text,
+            "count": c.count,
+            "decoder_score": c.decoder_score,
+            "encoder_score": float(scores[r]) if scores is not None else np.nan,
+            "token_ids": list(c.token_ids),
+        }
+        for clip_id, cs, scores in zip(clip_ids, cands, enc, strict=True)
+        for r, c in enumerate(cs)
+    ]
     table = make_candidates(recs)
     if checker is not None and g.fluency_scope == "lazy":
         table = lazy_fluency(table, checker.error_probabilities, g.w_enc, g.w_dec, g.fluency_threshold)
