@@ -348,6 +348,7 @@ class Captioner:
         """The retriever's L2-normalised audio embeddings float32 [B, D] (the encoder score's audio side, report
         §2.3); None without a retriever. A retriever that is also the clip embedder reuses ``clip_emb``."""
         from dcase.features.embed import embed_waves
+        from dcase.stages.generation import l2_normalise
 
         if self.retriever is None:
             return None
@@ -356,69 +357,43 @@ class Captioner:
             if self.retriever is self.clip_embedder
             else embed_waves(self.retriever, waves[int(self.retriever.sample_rate)])
         )
-        audio_emb = np.stack(emb).astype(np.float32)
-        audio_emb /= np.maximum(np.linalg.norm(audio_emb, axis=1, keepdims=True), 1e-12)
-        return audio_emb
+        return l2_normalise(np.stack(emb).astype(np.float32))
 
     def _candidates(
         self, chunk: Sequence[Path], codes: list[np.ndarray], clip_emb: list[np.ndarray], bar: Any | None
     ) -> list[list[Candidate]]:
         """The candidates of each clip of ``chunk`` (codes int64 [K, T], clip embeddings [D]), sampled in batches of
         clips of similar length, each clip seeded by its file name (as ``dcase generate`` seeds it)."""
-        import torch
+        from dcase.stages.generation import sample_candidates
 
-        from dcase.data.datasets import collate_codes
-        from dcase.decoding.sample import clip_seed
-        from dcase.stages.generation import candidates_for_batch
-
-        g = self.settings
-        pad = self.models[0].config.pad_code
-        order = sorted(range(len(chunk)), key=lambda i: codes[i].shape[1])
-        cands: dict[int, list[Candidate]] = {}
-        for s in range(0, len(order), g.sampling.batch_clips):
-            idx = order[s : s + g.sampling.batch_clips]
-            batch = collate_codes([(codes[i], clip_emb[i], "") for i in idx], pad)
-            seeds = [clip_seed(g.sampling.seed, chunk[i].name) for i in idx]
-            with torch.no_grad():
-                for i, c in zip(idx, candidates_for_batch(self.models, batch, g, seeds, self.device), strict=True):
-                    if not c:
-                        raise CheckpointError(
-                            f"{chunk[i]}: every sample decoded to an empty caption (the captioner ends at once; "
-                            "check the checkpoint, or raise sampling.min_new_tokens)"
-                        )
-                    cands[i] = c
-            if bar is not None:
-                bar.update(len(idx))
+        cands = sample_candidates(
+            self.models,
+            range(len(chunk)),
+            lambda i: codes[i].shape[1],
+            lambda i: (codes[i], clip_emb[i], ""),
+            lambda i: chunk[i].name,
+            self.settings,
+            self.device,
+            lambda i: CheckpointError(
+                f"{chunk[i]}: every sample decoded to an empty caption (the captioner ends at once; "
+                "check the checkpoint, or raise sampling.min_new_tokens)"
+            ),
+            bar,
+        )
         return [cands[i] for i in range(len(chunk))]
 
     def _rerank(self, ids: list[str], cands: list[list[Candidate]], audio_emb: np.ndarray | None) -> pd.DataFrame:
         """The reranked candidates table of one chunk (clip ids ``ids``): encoder score, fluency filter, final
         score and selection (report §2.3), as the generation stage ranks them."""
-        from dcase.decoding.rerank import apply_fluency, lazy_fluency, make_candidates, rerank
-        from dcase.stages.generation import encoder_scores
+        from dcase.decoding.rerank import rerank
+        from dcase.stages.generation import candidates_table, encoder_scores
 
         g = self.settings
         enc: list[np.ndarray | None] = [None] * len(cands)
         if self.retriever is not None and audio_emb is not None:
             texts = [[c.text for c in cs] for cs in cands]
             enc = list(encoder_scores(self.retriever, audio_emb, texts, g.text_batch_size))
-        recs = [
-            {
-                "clip_id": clip_id,
-                "text": c.text,
-                "count": c.count,
-                "decoder_score": c.decoder_score,
-                "encoder_score": float(e[r]) if e is not None else np.nan,
-                "token_ids": list(c.token_ids),
-            }
-            for clip_id, cs, e in zip(ids, cands, enc, strict=True)
-            for r, c in enumerate(cs)
-        ]
-        table = make_candidates(recs)
-        if self.checker is not None and g.fluency_scope == "lazy":
-            table = lazy_fluency(table, self.checker.error_probabilities, g.w_enc, g.w_dec, g.fluency_threshold)
-        elif self.checker is not None:
-            table = apply_fluency(table, self.checker)
+        table = candidates_table(ids, cands, enc, g, self.checker)
         return rerank(table, g.w_enc, g.w_dec, g.fluency_threshold if self.checker is not None else None)
 
 

@@ -23,12 +23,13 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from dcase.errors import CheckpointError, MissingInputError
 from dcase.io import atomic_dir
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ LEGACY_CONFIG_NAMES = {
 }
 KIND_TITLES = {"enclap": "an EnCLAP", "retriever": "a retriever", "cnext": "a CNext"}
 RUN_BEST = "best.json"
+RUN_LAST = "last"
 
 Writer = Callable[[Path], object]  # writes one file or folder; its return value is ignored
 
@@ -64,6 +66,7 @@ def save_checkpoint(
     ``model.safetensors`` and, for each ``name -> writer`` of ``extra_writers``, ``writer(folder / name)``.
 
     An existing folder at ``path`` is replaced only once the new one is complete."""
+    import torch
     from safetensors.torch import save_file, save_model
 
     if kind not in KINDS:
@@ -86,27 +89,51 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
-def _best_of_run(run: Path) -> Path:
-    """The best checkpoint of a training run folder (``best.json``, best first)."""
-    try:
-        entries = json.loads((run / RUN_BEST).read_text(encoding="utf-8"))["checkpoints"]
-        best = Path(entries[0]["path"])
-    except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
-        raise CheckpointError(f"{run / RUN_BEST}: cannot read the best checkpoint ({e!r})") from e
-    for cand in (best, run / "checkpoints" / best.name):
-        if cand.is_dir():
-            return cand
-    raise MissingInputError(f"{run / RUN_BEST} names {best}, which does not exist (nor {run / 'checkpoints'})")
+def is_training_run(path: Path) -> bool:
+    """Whether ``path`` is a training run folder (``best.json`` or ``last/``) rather than a checkpoint folder."""
+    return not _config_file(path) and ((path / RUN_BEST).is_file() or (path / RUN_LAST).is_dir())
+
+
+def best_of_run(run: Path) -> Path:
+    """The best checkpoint of a training run folder -- the one reading of ``best.json`` (``dcase.training``).
+
+    Tried in order: each ``best.json`` entry, best first, at its recorded path (absolute, or relative as written by
+    the training; a relative path is also tried under ``run``), then by name under ``run/checkpoints`` (a run folder
+    moved or copied elsewhere); the first entry found wins. When no entry is found (no ``best.json``, no entries, or
+    all of them deleted), ``run/last``. An unreadable ``best.json`` is a CheckpointError; a run without any of these
+    a MissingInputError."""
+    entries: list[Any] = []
+    if (run / RUN_BEST).is_file():
+        try:
+            data = json.loads((run / RUN_BEST).read_text(encoding="utf-8"))
+            entries = list(data.get("checkpoints") or [])
+        except (OSError, ValueError, AttributeError, TypeError) as e:
+            raise CheckpointError(f"{run / RUN_BEST}: cannot read the best checkpoint ({e!r})") from e
+    for entry in entries:
+        recorded = entry.get("path") if isinstance(entry, dict) else None
+        if not recorded:
+            continue
+        path = Path(recorded)
+        cands = [path] if path.is_absolute() else [path, run / path]
+        for cand in (*cands, run / "checkpoints" / path.name):
+            if cand.is_dir():
+                return cand
+    if (run / RUN_LAST).is_dir():
+        return run / RUN_LAST
+    named = f" (best.json names {entries[0].get('path')})" if entries and isinstance(entries[0], dict) else ""
+    raise MissingInputError(
+        f"{run}: a training run without a finished checkpoint{named}: no best.json entry found (nor under "
+        f"{run / 'checkpoints'}), no {RUN_LAST}/"
+    )
 
 
 def resolve_checkpoint(path_or_repo_id: str | Path) -> Path:
-    """The local folder of a checkpoint: a folder as is; a training run folder -> its best checkpoint; otherwise a
-    Hugging Face Hub repository id looked up in the cache (``HF_HUB_CACHE``; downloads only when not offline)."""
+    """The local folder of a checkpoint: a folder as is; a training run folder -> its best checkpoint
+    (``best_of_run``); otherwise a Hugging Face Hub repository id looked up in the cache (``HF_HUB_CACHE``;
+    downloads only when not offline)."""
     p = Path(path_or_repo_id).expanduser()
     if p.is_dir():
-        if not _config_file(p) and (p / RUN_BEST).is_file():
-            return _best_of_run(p)
-        return p
+        return best_of_run(p) if is_training_run(p) else p
     if p.exists():
         raise CheckpointError(f"{p} is a file; a checkpoint is a folder holding {CONFIG_NAME} and {WEIGHTS_NAME}")
     name = str(path_or_repo_id)
@@ -166,9 +193,9 @@ def kind_of(path: str | Path) -> str | None:
     p = Path(path).expanduser()
     if not p.is_dir():
         return None
-    if not _config_file(p) and (p / RUN_BEST).is_file():
+    if is_training_run(p):
         try:
-            p = _best_of_run(p)
+            p = best_of_run(p)
         except (CheckpointError, MissingInputError):
             return None
     try:
@@ -245,6 +272,8 @@ def torch_load_weights(path: str | Path, what: str, convert: str) -> Any:
     A pickle that needs Python objects beyond tensors and plain containers is refused, and a damaged file is
     reported, as a CheckpointError naming ``path``; ``convert`` says how to turn it into something loadable."""
     import pickle
+
+    import torch
 
     path = Path(path)
     if not path.is_file():

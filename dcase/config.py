@@ -23,6 +23,7 @@ is checked item by item). ``from_dict`` (so every YAML file and ``--set`` overri
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -346,23 +347,30 @@ def load_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]
         if not isinstance(base, str) or not base.strip():
             raise ConfigError(f"{path}: _base_ must be the path of another YAML file, got {base!r}")
         parent = load_yaml((path.parent / base).resolve(), (*_chain, path.resolve()))
-        data = _deep_merge(parent, data)
+        data = deep_merge(parent, data)
     return data
 
 
-def _deep_merge(a: dict[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(a)
+def deep_merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    """``b`` laid over ``a``, mappings merged key by key (``b`` wins elsewhere). A new dict: neither input is
+    modified, and the result shares no mutable value with them (both are deep-copied)."""
+    out = copy.deepcopy(dict(a))
     for k, v in b.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = v
+        out[k] = (
+            deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else copy.deepcopy(v)
+        )
     return out
+
+
+def jsonable(obj: Any) -> Any:
+    """A JSON-able copy of a (dataclass) config or plain data (anything else as its ``str``): what done records,
+    settings and meta YAMLs store."""
+    return json.loads(json.dumps(to_dict(obj) if dataclasses.is_dataclass(obj) else obj, default=str))
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterable[str] = ()) -> T:
     """Load ``cls`` from defaults < YAML file (``_base_: other.yaml`` allowed) < dotted overrides."""
-    data = to_dict(cls()) if path is None else _deep_merge(to_dict(cls()), load_yaml(path))
+    data = to_dict(cls()) if path is None else deep_merge(to_dict(cls()), load_yaml(path))
     apply_overrides(data, overrides, cls)
     return from_dict(cls, data)
 

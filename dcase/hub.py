@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from dcase.curves import LOG_FILE
 from dcase.errors import DcaseError, InputError, MissingInputError
 
 log = logging.getLogger(__name__)
@@ -146,20 +147,23 @@ def _datasets(run_dir: Path | None) -> tuple[list[str], list[str]]:
 
 def _scores(run_dir: Path | None) -> dict[str, float]:
     """Validation scores of a training run: the best checkpoint's metric (``best.json``) and the last validation
-    record of ``train_log.jsonl``."""
+    (the metrics logged at the last evaluated update) of ``train_log.jsonl`` (``dcase.curves.read_train_log``; an
+    unreadable log leaves the validation scores out)."""
+    from dcase.curves import read_train_log
+
     if run_dir is None:
         return {}
     out: dict[str, float] = {}
-    log_file = run_dir / "train_log.jsonl"
-    if log_file.is_file():
-        for line in log_file.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            evals = {k[5:]: v for k, v in rec.items() if k.startswith("eval/") and isinstance(v, int | float)}
-            if evals:
-                out = {f"validation {k} (update {rec.get('step')})": float(v) for k, v in evals.items()}
+    if (run_dir / LOG_FILE).is_file():
+        try:
+            evals = read_train_log(run_dir)["eval"]
+        except InputError as e:
+            log.warning("model card: no validation scores (%s)", e)
+            evals = {}
+        last = max((points[-1][0] for points in evals.values() if points), default=None)
+        for metric, points in evals.items():
+            if points and points[-1][0] == last:
+                out[f"validation {metric} (update {last})"] = points[-1][1]
     best = _read_json(run_dir / "best.json")
     if best.get("checkpoints"):
         top = best["checkpoints"][0]
@@ -195,10 +199,10 @@ def model_card(source: str | Path, repo_id: str | None = None) -> str:
     src = Path(source)
     if not src.is_dir():
         raise MissingInputError(f"{src}: no such folder (a training run, checkpoint or system folder)")
-    run_dir = src if (src / "train_log.jsonl").is_file() or (src / "best.json").is_file() else None
-    if run_dir is None and (src.parent / "train_log.jsonl").is_file():
+    run_dir = src if (src / LOG_FILE).is_file() or (src / "best.json").is_file() else None
+    if run_dir is None and (src.parent / LOG_FILE).is_file():
         run_dir = src.parent  # a checkpoint inside a run (<run>/last)
-    if run_dir is None and (src.parent.parent / "train_log.jsonl").is_file():
+    if run_dir is None and (src.parent.parent / LOG_FILE).is_file():
         run_dir = src.parent.parent  # <run>/checkpoints/step-N
     title = repo_id or src.resolve().name
     licences: list[tuple[str, str | None, str | None]] = []  # (part, source, licence)
@@ -324,8 +328,8 @@ def prepare_upload(source: str | Path, out: str | Path, repo_id: str | None = No
     """Write the folder that ``push`` uploads: the checkpoint (a run's best) or system files, hard-linked where
     possible, the model card ``README.md`` and, for a training run, its ``curves.png``. Returns ``out``."""
     from dcase.checkpoint import resolve_checkpoint
-    from dcase.io import atomic_dir
-    from dcase.stages.systems import SYSTEM_FILE, _link_or_copy
+    from dcase.io import atomic_dir, link_or_copy_tree
+    from dcase.stages.systems import SYSTEM_FILE
 
     src = Path(source)
     if not src.is_dir():
@@ -333,7 +337,7 @@ def prepare_upload(source: str | Path, out: str | Path, repo_id: str | None = No
     card = model_card(src, repo_id)
     folder = src if (src / SYSTEM_FILE).is_file() else resolve_checkpoint(src)
     with atomic_dir(out) as tmp:
-        _link_or_copy(folder.resolve(), tmp)
+        link_or_copy_tree(folder.resolve(), tmp)
         if (src / "curves.png").is_file() and folder.resolve() != src.resolve():
             shutil.copy2(src / "curves.png", tmp / "curves.png")
         (tmp / CARD_FILE).write_text(card, encoding="utf-8")

@@ -171,6 +171,33 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def safetensors_header(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """(tensor entries ``name -> {dtype, shape, data_offsets}``, metadata) of a ``.safetensors`` file, read from its
+    header without loading any tensor."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    meta = header.pop("__metadata__", {}) or {}
+    return header, meta
+
+
+def link_or_copy_tree(src: str | Path, dst: str | Path) -> None:
+    """Copy the folder ``src`` into ``dst`` (created if needed), hard-linking files where the file system allows
+    (no extra disk space) and copying them otherwise."""
+    src, dst = Path(src), Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.rglob("*"):
+        target = dst / f.relative_to(src)
+        if f.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(f, target)
+        except OSError:
+            shutil.copy2(f, target)
+
+
 def sha256_dir(path: str | Path, pattern: str = "*") -> str:
     """A hash over the names and contents of the files in a directory (sorted, non-recursive)."""
     h = hashlib.sha256()

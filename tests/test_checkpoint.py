@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from dcase import __version__
-from dcase.checkpoint import kind_of, load_checkpoint, save_checkpoint
+from dcase.checkpoint import kind_of, load_checkpoint, resolve_checkpoint, save_checkpoint
 from dcase.errors import CheckpointError, MissingInputError
 from dcase.io import atomic_dir, fingerprint, sha256_dir
 from dcase.models.cnext import CNext, CNextConfig
@@ -173,3 +174,39 @@ def test_one_fingerprint(tmp_path: Path) -> None:
     b.save_pretrained(tmp_path / "b")
     assert fingerprint(tmp_path / "a") != fingerprint(tmp_path / "b")
     assert fingerprint(tmp_path / "a" / "model.safetensors") != fingerprint(tmp_path / "a")  # a file: its sha256
+
+
+def test_pipeline_and_checkpoint_loading_resolve_a_run_folder_alike(tmp_path: Path) -> None:
+    """RunLayout.resolve (the pipeline) and resolve_checkpoint (from_pretrained) read best.json the same way."""
+    from dcase.stages.pipeline import RunLayout
+
+    layout = RunLayout(tmp_path / "root")
+    run = layout.captioner_finetune(0)
+    (run / "checkpoints" / "step-000010").mkdir(parents=True)
+    (run / "checkpoints" / "step-000020").mkdir()
+    (run / "last").mkdir()
+
+    def both() -> Path:
+        via_pipeline, via_loader = layout.resolve("captioner/finetune/seed0"), resolve_checkpoint(run)
+        assert via_pipeline == via_loader
+        return via_loader
+
+    entries = [{"value": 0.9, "step": 20, "path": str(run / "checkpoints" / "step-000020")}]
+    entries.append({"value": 0.5, "step": 10, "path": str(run / "checkpoints" / "step-000010")})
+    (run / "best.json").write_text(json.dumps({"checkpoints": entries}))
+    assert both() == run / "checkpoints" / "step-000020"
+    entries[0]["path"] = "/moved/away/run/checkpoints/step-000020"  # a moved run: found by name under checkpoints/
+    (run / "best.json").write_text(json.dumps({"checkpoints": entries}))
+    assert both() == run / "checkpoints" / "step-000020"
+    shutil.rmtree(run / "checkpoints" / "step-000020")  # the best entry is missing: the next one
+    assert both() == run / "checkpoints" / "step-000010"
+    (run / "best.json").write_text(json.dumps({"checkpoints": []}))  # no entry: last/
+    assert both() == run / "last"
+    (run / "best.json").unlink()
+    assert both() == run / "last"
+    shutil.rmtree(run / "last")
+    (run / "best.json").write_text(json.dumps({"checkpoints": [{"path": "/gone/step-000030"}]}))
+    with pytest.raises(MissingInputError, match="without a finished checkpoint"):
+        layout.resolve("captioner/finetune/seed0")
+    with pytest.raises(MissingInputError, match="without a finished checkpoint"):
+        resolve_checkpoint(run)

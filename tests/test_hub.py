@@ -70,6 +70,18 @@ def test_card_of_a_training_run(run_dir):
     assert "d_model: 32" in card  # the model config
 
 
+def test_card_scores_of_a_resumed_run_and_of_an_unreadable_log(run_dir):
+    """The last evaluated update of the log (a resumed run logs an update again: its last record wins); a log cut
+    off mid-line leaves the validation scores out, not the card."""
+    log_file = run_dir / "train_log.jsonl"
+    log_file.write_text(log_file.read_text() + json.dumps({"step": 4, "eval/cider_d": 0.3, "eval/meteor": 0.1}) + "\n")
+    card = model_card(run_dir, "someone/enclap-tiny")
+    assert "| validation meteor (update 4) | 0.1000 |" in card and "| validation cider_d (update 4) | 0.3000 |" in card
+    log_file.write_text(log_file.read_text() + '{"step": 5, "eval/cid')
+    card = model_card(run_dir, "someone/enclap-tiny")
+    assert "| best cider_d (update 4) | 0.2500 |" in card and "| validation" not in card
+
+
 def test_card_licence_of_a_pretrained_text_encoder(tmp_path):
     from dcase.models.cnext import CNextConfig
     from dcase.models.retriever import Retriever, RetrieverConfig, TextTowerConfig

@@ -298,3 +298,43 @@ def test_shipped_profiles_plan_on_every_dataset(tmp_path, profile):
         f"systems/task6_{i + 1}" for i in range(len(p.task6))
     ]
     assert names[-1] == "package" and not pipe.problems
+
+
+def test_recipes_are_loaded_once_for_the_plan_and_its_preflight(tmp_path, monkeypatch):
+    """The rerank, devtest, systems steps and the preflight share one loading of each recipe."""
+    from _datasets_util import make_data_root
+
+    import dcase.stages.systems as systems
+    from dcase.stages.pipeline import PipelineOptions, build_pipeline
+    from dcase.stages.preflight import check_run
+
+    loaded: list[int] = []
+    load_recipe = systems.load_recipe
+
+    def counting(item, task, *args, **kw):
+        loaded.append(task)
+        return load_recipe(item, task, *args, **kw)
+
+    monkeypatch.setattr(systems, "load_recipe", counting)
+    profile = load_profile("tiny")
+    pipe = build_pipeline(profile, PipelineOptions(out=tmp_path / "run", data_root=make_data_root(tmp_path / "data")))
+    check_run(pipe, [])
+    assert sorted(loaded) == sorted([6] * len(profile.task6) + [8] * len(profile.task8))
+
+
+def test_training_uses_and_dataset_names_of_a_profile():
+    from dcase.stages.systems import DATASET_NAMES, EXTERNAL_DATASETS
+
+    p = load_profile("tiny")
+    uses = p.training_uses()
+    assert uses["captioner finetuning"] == list(p.captioner.finetune_data)
+    assert set(p.training_uses("captioner")) == {"captioner pretraining", "captioner finetuning"}
+    assert p.training_uses("retriever") and all(k.startswith("retriever ") for k in p.training_uses("retriever"))
+    assert {**p.training_uses("captioner"), **p.training_uses("retriever")} == uses
+    assert DATASET_NAMES == {
+        "clotho": "Clotho v2.1",
+        "audiocaps": "AudioCaps",
+        "wavcaps": "WavCaps",
+        "clotho_mixup": "Clotho-ChatGPT-Mixup",
+    }
+    assert EXTERNAL_DATASETS["clotho_mixup"][0] == "Clotho-ChatGPT-Mixup"

@@ -135,13 +135,12 @@ def _best_task6(scores: dict[str, Any]) -> int | None:
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
-    from dcase.io import atomic_dir
-    from dcase.stages.systems import _link_or_copy
+    from dcase.io import atomic_dir, link_or_copy_tree
 
     if dst.exists():
         shutil.rmtree(dst)
     with atomic_dir(dst) as tmp:
-        _link_or_copy(src, tmp)
+        link_or_copy_tree(src, tmp)
 
 
 def plot_task6(scores: dict[str, Any], path: Path) -> None:

@@ -32,7 +32,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -155,6 +155,12 @@ def store_matches_retriever(store: Mapping[str, np.ndarray], retriever_sha: str)
     return prov.get("kind") == "embed" and prov.get("checkpoint_sha256") == retriever_sha
 
 
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` [N, D] scaled to unit length (an all-zero row stays zero), in ``x``'s dtype: both sides of the
+    encoder score (here, in ``encoder_scores`` and in ``dcase.api``)."""
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def clip_audio_embeddings(
     retriever: Retriever,
     retriever_path: str | Path,
@@ -188,8 +194,7 @@ def clip_audio_embeddings(
         src = "computed"
     if emb.shape[1] != retriever.embed_dim:
         raise InputError(f"clip embeddings have {emb.shape[1]} dims, the retriever's joint space {retriever.embed_dim}")
-    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    return emb.astype(np.float32), src
+    return l2_normalise(emb).astype(np.float32), src
 
 
 def encoder_scores(
@@ -200,7 +205,7 @@ def encoder_scores(
     if not flat:
         return [np.zeros(0) for _ in texts_per_clip]
     text = retriever.embed_text(flat, batch_size=batch_size).float().numpy()
-    text = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
+    text = l2_normalise(text)
     out, i = [], 0
     for b, ts in enumerate(texts_per_clip):
         out.append((text[i : i + len(ts)] @ audio_emb[b]).astype(np.float64))
@@ -230,6 +235,41 @@ def candidates_for_batch(
         return beam_candidates(models[0], encoded[0], cfg.num_beams, cfg.sampling)
     sb = sample_from_encoder(models, encoded, cfg.sampling, seeds, greedy=greedy)
     return batch_candidates(models[0], sb)
+
+
+def sample_candidates(
+    models: Sequence[EnCLAP],
+    clips: Sequence[int],
+    length: Callable[[int], int],
+    item: Callable[[int], Any],
+    seed_name: Callable[[int], str],
+    cfg: GenerationSettings,
+    device: str,
+    empty_error: Callable[[int], Exception],
+    bar: Any | None = None,
+) -> dict[int, list[Candidate]]:
+    """Candidates of each clip of ``clips`` (indices): sampled in batches of ``cfg.sampling.batch_clips`` clips of
+    similar length (``length(i)``: code frames), ``item(i)`` the (codes, clip embedding, text) to collate, each clip
+    seeded by ``seed_name(i)`` (``clip_seed``); a clip whose every sample is empty raises ``empty_error(i)``.
+    The one loop of ``dcase generate`` and the Python API (``dcase.api.Captioner``)."""
+    import torch
+
+    from dcase.data.datasets import collate_codes
+
+    order = sorted(clips, key=length)
+    cands: dict[int, list[Candidate]] = {}
+    for s in range(0, len(order), cfg.sampling.batch_clips):
+        ids = order[s : s + cfg.sampling.batch_clips]
+        batch = collate_codes([item(i) for i in ids], models[0].config.pad_code)
+        seeds = [clip_seed(cfg.sampling.seed, seed_name(i)) for i in ids]
+        with torch.no_grad():
+            for i, c in zip(ids, candidates_for_batch(models, batch, cfg, seeds, device), strict=True):
+                if not c:
+                    raise empty_error(i)
+                cands[i] = c
+        if bar is not None:
+            bar.update(len(ids))
+    return cands
 
 
 # --------------------------------------------------------------------------------------------- the stage
@@ -281,9 +321,8 @@ def sidecar_path(out: str | Path) -> Path:
 
 def generate_candidates(cfg: GenerateConfig, progress: bool = True, overwrite: bool = False) -> pd.DataFrame:
     """Run the stage (module docstring); returns the reranked candidates table written to ``cfg.out``."""
-    import torch
 
-    from dcase.data.datasets import CaptionDataset, collate_codes
+    from dcase.data.datasets import CaptionDataset
     from dcase.data.manifest import read_manifest
     from dcase.decoding.fluency import fluency_stage
     from dcase.features.store import StoreChain, check_coverage
@@ -338,23 +377,20 @@ def generate_candidates(cfg: GenerateConfig, progress: bool = True, overwrite: b
     for k, idx in enumerate(chunks):
         if k in done:
             continue
-        order = sorted(idx, key=lambda i: lengths[i])
-        cands: dict[int, list[Candidate]] = {}
-        for s in range(0, len(order), g.sampling.batch_clips):
-            ids = order[s : s + g.sampling.batch_clips]
-            batch = collate_codes([data[i] for i in ids], mc.pad_code)
-            seeds = [clip_seed(g.sampling.seed, clip_ids[i]) for i in ids]
-            with torch.no_grad():
-                for i, c in zip(ids, candidates_for_batch(models, batch, g, seeds, cfg.device), strict=True):
-                    if not c:
-                        raise InputError(
-                            f"clip {clip_ids[i]!r}: every sample decoded to an empty caption (the "
-                            "captioner ends at once; check the checkpoint, or raise "
-                            "sampling.min_new_tokens)"
-                        )
-                    cands[i] = c
-            if bar is not None:
-                bar.update(len(ids))
+        cands = sample_candidates(
+            models,
+            idx,
+            lambda i: lengths[i],
+            lambda i: data[i],
+            lambda i: clip_ids[i],
+            g,
+            cfg.device,
+            lambda i: InputError(
+                f"clip {clip_ids[i]!r}: every sample decoded to an empty caption (the captioner ends at once; check "
+                "the checkpoint, or raise sampling.min_new_tokens)"
+            ),
+            bar,
+        )
         part = _chunk_table(
             idx,
             cands,
@@ -438,19 +474,31 @@ def _chunk_table(
         )
         audio_src.add(src)
         enc = [*encoder_scores(retriever, audio, texts, g.text_batch_size)]
-    recs = []
-    for i, scores in zip(idx, enc, strict=True):
-        for r, c in enumerate(cands[i]):
-            recs.append(
-                {
-                    "clip_id": clip_ids[i],
-                    "text": c.text,
-                    "count": c.count,
-                    "decoder_score": c.decoder_score,
-                    "encoder_score": float(scores[r]) if scores is not None else np.nan,
-                    "token_ids": list(c.token_ids),
-                }
-            )
+    return candidates_table([clip_ids[i] for i in idx], [cands[i] for i in idx], enc, g, checker)
+
+
+def candidates_table(
+    clip_ids: Sequence[str],
+    cands: Sequence[Sequence[Candidate]],
+    enc: Sequence[np.ndarray | None],
+    g: GenerationSettings,
+    checker: FluencyScorer | None,
+) -> pd.DataFrame:
+    """The candidates table of some clips, in clip order: each clip's candidates with their encoder scores
+    (``enc``: per clip, or None without a retriever) and fluency probabilities (``g.fluency_scope``), not yet
+    reranked. The one table of ``dcase generate`` (per chunk) and the Python API."""
+    recs = [
+        {
+            "clip_id": clip_id,
+            "text": c.text,
+            "count": c.count,
+            "decoder_score": c.decoder_score,
+            "encoder_score": float(scores[r]) if scores is not None else np.nan,
+            "token_ids": list(c.token_ids),
+        }
+        for clip_id, cs, scores in zip(clip_ids, cands, enc, strict=True)
+        for r, c in enumerate(cs)
+    ]
     table = make_candidates(recs)
     if checker is not None and g.fluency_scope == "lazy":
         table = lazy_fluency(table, checker.error_probabilities, g.w_enc, g.w_dec, g.fluency_threshold)

@@ -40,7 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dcase.config import resolve_config_path
+from dcase.checkpoint import best_of_run as best_checkpoint
+from dcase.checkpoint import is_training_run
+from dcase.config import jsonable, resolve_config_path
 from dcase.errors import InputError, MissingInputError
 from dcase.io import atomic_write_text
 from dcase.stages.profiles import Profile, parse_use, stage_overrides, uses_by_source
@@ -121,22 +123,7 @@ class RunLayout:
         the checkpoint folder. A training run folder resolves to its best checkpoint (``best.json``)."""
         path = Path(ref).expanduser()
         path = path if path.is_absolute() else self.root / path
-        return best_checkpoint(path) if (path / "best.json").is_file() or (path / "last").is_dir() else path
-
-
-def best_checkpoint(run_dir: Path) -> Path:
-    """The best checkpoint of a training run folder (``best.json``, else ``last``)."""
-    best = run_dir / "best.json"
-    if best.is_file():
-        ranked = json.loads(best.read_text()).get("checkpoints") or []
-        for entry in ranked:
-            p = Path(entry["path"])
-            p = p if p.is_absolute() else run_dir / p
-            if p.is_dir():
-                return p
-    if (run_dir / "last").is_dir():
-        return run_dir / "last"
-    raise MissingInputError(f"{run_dir}: a training run without a finished checkpoint (no best.json entry, no last/)")
+        return best_checkpoint(path) if is_training_run(path) else path
 
 
 # ----------------------------------------------------------------------------------------------------- steps
@@ -190,6 +177,13 @@ class Pipeline:
     steps: list[Step]
     warnings: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # found while planning; the preflight reports them with its own
+    recipes: dict[int, list[Any]] = field(default_factory=dict)  # task -> its recipes, loaded once (``task_recipes``)
+
+    def task_recipes(self, task: int) -> list[Any]:
+        """The Task 6 or Task 8 recipes of the profile (loaded on first use, then kept)."""
+        if task not in self.recipes:
+            self.recipes[task] = load_recipes(self.profile, task)
+        return self.recipes[task]
 
     def selected(self) -> list[Step]:
         return select_steps(self.steps, self.options.only, self.options.start, self.options.until)
@@ -263,7 +257,17 @@ def build_pipeline(profile: Profile, options: PipelineOptions) -> Pipeline:
     warnings = list(found.warnings)
     b = _Builder(profile, options, layout, found, warnings)
     steps = b.build()
-    return Pipeline(profile, options, layout, found, steps, warnings, problems=[*found.problems, *b.problems])
+    problems = [*found.problems, *b.problems]
+    return Pipeline(profile, options, layout, found, steps, warnings, problems=problems, recipes=b.recipes)
+
+
+def load_recipes(profile: Profile, task: int) -> list[Any]:
+    """The profile's Task 6 (with its ``generation`` overrides) or Task 8 recipes, with its team identity."""
+    from dcase.stages.systems import load_recipe
+
+    if task == 6:
+        return [load_recipe(item, 6, profile.team, profile.generation) for item in profile.task6]
+    return [load_recipe(item, 8, profile.team) for item in profile.task8]
 
 
 class _Builder:
@@ -276,6 +280,7 @@ class _Builder:
         self.steps: list[Step] = []
         self.problems: list[str] = []
         self.present = {s for s in profile.datasets if s in found}
+        self.recipes: dict[int, list[Any]] = {}  # task -> recipes, loaded once for every group that needs them
 
     # -- helpers
     def add(self, **kw: Any) -> None:
@@ -381,7 +386,7 @@ class _Builder:
                     description=f"retriever {spec.name} ({stage}, m-LTM) from {cfg_path.name}",
                     inputs=tuple(Path(m) for m in manifests) + ((init / "best.json",) if init else ()),
                     outputs=(run_dir / "best.json",),
-                    settings={"config": _settings(cfg)},
+                    settings={"config": jsonable(cfg)},
                     action=action,
                     distributed=True,
                 )
@@ -504,7 +509,7 @@ class _Builder:
             description="EnCLAP pretraining with MCM",
             inputs=tuple(inputs),
             outputs=(self.L.captioner_pretrain / "best.json",),
-            settings={"config": _settings(cfg)},
+            settings={"config": jsonable(cfg)},
             action=pretrain,
             distributed=True,
         )
@@ -521,7 +526,7 @@ class _Builder:
                 description=f"EnCLAP finetuning (no MCM), seed {seed}",
                 inputs=(*finputs, self.L.captioner_pretrain / "best.json"),
                 outputs=(self.L.captioner_finetune(seed) / "best.json",),
-                settings={"config": _settings(fcfg)},
+                settings={"config": jsonable(fcfg)},
                 action=finetune,
                 distributed=True,
             )
@@ -548,15 +553,10 @@ class _Builder:
             )
 
     # -- systems (rerank, devtest, systems, package share the recipes)
-    def task6_recipes(self) -> list[Any]:
-        from dcase.stages.systems import load_recipe
-
-        return [load_recipe(item, 6, self.p.team, self.p.generation) for item in self.p.task6]
-
-    def task8_recipes(self) -> list[Any]:
-        from dcase.stages.systems import load_recipe
-
-        return [load_recipe(item, 8, self.p.team) for item in self.p.task8]
+    def task_recipes(self, task: int) -> list[Any]:
+        if task not in self.recipes:
+            self.recipes[task] = load_recipes(self.p, task)
+        return self.recipes[task]
 
     def _decode_inputs(self, recipe: Any) -> list[Path]:
         refs = [*recipe.captioners, *([recipe.retriever] if recipe.retriever else [])]
@@ -565,7 +565,7 @@ class _Builder:
     def _rerank(self) -> None:
         from dcase.stages.systems import tune_rerank
 
-        recipes = self.task6_recipes()
+        recipes = self.task_recipes(6)
         if not recipes:
             raise InputError("rerank.tune needs at least one Task 6 system (its generation settings are tuned)")
         recipe = recipes[0]
@@ -576,7 +576,7 @@ class _Builder:
             description=f"candidates of {self.p.rerank.captioner} on {self.p.validation}; w_enc grid search",
             inputs=(self.L.manifest(source), _ref_marker(self.L, self.p.rerank.captioner)),
             outputs=(self.L.rerank / "weights.json",),
-            settings={"rerank": dataclasses.asdict(self.p.rerank), "generation": _settings(recipe.generation)},
+            settings={"rerank": dataclasses.asdict(self.p.rerank), "generation": jsonable(recipe.generation)},
             action=lambda: tune_rerank(self, recipe),
         )
 
@@ -588,7 +588,7 @@ class _Builder:
 
     def system_settings(self, recipe: Any) -> dict[str, Any]:
         rr = dataclasses.asdict(self.p.rerank) if self.p.rerank.use_tuned else None
-        return {"recipe": _settings(recipe), "devtest": self.p.devtest, "rerank": rr}
+        return {"recipe": jsonable(recipe), "devtest": self.p.devtest, "rerank": rr}
 
     def _systems(self) -> None:
         from dcase.stages.systems import system_task6, system_task8
@@ -608,7 +608,7 @@ class _Builder:
         """One step per Task 6 and Task 8 recipe of ``group`` ("devtest" or "systems"): the recipe's system on the
         split ``uses[task]``, written to ``<group>/task<task>_<n>/<output>`` by ``actions[task]``. A task whose split
         is absent gets a warning and no steps."""
-        tasks = ((6, self.task6_recipes(), self._decode_inputs), (8, self.task8_recipes(), self._retriever_inputs))
+        tasks = ((6, self.task_recipes(6), self._decode_inputs), (8, self.task_recipes(8), self._retriever_inputs))
         for task, recipes, inputs in tasks:
             split, _ = parse_use(uses[task])
             if recipes and split not in self.present:
@@ -668,21 +668,13 @@ def _ref_marker(layout: RunLayout, ref: str) -> Path:
     return path / "config.json"
 
 
-def _settings(obj: Any) -> Any:
-    """A JSON-able view of a (dataclass) config for the done record."""
-    from dcase.config import to_dict
-
-    return json.loads(json.dumps(to_dict(obj) if dataclasses.is_dataclass(obj) else obj, default=str))
-
-
 def _apply_mapping(cfg: Any, overrides: dict[str, Any]) -> Any:
     """Merge a nested mapping into a dataclass config, typed by the dataclass (unknown keys are errors)."""
     if not overrides:
         return cfg
-    from dcase.config import from_dict, to_dict
-    from dcase.stages.profiles import _deep_merge
+    from dcase.config import deep_merge, from_dict, to_dict
 
-    return from_dict(type(cfg), _deep_merge(to_dict(cfg), overrides))
+    return from_dict(type(cfg), deep_merge(to_dict(cfg), overrides))
 
 
 # ------------------------------------------------------------------------------------------------------ run

@@ -16,7 +16,6 @@ Checks:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections import defaultdict
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from dcase.data.registry import EVALUATION_SPLITS, is_evaluation_split
 from dcase.errors import DcaseError, InputError
+from dcase.io import sha256_file
 
 if TYPE_CHECKING:
     from dcase.submission.recipes import Task6Recipe
@@ -93,7 +93,7 @@ def check_weights(pipe: Any, problems: list[str]) -> None:
     if "features" in groups:
         _check_codec_weights(pipe.profile.codec.model, problems)
     if groups & {"rerank", "devtest", "systems"}:
-        for recipe in pipe_recipes(pipe, 6):
+        for recipe in pipe.task_recipes(6):
             _check_recipe_weights(recipe, pipe.profile.clip_embedder, problems)
 
 
@@ -211,16 +211,6 @@ def _check_bart(folder: Path, model_cfg: Any, problems: list[str]) -> None:
                     problems.append(f"captioner: BART tokenizer has {vocab} tokens, the model {cfg['vocab_size']}")
 
 
-def pipe_recipes(pipe: Any, task: int) -> list[Any]:
-    from dcase.stages.systems import load_recipe
-
-    p = pipe.profile
-    return [
-        load_recipe(item, task, p.team, p.generation if task == 6 else None)
-        for item in (p.task6 if task == 6 else p.task8)
-    ]
-
-
 # ---------------------------------------------------------------------------------------------- sizes
 def planned_codec_sizes(spec: str) -> dict[str, int] | None:
     """{n_codebooks, codebook_size} of the planned codec, from its config (None when unknown before loading)."""
@@ -270,23 +260,10 @@ def check_sizes(pipe: Any, problems: list[str]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- leaks
-def training_uses(profile: Any) -> dict[str, list[str]]:
-    """{step description: dataset uses} of every training step of the profile."""
-    out = {
-        "captioner pretraining": list(profile.captioner.pretrain_data),
-        "captioner finetuning": list(profile.captioner.finetune_data),
-    }
-    for r in profile.retrievers:
-        out[f"retriever {r.name} pretraining"] = list(r.pretrain_data)
-        if r.finetune_config:
-            out[f"retriever {r.name} finetuning"] = list(r.finetune_data)
-    return out
-
-
 def check_leak_splits(profile: Any, problems: list[str], allow_leak: bool) -> list[str]:
     """Training steps that read an evaluation split; problems unless ``allow_leak`` (then returned as notes)."""
     notes: list[str] = []
-    for what, uses in training_uses(profile).items():
+    for what, uses in profile.training_uses().items():
         for source, splits in uses_by_source(uses).items():
             bad = [s for s in splits if is_evaluation_split(source, s)]
             if not splits:
@@ -307,14 +284,6 @@ def check_leak_splits(profile: Any, problems: list[str], allow_leak: bool) -> li
     return notes
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def duplicate_audio(train: Iterable[Path], evaluation: Iterable[Path]) -> list[tuple[Path, Path]]:
     """(training file, evaluation file) pairs with identical content. Files are grouped by size first; only files
     whose size occurs on both sides are hashed, so the cost is one stat per file plus a few hashes."""
@@ -327,13 +296,13 @@ def duplicate_audio(train: Iterable[Path], evaluation: Iterable[Path]) -> list[t
         candidates = by_size.get(t.stat().st_size)
         if not candidates:
             continue
-        th = _sha256(t)
+        th = sha256_file(t)
         for e in candidates:
             if e.resolve() == t.resolve():
                 pairs.append((t, e))
                 continue
             if e not in eval_hash:
-                eval_hash[e] = _sha256(e)
+                eval_hash[e] = sha256_file(e)
             if eval_hash[e] == th:
                 pairs.append((t, e))
     return pairs
@@ -344,7 +313,7 @@ def check_duplicate_audio(pipe: Any, problems: list[str], allow_leak: bool) -> l
     from dcase.data.locate import audio_files
 
     train_splits: dict[str, set[str]] = defaultdict(set)
-    for uses in training_uses(pipe.profile).values():
+    for uses in pipe.profile.training_uses().values():
         for source, splits in uses_by_source(uses).items():
             train_splits[source].update(splits or ["*"])
     train: list[Path] = []
@@ -406,7 +375,7 @@ def check_run(pipe: Any, problems: list[str]) -> None:
         from dcase.submission.meta import placeholder_fields
 
         for task in (6, 8):
-            for recipe in pipe_recipes(pipe, task):
+            for recipe in pipe.task_recipes(task):
                 bad = placeholder_fields(recipe.meta)
                 if bad:
                     problems.append(

@@ -19,26 +19,30 @@ typed by the stage's dataclass (never ``--set`` strings).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dcase.config import PACKAGE_CONFIGS, ConfigError, load_yaml
-from dcase.errors import MissingInputError
+from dcase.config import PACKAGE_CONFIGS, ConfigError, deep_merge, load_yaml
+from dcase.data.registry import READABLE_SOURCES, canonical_source
+from dcase.errors import InputError, MissingInputError
 
 PROFILES_DIR = PACKAGE_CONFIGS / "profiles"
-DATASETS = ("clotho", "audiocaps", "wavcaps", "clotho_mixup")  # what a data root can hold, in build order
+DATASETS = READABLE_SOURCES  # what a data root can hold, in build order (dcase.data.registry)
 
 
 def parse_use(text: str) -> tuple[str, tuple[str, ...]]:
     """``"clotho:development"`` -> ("clotho", ("development",)); ``"wavcaps"`` -> ("wavcaps", ()) = every split;
     ``"audiocaps:train+val"`` -> two splits."""
     source, _, splits = text.partition(":")
-    source = source.strip().replace("-", "_")
-    if source not in DATASETS:
-        raise ConfigError(f"dataset use {text!r}: unknown dataset {source!r}; expected one of {list(DATASETS)}")
+    source = source.strip()
+    try:
+        source = canonical_source(source)
+    except InputError:
+        raise ConfigError(
+            f"dataset use {text!r}: unknown dataset {source!r}; expected one of {list(DATASETS)}"
+        ) from None
     return source, tuple(s.strip() for s in splits.split("+") if s.strip())
 
 
@@ -129,20 +133,18 @@ class Profile:
     team: dict[str, Any] = field(default_factory=dict)  # submission identity: lastname, institute, authors, ...
     technical_report: str | None = None  # PDF to include in the package
 
-    def datasets_used(self) -> set[str]:
-        """Every dataset any training step of the profile reads."""
-        uses = [*self.captioner.pretrain_data, *self.captioner.finetune_data]
+    def training_uses(self, model: str | None = None) -> dict[str, list[str]]:
+        """{step description: dataset uses} of every training step of the profile (``captioner pretraining``,
+        ``retriever <name> finetuning``, ...), or of one model's steps only (``model``: captioner | retriever)."""
+        out = {
+            "captioner pretraining": list(self.captioner.pretrain_data),
+            "captioner finetuning": list(self.captioner.finetune_data),
+        }
         for r in self.retrievers:
-            uses += [*r.pretrain_data, *(r.finetune_data if r.finetune_config else [])]
-        uses += [self.validation, self.devtest, self.task6_eval, self.task8_eval]
-        return {parse_use(u)[0] for u in uses}
-
-
-def _deep_merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(dict(a))
-    for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
-    return out
+            out[f"retriever {r.name} pretraining"] = list(r.pretrain_data)
+            if r.finetune_config:
+                out[f"retriever {r.name} finetuning"] = list(r.finetune_data)
+        return {what: uses for what, uses in out.items() if model is None or what.startswith(f"{model} ")}
 
 
 def list_profiles() -> list[str]:
@@ -172,7 +174,7 @@ def load_profile(name_or_path: str | Path, overrides: Sequence[str] = (), team: 
     if team is not None:
         data = load_yaml(team)
         report = data.pop("technical_report", None)
-        profile.team = _deep_merge(profile.team, data)
+        profile.team = deep_merge(profile.team, data)
         if report:
             rp = Path(str(report)).expanduser()
             profile.technical_report = str(rp if rp.is_absolute() else Path(team).parent / rp)
@@ -184,8 +186,8 @@ def stage_overrides(profile: Profile, own: Mapping[str, Any], retriever: bool = 
     (retrievers only), then the step's own overrides."""
     base = {"train": dict(profile.train)} if profile.train else {}
     if retriever:
-        base = _deep_merge(base, profile.retriever_overrides)
-    return _deep_merge(base, own)
+        base = deep_merge(base, profile.retriever_overrides)
+    return deep_merge(base, own)
 
 
 def uses_by_source(uses: Sequence[str]) -> dict[str, tuple[str, ...]]:

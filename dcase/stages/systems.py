@@ -12,15 +12,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dcase.config import resolve_config_path
+from dcase.config import jsonable, resolve_config_path
+from dcase.data.registry import INFO as SOURCE_INFO_BY_NAME
+from dcase.data.registry import READABLE_SOURCES
 from dcase.errors import InputError
-from dcase.io import atomic_write_text
+from dcase.io import atomic_write_text, link_or_copy_tree, safetensors_header
 from dcase.stages.profiles import parse_use
 
 log = logging.getLogger(__name__)
@@ -29,12 +29,13 @@ SYSTEM_FORMAT = "dcase-system"
 SYSTEM_FILE = "system.json"
 OUTPUTS_FILE = "outputs.json"
 # Datasets outside Clotho that a DCASE2024 meta YAML lists under external_datasets
-EXTERNAL_DATASETS = {
-    "audiocaps": ("AudioCaps", "https://audiocaps.github.io/"),
-    "wavcaps": ("WavCaps", "https://huggingface.co/datasets/cvssp/WavCaps"),
-    "clotho_mixup": ("Clotho-ChatGPT-Mixup", "https://huggingface.co/datasets/slseanwu/clotho-chatgpt-mixup-50K"),
+_EXTERNAL_URLS = {
+    "audiocaps": "https://audiocaps.github.io/",
+    "wavcaps": "https://huggingface.co/datasets/cvssp/WavCaps",
+    "clotho_mixup": "https://huggingface.co/datasets/slseanwu/clotho-chatgpt-mixup-50K",
 }
-DATASET_NAMES = {"clotho": "Clotho v2.1", **{k: v[0] for k, v in EXTERNAL_DATASETS.items()}}
+EXTERNAL_DATASETS = {k: (SOURCE_INFO_BY_NAME[k].title, url) for k, url in _EXTERNAL_URLS.items()}  # (name, url)
+DATASET_NAMES = {s: SOURCE_INFO_BY_NAME[s].title for s in READABLE_SOURCES}  # as a meta YAML names them
 
 
 # ------------------------------------------------------------------------------------------------ recipes
@@ -47,8 +48,7 @@ def load_recipe(
     """A Task 6 / Task 8 recipe from a file (a path, or a name under the package configs) or an inline mapping,
     with the team identity (lastname, institute, authors, ...) laid over its ``meta`` and the profile's
     ``generation`` overrides merged into a Task 6 recipe's generation settings."""
-    from dcase.config import from_dict, load_yaml
-    from dcase.stages.profiles import _deep_merge
+    from dcase.config import deep_merge, from_dict, load_yaml
     from dcase.submission.recipes import Task6Recipe, Task8Recipe
 
     cls: type[Task6Recipe] | type[Task8Recipe] = Task6Recipe if task == 6 else Task8Recipe
@@ -56,7 +56,7 @@ def load_recipe(
     meta = {**(data.get("meta") or {}), **{k: v for k, v in (team or {}).items() if k != "technical_report"}}
     data["meta"] = meta
     if task == 6 and generation:
-        data["generation"] = _deep_merge(data.get("generation") or {}, generation)
+        data["generation"] = deep_merge(data.get("generation") or {}, generation)
     recipe = from_dict(cls, data, prefix=f"task{task} recipe {data.get('name', '')}")
     if "index" not in recipe.meta:
         raise InputError(f"task{task} recipe {recipe.name!r}: meta.index (1-4) is required")
@@ -239,11 +239,9 @@ def count_parameters(folder: Path, skip_prefixes: Sequence[str] = ()) -> int:
     """Parameters in a checkpoint folder's safetensors files, read from their headers (no weights loaded)."""
     total = 0
     for f in sorted(folder.glob("*.safetensors")):
-        with open(f, "rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            header = json.loads(fh.read(n))
+        header, _ = safetensors_header(f)
         for key, ent in header.items():
-            if key == "__metadata__" or any(key.startswith(p) for p in skip_prefixes):
+            if any(key.startswith(p) for p in skip_prefixes):
                 continue
             count = 1
             for d in ent["shape"]:
@@ -253,13 +251,9 @@ def count_parameters(folder: Path, skip_prefixes: Sequence[str] = ()) -> int:
 
 
 def _training_sources(pipe: Any, task: int) -> list[str]:
-    c = pipe.p.captioner
-    if task == 6:
-        uses = [*c.pretrain_data, *c.finetune_data]
-    else:
-        uses = [
-            u for r in pipe.p.retrievers for u in (*r.pretrain_data, *(r.finetune_data if r.finetune_config else []))
-        ]
+    """The datasets (present) that the Task 6 captioner or the Task 8 retrievers train on."""
+    steps = pipe.p.training_uses("captioner" if task == 6 else "retriever")
+    uses = [u for step_uses in steps.values() for u in step_uses]
     return sorted({parse_use(u)[0] for u in uses} & pipe.present)
 
 
@@ -395,21 +389,6 @@ def task8_meta(pipe: Any, recipe: Any, retrievers: Sequence[Path]) -> dict[str, 
 
 
 # ------------------------------------------------------------------------------------------------ systems
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Copy a checkpoint folder, hard-linking files where the file system allows (no extra disk space)."""
-    dst.mkdir(parents=True, exist_ok=True)
-    for f in src.rglob("*"):
-        target = dst / f.relative_to(src)
-        if f.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(f, target)
-        except OSError:
-            shutil.copy2(f, target)
-
-
 def export_system(
     out: Path, task: int, parts: Mapping[str, Path | Sequence[Path] | None], settings: Mapping[str, Any]
 ) -> Path:
@@ -435,7 +414,7 @@ def export_system(
                 src = Path(given).resolve()
                 name = seen.get(src) or (f"{key}/{i}" if many else key)
                 if src not in seen:
-                    _link_or_copy(src, tmp / name)
+                    link_or_copy_tree(src, tmp / name)
                     seen[src] = name
                 names.append(name)
             doc[key] = names if many else names[0]
@@ -473,7 +452,7 @@ def system_task6(pipe: Any, recipe: Any, out_dir: Path) -> dict[str, Any]:
             "clip_embedder": pipe.L.resolve(pipe.p.clip_embedder),
             "codec": pipe.L.codec,
         },
-        {"name": recipe.name, "generation": _jsonable(recipe.generation), "label": label},
+        {"name": recipe.name, "generation": jsonable(recipe.generation), "label": label},
     )
     record = {
         "task": 6,
@@ -510,12 +489,13 @@ def system_task8(pipe: Any, recipe: Any, out_dir: Path) -> dict[str, Any]:
         device=resolve_device(pipe.o.device),
     )
     label = _label(recipe, 8)
+    audio_dir = _audio_dir(pipe, pipe.p.task8_eval)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = write_task8(
         ranked,
         out_dir / f"{label}.output.csv",
         overwrite=True,
-        audio_dir=_audio_dir(pipe, pipe.p.task8_eval),
+        audio_dir=audio_dir,
         references=queries,
     )
     meta_path = write_meta(
@@ -530,7 +510,7 @@ def system_task8(pipe: Any, recipe: Any, out_dir: Path) -> dict[str, Any]:
         "csv": csv_path.name,
         "meta": meta_path.name,
         "system": "system",
-        "audio_dir": str(_audio_dir(pipe, pipe.p.task8_eval)),
+        "audio_dir": str(audio_dir),
         "queries": str(queries),
     }
     atomic_write_text(out_dir / OUTPUTS_FILE, json.dumps(record, indent=1))
@@ -547,12 +527,6 @@ def _audio_dir(pipe: Any, use: str) -> Path:
     if len(folders) != 1:
         raise InputError(f"{use}: the audio of this split lies in {len(folders)} folders; a submission needs one")
     return Path(folders.pop())
-
-
-def _jsonable(obj: Any) -> Any:
-    from dcase.config import to_dict
-
-    return json.loads(json.dumps(to_dict(obj) if dataclasses.is_dataclass(obj) else obj, default=str))
 
 
 # ------------------------------------------------------------------------------------------------ package
