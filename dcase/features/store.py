@@ -39,7 +39,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from dcase.errors import InputError
-from dcase.io import atomic_path, atomic_write_text, read_json
+from dcase.io import atomic_path, atomic_write_text, read_json, safetensors_header
 
 log = logging.getLogger(__name__)
 
@@ -129,15 +129,6 @@ def write_provenance(path: str | Path, provenance: Mapping[str, Any]) -> None:
     atomic_write_text(Path(path) / PROVENANCE, json.dumps(rec, indent=2, sort_keys=True))
 
 
-def _shard_header(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
-    """(tensor entries, metadata) read from a safetensors header without loading data."""
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(n))
-    meta = header.pop("__metadata__", {}) or {}
-    return header, meta
-
-
 def scan_shards(path: str | Path) -> dict[str, dict[str, Any]]:
     """clip_id -> {shard, key, shape, dtype, audio (when recorded)} from every shard's header; of a clip in several
     shards, the most recently written one. Corrupt shards raise StoreError."""
@@ -148,7 +139,7 @@ def scan_shards(path: str | Path) -> dict[str, dict[str, Any]]:
     written: dict[str, int] = {}
     for shard in sorted(shard_dir.glob("*.safetensors")):
         try:
-            header, meta = _shard_header(shard)
+            header, meta = safetensors_header(shard)
             when = int(meta.get("written_ns", 0))
             audio = json.loads(meta.get("audio") or "{}")
         except (OSError, ValueError) as e:

@@ -22,10 +22,11 @@ from dcase.checkpoint import kind_of
 from dcase.config import ConfigError
 from dcase.data.manifest import folder_rows, write_manifest
 from dcase.decoding.fluency import FENSE_DEFAULT
-from dcase.errors import MissingInputError, OutputExistsError
+from dcase.errors import MissingInputError
+from dcase.io import check_output
 from dcase.stages.generation import GenerateConfig, GenerationSettings, generate_candidates, task6_rows
 from dcase.stages.retriever import MODES, rank_task8
-from dcase.submission.formats import validate_task6, write_task6, write_task8
+from dcase.submission.formats import write_task6, write_task8
 from dcase.submission.meta import build_meta, placeholder_fields, write_meta
 
 log = logging.getLogger(__name__)
@@ -131,8 +132,8 @@ def run_task6_recipe(
 
     out_csv = Path(out_csv)
     for p in (out_csv, meta_out):
-        if p is not None and Path(p).exists() and not overwrite:
-            raise OutputExistsError(f"{p} exists; pass --overwrite to replace it")
+        if p is not None:
+            check_output(p, overwrite)
     meta = build_meta(recipe.meta, 6) if meta_out is not None else None  # fail early on bad meta
     bad = placeholder_fields(recipe.meta)
     if bad:
@@ -173,8 +174,7 @@ def run_task6_recipe(
         generation=generation,
     )
     table = generate_candidates(cfg, progress=progress, overwrite=True)
-    write_task6(task6_rows(table), out_csv, overwrite=overwrite, audio_dir=audio_dir)
-    validate_task6(out_csv, audio_dir)
+    write_task6(task6_rows(table), out_csv, overwrite=overwrite, audio_dir=audio_dir)  # validated as written
     meta_path = None
     if meta is not None and meta_out is not None:
         meta_path = write_meta(meta, meta_out, overwrite=overwrite)
@@ -230,8 +230,8 @@ def run_task8_recipe(
     """Rank with the recipe's retrievers, write the validated Task 8 CSV (and the meta YAML if asked)."""
     paths = recipe.paths(root)
     for p in (out, meta_out):
-        if p is not None and Path(p).exists() and not overwrite:
-            raise OutputExistsError(f"{p} exists; pass --overwrite to replace it")
+        if p is not None:
+            check_output(p, overwrite)
     rows = rank_task8(
         paths,
         audio,
